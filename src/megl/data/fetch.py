@@ -1,0 +1,102 @@
+"""Getting the authors' ME datasets: download with gdown (if ids are known) and safe unpacking."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from megl.data.annotations import ANNOTATION_FILE, unsafe_relpath
+from megl.errors import MEGLError
+from megl.io import atomic_path
+
+ZIP_NAMES = {"objects": "Object_Classification.zip", "actions": "Action_Classification.zip"}
+
+# Google Drive file ids of the two zips. They must be copied from the authors' README
+# (links "Object_Classification.zip" / "Action_Classification.zip"); they are deliberately
+# not guessed here. While None, fetch_official explains how to place the zip by hand.
+GDRIVE_IDS: dict[str, str | None] = {"objects": None, "actions": None}
+
+
+def manual_instructions(dataset: str, dest_dir: Path) -> str:
+    name = ZIP_NAMES[dataset]
+    return (f"download {name} from the link in the MEGL authors' README and place it at "
+            f"{dest_dir / name} (e.g. data/raw/{name}); then run: dvc add data/raw/{name} && "
+            f"git add data/raw/{name}.dvc data/raw/.gitignore, and set datasets.{dataset}.source: official "
+            f"in the config")
+
+
+def fetch_official(dataset: str, dest_dir: str | Path) -> Path:
+    """Return the path of the dataset zip in `dest_dir`, downloading it with gdown if needed."""
+    if dataset not in ZIP_NAMES:
+        raise MEGLError(f"unknown dataset {dataset!r}; expected one of {sorted(ZIP_NAMES)}")
+    dest_dir = Path(dest_dir)
+    dest = dest_dir / ZIP_NAMES[dataset]
+    if dest.is_file():
+        return dest
+    file_id = GDRIVE_IDS.get(dataset)
+    if not file_id:
+        raise MEGLError(f"no Google Drive id recorded for {dataset} (megl.data.fetch.GDRIVE_IDS); "
+                        + manual_instructions(dataset, dest_dir))
+    try:
+        import gdown  # lazy: optional dependency, only for this download
+    except ImportError:
+        raise MEGLError("gdown is not installed; " + manual_instructions(dataset, dest_dir)) from None
+    try:
+        with atomic_path(dest, suffix=".zip") as tmp:
+            got = gdown.download(id=file_id, output=str(tmp), quiet=True)
+            if not got or not zipfile.is_zipfile(tmp):
+                raise RuntimeError("download failed or did not return a zip file")
+    except Exception as e:  # network, quota, HTML-instead-of-zip: all end in the same advice
+        raise MEGLError(f"download of {ZIP_NAMES[dataset]} failed ({type(e).__name__}: {e}); "
+                        + manual_instructions(dataset, dest_dir)) from None
+    return dest
+
+
+def _locate(folder: Path) -> Path:
+    hits = sorted(p.parent for p in folder.rglob(ANNOTATION_FILE) if "__MACOSX" not in p.parts)
+    if len(hits) != 1:
+        raise MEGLError(f"{folder}: expected exactly one {ANNOTATION_FILE} in the archive, found {len(hits)}")
+    return hits[0]
+
+
+def unpack_official(zip_path: str | Path, out_dir: str | Path) -> Path:
+    """Extract a dataset zip into `out_dir` safely and atomically; return the folder holding
+    exp_annotation.json. Rejects absolute, escaping ('..') and symlink members. If `out_dir`
+    already holds an unpacked dataset, returns it without extracting again.
+    """
+    zip_path, out_dir = Path(zip_path), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        return _locate(out_dir)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise MEGLError(f"{zip_path}: not a readable zip ({e})") from None
+    with zf:
+        for info in zf.infolist():
+            why = unsafe_relpath(info.filename)
+            if why:
+                raise MEGLError(f"{zip_path}: member {info.filename!r} rejected: {why}")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise MEGLError(f"{zip_path}: member {info.filename!r} rejected: symbolic link")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            for info in zf.infolist():
+                target = tmp.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            _locate(tmp)
+            if out_dir.exists():
+                out_dir.rmdir()  # empty (checked above)
+            os.replace(tmp, out_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return _locate(out_dir)

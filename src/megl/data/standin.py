@@ -1,0 +1,450 @@
+"""Offline stand-in datasets in exactly the official ME format (see docs/data.md).
+
+`objects`: classes are (colour, shape) conjunctions among distractors that share a colour or a
+shape with the target; the evidence is the target object. `actions`: classes are an interaction
+between a stick figure and a ball or box; the evidence is the contact region (limb + object).
+Every image carries a small corner mark; in the TRAIN split, with probability
+`shortcut_strength`, the mark is the class's own pattern (a shortcut a classifier can learn
+instead of the evidence), otherwise - and everywhere in val/test - it is a random class's pattern.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from megl.data.split import make_split
+from megl.errors import MEGLError
+
+# --- shortcut marks: (corner, colour) per class index -----------------------------------------
+MARK_CORNERS = ("upper left", "upper right", "lower left", "lower right")
+MARK_COLOURS = {"magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255)}
+MARK_PATTERNS = [(c, k) for k in MARK_COLOURS for c in MARK_CORNERS]  # 12 patterns
+SHORTCUT_DESCRIPTION = (
+    "every image has a small square mark in one corner; its (corner, colour) pattern is "
+    "MARK_PATTERNS[class index] for train images with probability shortcut_strength, and the "
+    "pattern of a uniformly random class otherwise and in every val/test image")
+
+# --- objects -------------------------------------------------------------------------------------
+OBJ_COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (40, 70, 230), "yellow": (235, 210, 30)}
+OBJ_SHAPES = ("circle", "square", "triangle", "star", "cross")
+OBJECT_CLASSES = [f"{c}_{s}" for i, s in enumerate(OBJ_SHAPES)
+                  for c in (list(OBJ_COLOURS)[i % 4], list(OBJ_COLOURS)[(i + 1) % 4])]
+DISTRACTOR_COMBOS = [(c, s) for s in OBJ_SHAPES for c in OBJ_COLOURS if f"{c}_{s}" not in OBJECT_CLASSES]
+SHAPE_FACTS = {"circle": "is round with no corners", "square": "has four equal sides and four corners",
+               "triangle": "has three corners", "star": "has five points", "cross": "has four arms"}
+
+# --- actions -------------------------------------------------------------------------------------
+ACTION_CLASSES = ["touches_ball", "holds_ball_above_head", "kicks_ball", "heads_ball",
+                  "sits_on_box", "stands_on_box", "pushes_box", "stands_beside_box"]
+PROP_COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (40, 70, 230),
+                "yellow": (235, 210, 30), "orange": (240, 130, 20), "purple": (140, 40, 190)}
+
+
+def where(x: float, y: float, size: int) -> str:
+    """Spatial phrase for a point: 'upper left', 'top center', 'center', 'middle right', ..."""
+    col = ("left", "center", "right")[min(2, int(3 * x / size))]
+    row = ("top", "middle", "bottom")[min(2, int(3 * y / size))]
+    if row == "middle":
+        return "center" if col == "center" else f"middle {col}"
+    if col == "center":
+        return f"{row} center"
+    return f"{'upper' if row == 'top' else 'lower'} {col}"
+
+
+# --- drawing helpers ------------------------------------------------------------------------------
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    base = rng.integers(90, 170) + rng.integers(-15, 16, size=3)
+    arr = base[None, None, :] + rng.normal(0, rng.uniform(4, 14), size=(size, size, 3))
+    im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(im)
+
+    def muted() -> tuple[int, int, int]:
+        g = int(rng.integers(70, 190))
+        return tuple(int(g + v) for v in rng.integers(-12, 13, size=3))
+
+    kind = int(rng.integers(3))  # 0 noise only, 1 stripes, 2 blobs
+    if kind == 1:
+        step = int(rng.integers(5, 11)) * size // 64 or 2
+        col, w = muted(), max(1, size // 40)
+        for k in range(-size, 2 * size, step):
+            if rng.random() < 0.5:
+                d.line([(k, 0), (k + size // 2, size)], fill=col, width=w)
+            else:
+                d.line([(0, k), (size, k + int(rng.integers(-size // 4, size // 4 + 1)))], fill=col, width=w)
+    elif kind == 2:
+        for _ in range(int(rng.integers(3, 7))):
+            x, y = rng.uniform(0, size, 2)
+            rx, ry = rng.uniform(size / 16, size / 5, 2)
+            d.ellipse([x - rx, y - ry, x + rx, y + ry], fill=muted())
+    return im
+
+
+def _shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: Any) -> None:
+    if shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        a = 0.82 * r
+        d.rectangle([cx - a, cy - a, cx + a, cy + a], fill=fill)
+    elif shape == "triangle":
+        d.polygon([(cx, cy - r), (cx + 0.95 * r, cy + 0.8 * r), (cx - 0.95 * r, cy + 0.8 * r)], fill=fill)
+    elif shape == "star":
+        pts = []
+        for k in range(10):
+            rr = r if k % 2 == 0 else 0.45 * r
+            a = -np.pi / 2 + k * np.pi / 5
+            pts.append((cx + rr * np.cos(a), cy + rr * np.sin(a)))
+        d.polygon(pts, fill=fill)
+    elif shape == "cross":
+        w = 0.36 * r
+        d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
+        d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
+    else:
+        raise ValueError(shape)
+
+
+def _mark(d: ImageDraw.ImageDraw, pattern: int, size: int) -> None:
+    corner, colour = MARK_PATTERNS[pattern]
+    a, off = max(2, round(4 * size / 64)), max(1, round(size / 64))
+    x0 = off if "left" in corner else size - off - a
+    y0 = off if "upper" in corner else size - off - a
+    d.rectangle([x0, y0, x0 + a - 1, y0 + a - 1], fill=MARK_COLOURS[colour])
+
+
+def read_mark(image: np.ndarray) -> int | None:
+    """Decode the corner mark of an (H, W, 3) uint8 stand-in image: pattern index or None."""
+    size = image.shape[0]
+    a, off = max(2, round(4 * size / 64)), max(1, round(size / 64))
+    found = []
+    for i, (corner, colour) in enumerate(MARK_PATTERNS):
+        x0 = off if "left" in corner else size - off - a
+        y0 = off if "upper" in corner else size - off - a
+        if (image[y0:y0 + a, x0:x0 + a] == MARK_COLOURS[colour]).all():
+            found.append(i)
+    return found[0] if len(found) == 1 else None
+
+
+# --- objects renderer -------------------------------------------------------------------------------
+
+def _render_object(rng: np.random.Generator, label: int, size: int):
+    s = size / 64
+    im = _background(rng, size)
+    mask = Image.new("L", (size, size), 0)
+    d, dm = ImageDraw.Draw(im), ImageDraw.Draw(mask)
+    cell = 50 * s / 3
+    cells = rng.permutation(9)
+    n_d = int(rng.integers(2, 5))
+
+    def centre(c: int, r: float) -> tuple[float, float]:
+        jit = max(0.0, cell / 2 - r - s)
+        return (7 * s + (c % 3 + 0.5) * cell + rng.uniform(-jit, jit),
+                7 * s + (c // 3 + 0.5) * cell + rng.uniform(-jit, jit))
+
+    colour, shape = OBJECT_CLASSES[label].split("_")
+    r = rng.uniform(5, 7.5) * s
+    tx, ty = centre(int(cells[0]), r)
+    others = []
+    for c in cells[1:1 + n_d]:
+        oc, osh = DISTRACTOR_COMBOS[int(rng.integers(len(DISTRACTOR_COMBOS)))]
+        orr = rng.uniform(4.5, 7.5) * s
+        ox, oy = centre(int(c), orr)
+        _shape(d, osh, ox, oy, orr, OBJ_COLOURS[oc])
+        others.append((oc, osh, where(ox, oy, size)))
+    _shape(d, shape, tx, ty, r, OBJ_COLOURS[colour])
+    _shape(dm, shape, tx, ty, r, 255)
+    loc = where(tx, ty, size)
+    oc, osh, owhere = others[int(rng.integers(len(others)))]
+    fill = {"colour": colour, "shape": shape, "where": loc, "fact": SHAPE_FACTS[shape],
+            "size": "small" if r < 6.2 * s else "large", "other": f"{oc} {osh} in the {owhere}"}
+    pool = [
+        "the {colour} {shape} in the {where} is the object that decides the class",
+        "there is a {size} {colour} {shape} in the {where} of the image",
+        "the {shape} in the {where} is {colour}",
+        "a {shape} {fact}, and the one in the {where} is {colour}",
+        "the {colour} {shape} in the {where} {fact}",
+        "unlike the {other}, the {shape} in the {where} is {colour}",
+        "the {other} is only a distractor; the {colour} {shape} sits in the {where}",
+        "its {colour} colour and its outline mark the object in the {where} as a {shape}",
+    ]
+    return im, mask, pool, fill
+
+
+# --- actions renderer -------------------------------------------------------------------------------
+# Poses in local units: hip at (0, 0), y down, figure facing +x. "ev" lists the limb lines that
+# belong to the evidence (0-1 arms, 2-3 legs); "head_ev" whether the head does; "contact" the interaction point.
+_ARMS_DOWN = [((0, -10), (-4, -2)), ((0, -10), (4, -2))]
+_LEGS = [((0, 0), (-4, 11)), ((0, 0), (4, 11))]
+POSES: dict[str, dict[str, Any]] = {
+    "touches_ball": dict(arms=[((0, -10), (9, -10)), ((0, -10), (-4, -2))], legs=_LEGS,
+                         obj=("ball", 13.5, -10, 4), ev=[0], contact=(9, -10)),
+    "holds_ball_above_head": dict(arms=[((0, -10), (-3, -21)), ((0, -10), (3, -21))], legs=_LEGS,
+                                  obj=("ball", 0, -25.5, 4), ev=[0, 1], contact=(0, -21.5)),
+    "kicks_ball": dict(arms=_ARMS_DOWN, legs=[((0, 0), (-2, 11)), ((0, 0), (9, 7))],
+                       obj=("ball", 13.5, 7, 4), ev=[3], contact=(9, 7)),
+    "heads_ball": dict(arms=_ARMS_DOWN, legs=_LEGS, obj=("ball", 0, -23.5, 4), ev=[], head_ev=True,
+                       contact=(0, -19)),
+    "sits_on_box": dict(arms=_ARMS_DOWN, legs=[((0, 0), (8, 0)), ((8, 0), (8, 9))],
+                        obj=("box", -6, 1, 4, 9), ev=[2], contact=(0, 1)),
+    "stands_on_box": dict(arms=_ARMS_DOWN, legs=_LEGS, obj=("box", -7, 11.5, 7, 19), ev=[2, 3],
+                          contact=(0, 11)),
+    "pushes_box": dict(arms=[((0, -10), (9, -10)), ((0, -10), (9, -7))], legs=_LEGS,
+                       obj=("box", 9.5, -15, 19, -4), ev=[0, 1], contact=(9, -9)),
+    "stands_beside_box": dict(arms=_ARMS_DOWN, legs=_LEGS, obj=("box", 9, 2, 18, 11), ev=[3],
+                              contact=(6.5, 7)),
+}
+ACTION_TEMPLATES = {
+    "touches_ball": ["the figure's {side} hand touches the {colour} ball in the {where}",
+                     "one arm is stretched out sideways and the hand reaches the ball in the {where}",
+                     "the {colour} ball sits right at the tip of the figure's hand",
+                     "the hand and the ball meet in the {where} of the image",
+                     "only one arm reaches the ball while the other hangs down"],
+    "holds_ball_above_head": ["both hands are raised above the head and hold the {colour} ball in the {where}",
+                              "the ball is held up over the head of the figure in the {fig_where}",
+                              "the arms point upward and meet at the ball",
+                              "the {colour} ball is lifted high above the figure's head in the {where}"],
+    "kicks_ball": ["the figure's {side} foot touches the {colour} ball in the {where}",
+                   "one leg swings forward and kicks the ball in the {where}",
+                   "the ball is at the foot of the figure, not at its hands",
+                   "the raised leg meets the {colour} ball near the ground"],
+    "heads_ball": ["the {colour} ball touches the top of the figure's head in the {where}",
+                   "the arms hang down, so the head alone meets the ball",
+                   "the figure heads the ball in the {where}",
+                   "the ball rests on the head of the figure in the {fig_where}"],
+    "sits_on_box": ["the figure sits on the {colour} box in the {where}",
+                    "the hips rest on top of the box and the legs bend forward",
+                    "the thighs are level, so the figure is seated on the box",
+                    "the {colour} box under the figure in the {where} is its seat"],
+    "stands_on_box": ["both feet stand on top of the {colour} box in the {where}",
+                      "the figure is raised up on the box in the {where}",
+                      "the legs are straight and the feet touch the top of the box",
+                      "the {colour} box is under the feet of the figure"],
+    "pushes_box": ["both hands press against the {colour} box in the {where}",
+                   "the arms reach straight forward and push the box in the {where}",
+                   "the figure leans into the box with both hands",
+                   "the {colour} box touches the figure's hands on its {side} side"],
+    "stands_beside_box": ["the figure stands next to the {colour} box in the {where} without touching it",
+                          "there is a small gap between the figure's foot and the box in the {where}",
+                          "the box is on the ground to the {side} of the figure",
+                          "the arms hang down and the figure only stands beside the box"],
+}
+
+
+def _render_action(rng: np.random.Generator, label: int, size: int):
+    s = size / 64
+    name = ACTION_CLASSES[label]
+    pose = POSES[name]
+    im = _background(rng, size)
+    mask = Image.new("L", (size, size), 0)
+    d, dm = ImageDraw.Draw(im), ImageDraw.Draw(mask)
+    face = 1 if rng.random() < 0.5 else -1
+    f = rng.uniform(0.8, 0.95) * s
+    lines = list(pose["arms"]) + list(pose["legs"]) + [((0, -11), (0, 0))]  # arms 0-1, legs 2-3, torso
+    obj = pose["obj"]
+    pts = [p for ln in lines for p in ln] + [(0, -19), (-3.5, -15.5), (3.5, -15.5)]
+    if obj[0] == "ball":
+        pts += [(obj[1] - obj[3], obj[2] - obj[3]), (obj[1] + obj[3], obj[2] + obj[3])]
+    else:
+        pts += [(obj[1], obj[2]), (obj[3], obj[4])]
+    xs = [face * p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    lo, hi = 7 * s, size - 7 * s
+    hx = rng.uniform(lo - f * min(xs), max(lo - f * min(xs), hi - f * max(xs)))
+    hy = rng.uniform(lo - f * min(ys), max(lo - f * min(ys), hi - f * max(ys)))
+
+    def tr(p: tuple[float, float]) -> tuple[float, float]:
+        return (hx + face * f * p[0], hy + f * p[1])
+
+    fig_box = (hx + f * min(xs), hy + f * min(ys), hx + f * max(xs), hy + f * max(ys))
+    # distractors first (behind nothing), away from the figure and from each other
+    taken = [fig_box]
+    for _ in range(int(rng.integers(1, 4))):
+        r = rng.uniform(3, 4.5) * s
+        for _try in range(20):
+            x, y = rng.uniform(lo + r, hi - r, 2)
+            bb = (x - r, y - r, x + r, y + r)
+            m = 3 * s
+            if all(bb[2] + m < t[0] or bb[0] - m > t[2] or bb[3] + m < t[1] or bb[1] - m > t[3] for t in taken):
+                kind = ("ball", "box", "triangle", "star")[int(rng.integers(4))]
+                col = list(PROP_COLOURS.values())[int(rng.integers(len(PROP_COLOURS)))]
+                _shape(d, {"ball": "circle", "box": "square"}.get(kind, kind), x, y, r, col)
+                taken.append(bb)
+                break
+    colour = list(PROP_COLOURS)[int(rng.integers(len(PROP_COLOURS)))]
+    fig_col = tuple(int(v) for v in rng.integers(10, 60, size=3))
+    w = max(1, round(2 * f))
+    for target, fill in ((d, fig_col), (dm, 255)):
+        for i, ln in enumerate(lines):
+            if target is d or i in pose["ev"]:
+                target.line([tr(ln[0]), tr(ln[1])], fill=fill, width=w)
+        if target is d or pose.get("head_ev"):
+            hcx, hcy = tr((0, -15.5))
+            hr = 3.5 * f
+            if target is d:
+                target.ellipse([hcx - hr, hcy - hr, hcx + hr, hcy + hr], outline=fill, width=w)
+            else:
+                target.ellipse([hcx - hr, hcy - hr, hcx + hr, hcy + hr], fill=fill)
+        ofill = PROP_COLOURS[colour] if target is d else 255
+        if obj[0] == "ball":
+            cx, cy = tr((obj[1], obj[2]))
+            rr = obj[3] * f
+            target.ellipse([cx - rr, cy - rr, cx + rr, cy + rr], fill=ofill)
+        else:
+            (x0, y0), (x1, y1) = tr((obj[1], obj[2])), tr((obj[3], obj[4]))
+            target.rectangle([min(x0, x1), y0, max(x0, x1), y1], fill=ofill)
+    cx, cy = tr(pose["contact"])
+    fill = {"colour": colour, "where": where(cx, cy, size), "fig_where": where(hx, hy - 8 * f, size),
+            "side": "right" if face > 0 else "left"}
+    pool = ACTION_TEMPLATES[name] + [f"the {{colour}} {'ball' if obj[0] == 'ball' else 'box'} "
+                                     "is what the figure interacts with"]
+    return im, mask, pool, fill
+
+
+KINDS: dict[str, tuple[str, list[str], Callable]] = {
+    "objects": ("obj", OBJECT_CLASSES, _render_object),
+    "actions": ("act", ACTION_CLASSES, _render_action),
+}
+
+
+# --- writers -------------------------------------------------------------------------------------------
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=6, optimize=False)
+    return buf.getvalue()
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Deterministic .npz: np.savez stamps members with the current time, so write the zip here."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, _npy(arrays[key]))
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _annotated(rng: np.random.Generator, ids: list[str], labels: list[int], fraction: float) -> set[str]:
+    """round(fraction * n) ids, spread over classes round-robin (class order and members shuffled)."""
+    k = round(fraction * len(ids))
+    by_class: dict[int, list[str]] = {}
+    for i, l in zip(ids, labels):
+        by_class.setdefault(l, []).append(i)
+    queues = [[m[j] for j in rng.permutation(len(m))] for _, m in sorted(by_class.items())]
+    queues = [queues[j] for j in rng.permutation(len(queues))]
+    out: list[str] = []
+    while len(out) < k:
+        for q in queues:
+            if q and len(out) < k:
+                out.append(q.pop())
+    return set(out)
+
+
+def make_standin(kind: str, out: str | Path, *, seed: int, n_images: int, image_size: int = 64,
+                 annotated_fraction: float = 0.1, shortcut_strength: float = 0.9, split_seed: int = 0,
+                 split_fractions: dict[str, float] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Generate a stand-in dataset in the official format into `out`; return its standin.json.
+
+    Same arguments give byte-identical files. `out` is built in a temporary folder beside it and
+    renamed into place; a non-empty `out` is refused unless overwrite=True.
+    """
+    if kind not in KINDS:
+        raise MEGLError(f"stand-in kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if not 0 <= shortcut_strength <= 1 or not 0 <= annotated_fraction <= 1:
+        raise MEGLError("shortcut_strength and annotated_fraction must lie in [0, 1]")
+    if n_images < 1 or image_size < 32:
+        raise MEGLError("n_images must be >= 1 and image_size >= 32")
+    fractions = dict(split_fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise MEGLError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+    prefix, classes, render = KINDS[kind]
+    K = len(classes)
+    rng = np.random.default_rng(seed)
+    labels = [int(v) for v in rng.permutation(np.arange(n_images) % K)]
+    ids = [f"{prefix}_{i:05d}" for i in range(n_images)]
+    split = make_split(ids, labels, split_seed, fractions)
+    train = set(split["train"])
+    annotated = _annotated(rng, ids, labels, annotated_fraction)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "visual_exp").mkdir()
+        records, full_maps, marks = {}, {}, {}
+        n_ann = 0
+        for i, (sid, lab) in enumerate(zip(ids, labels)):
+            r = np.random.default_rng([seed, i])
+            im, mask, pool, fill = render(r, lab, image_size)
+            if sid in train and r.random() < shortcut_strength:
+                pattern = lab
+            else:
+                pattern = int(r.integers(K))
+            _mark(ImageDraw.Draw(im), pattern, image_size)
+            marks[sid] = pattern
+            (tmp / "images" / f"{sid}.png").write_bytes(_png(im))
+            soft = np.asarray(mask.filter(ImageFilter.GaussianBlur(image_size / 64)), dtype=np.uint8)
+            full_maps[sid] = soft
+            ve = ""
+            if sid in annotated:
+                ve = f"visual_exp/{sid}.npy"
+                arr = soft if n_ann % 2 == 0 else np.repeat((soft.astype(np.float32) / 255)[None], 3, 0)
+                (tmp / ve).write_bytes(_npy(arr))
+                n_ann += 1
+            picks = r.permutation(len(pool))[: int(r.integers(3, 6))]
+            records[sid] = {"image_path": f"images/{sid}.png", "class_id": lab, "visual_exp": ve,
+                            "ans": classes[lab], "exp": [pool[j].format(**fill) for j in picks]}
+        (tmp / "exp_annotation.json").write_text(_json(records), encoding="utf-8")
+        (tmp / "label_class_id_mapping.json").write_text(
+            _json({c: k for k, c in enumerate(classes)}), encoding="utf-8")
+        write_npz(tmp / "full_maps.npz", full_maps)
+        manifest = {
+            "kind": kind, "seed": seed, "n_images": n_images, "image_size": image_size,
+            "annotated_fraction": annotated_fraction, "shortcut_strength": shortcut_strength,
+            "split_seed": split_seed, "split_fractions": fractions, "classes": classes,
+            "shortcut": {"description": SHORTCUT_DESCRIPTION,
+                         "patterns": {c: {"corner": MARK_PATTERNS[k][0], "colour": MARK_PATTERNS[k][1]}
+                                      for k, c in enumerate(classes)}},
+            "split": split, "marks": marks, "n_annotated": len(annotated),
+        }
+        (tmp / "standin.json").write_text(_json(manifest), encoding="utf-8")
+        _swap_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return manifest
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    old.rmdir()
+    os.replace(out, old)
+    os.replace(tmp, out)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
