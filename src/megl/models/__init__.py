@@ -1,0 +1,1 @@
+"""Classifier backbones and differentiable Grad-CAM."""

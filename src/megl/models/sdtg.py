@@ -1,0 +1,168 @@
+"""SDTG — Saliency-Driven Textual Grounding (MEGL paper §3.3).
+
+V = W_I·Z_I + W_A·Z_A with Z_I the classifier's feature tokens and Z_A = CLIP(I ⊙ Â) (frozen
+encoder); V is the LM's visual prefix, followed by a text prompt and the target text.
+L_textual = autoregressive NLL of the target tokens only. Choices where the paper is silent
+(token matching, normalisation, sequence layout) are in docs/sdtg.md.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from megl.errors import MEGLError
+from megl.models.clip import FrozenVisionEncoder
+
+IGNORE = -100
+
+
+def resample_tokens(z: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """Adaptive average pooling of a token set to `n_tokens` tokens: B×N×D → B×n_tokens×D.
+
+    B×C×h×w feature maps and square token counts (N = s², patch grids without CLS) are pooled
+    on the 2-D grid when n_tokens is a square too; other sequences are pooled in 1-D order.
+    A B×D vector counts as one token (pooling then repeats it).
+    """
+    if z.ndim == 2:
+        z = z[:, None, :]
+    if z.ndim == 4:
+        z = z.flatten(2).transpose(1, 2)
+    if z.ndim != 3:
+        raise MEGLError(f"SDTG tokens must be B×N×D, B×C×h×w or B×D; got shape {tuple(z.shape)}")
+    b, n, d = z.shape
+    side, out_side = math.isqrt(n), math.isqrt(n_tokens)
+    if side * side == n and out_side * out_side == n_tokens and n > 1:
+        grid = z.transpose(1, 2).reshape(b, d, side, side)
+        return F.adaptive_avg_pool2d(grid, out_side).flatten(2).transpose(1, 2)
+    return F.adaptive_avg_pool1d(z.transpose(1, 2), n_tokens).transpose(1, 2)
+
+
+def mask_image(images: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+    """I ⊙ Â: saliency B×h×w (or B×1×h×w) in [0, 1], bilinearly upsampled to the image size."""
+    if saliency.ndim == 3:
+        saliency = saliency[:, None]
+    if saliency.ndim != 4 or saliency.shape[1] != 1 or saliency.shape[0] != images.shape[0]:
+        raise MEGLError(f"saliency must be B×h×w matching images {tuple(images.shape)}; got {tuple(saliency.shape)}")
+    sal = F.interpolate(saliency.to(images.dtype), size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return images * sal
+
+
+class SDTG(nn.Module):
+    """Visual prefix (W_I·Z_I + W_A·Z_A) + prompt → causal LM; `loss` is L_textual, `generate` decodes.
+
+    vision_encoder None: the `megl_no_sdtg` ablation (V = W_I·Z_I). saliency None: no Z_A term,
+    except when tokens is None too (text-only / multimodal-LLM baselines): then the encoder sees
+    the whole image, V = W_A·CLIP(I). feature_dim None: no W_I projection (encoder-only use).
+    """
+
+    def __init__(self, lm: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                 vision_encoder: FrozenVisionEncoder | None, feature_dim: int | None,
+                 prefix_tokens: int, prompt: str, max_rationale_tokens: int):
+        super().__init__()
+        if prefix_tokens < 1 or max_rationale_tokens < 1:
+            raise MEGLError("sdtg.prefix_tokens and sdtg.max_rationale_tokens must be >= 1")
+        if vision_encoder is None and not feature_dim:
+            raise MEGLError("SDTG needs a vision encoder or classifier features (feature_dim)")
+        if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+            raise MEGLError("SDTG: the tokenizer needs EOS and pad tokens")
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.vision_encoder = vision_encoder
+        self.prefix_tokens = int(prefix_tokens)
+        self.prompt = prompt
+        self.max_rationale_tokens = int(max_rationale_tokens)
+        hidden = self.lm.get_input_embeddings().embedding_dim
+        self.proj_image = nn.Linear(int(feature_dim), hidden) if feature_dim else None  # W_I
+        self.proj_saliency = (nn.Linear(vision_encoder.hidden_size, hidden)  # W_A
+                              if vision_encoder is not None else None)
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        self.register_buffer("bos_ids", torch.tensor(bos, dtype=torch.long), persistent=False)
+        self.register_buffer("prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False)
+
+    # ------------------------------------------------------------------ prefix
+    def prefix(self, images: torch.Tensor | None, saliency: torch.Tensor | None,
+               tokens: torch.Tensor | None) -> torch.Tensor:
+        """The visual prefix V: Tensor[B, prefix_tokens, LM hidden size] in the LM's embedding dtype."""
+        parts = []
+        if tokens is not None:
+            if self.proj_image is None:
+                raise MEGLError("SDTG built without feature_dim got classifier tokens")
+            z_i = resample_tokens(tokens.float(), self.prefix_tokens)
+            parts.append(self.proj_image(F.layer_norm(z_i, z_i.shape[-1:])))
+        use_encoder = self.vision_encoder is not None and (saliency is not None or tokens is None)
+        if use_encoder:
+            if images is None:
+                raise MEGLError("SDTG: images are required for the vision-encoder term")
+            x = images.float() if saliency is None else mask_image(images.float(), saliency.float())
+            z_a = resample_tokens(self.vision_encoder(x).float(), self.prefix_tokens)
+            parts.append(self.proj_saliency(F.layer_norm(z_a, z_a.shape[-1:])))
+        if not parts:
+            raise MEGLError("SDTG: nothing to condition on (no classifier tokens and no vision encoder)")
+        v = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        return v.to(self.lm.get_input_embeddings().weight.dtype)
+
+    def _context(self, v: torch.Tensor) -> torch.Tensor:
+        """[BOS] V [prompt] as embeddings: B×L0×H."""
+        emb = self.lm.get_input_embeddings()
+        b = v.shape[0]
+        pieces = []
+        if self.bos_ids.numel():
+            pieces.append(emb(self.bos_ids.to(v.device)).expand(b, -1, -1))
+        pieces.append(v)
+        if self.prompt_ids.numel():
+            pieces.append(emb(self.prompt_ids.to(v.device)).expand(b, -1, -1))
+        return torch.cat(pieces, dim=1)
+
+    # ------------------------------------------------------------------ training
+    def loss(self, images: torch.Tensor | None, saliency: torch.Tensor | None, tokens: torch.Tensor | None,
+             rationales: list[str]) -> torch.Tensor:
+        """L_textual: mean NLL over the target tokens (' ' + text, truncated, + EOS) of the batch."""
+        v = self.prefix(images, saliency, tokens)
+        if v.shape[0] != len(rationales):
+            raise MEGLError(f"SDTG.loss: batch of {v.shape[0]} but {len(rationales)} target texts")
+        context = self._context(v)
+        b, l0, _ = context.shape
+        ids = self.tokenizer([" " + t.strip() for t in rationales], add_special_tokens=False)["input_ids"]
+        ids = [s[:self.max_rationale_tokens] + [self.tokenizer.eos_token_id] for s in ids]
+        width = max(len(s) for s in ids)
+        target = torch.full((b, width), self.tokenizer.pad_token_id, dtype=torch.long, device=v.device)
+        tmask = torch.zeros((b, width), dtype=torch.long, device=v.device)
+        for r, s in enumerate(ids):
+            target[r, :len(s)] = torch.tensor(s, device=v.device)
+            tmask[r, :len(s)] = 1
+        embeds = torch.cat([context, self.lm.get_input_embeddings()(target)], dim=1)
+        attention = torch.cat([torch.ones((b, l0), dtype=torch.long, device=v.device), tmask], dim=1)
+        labels = torch.cat([torch.full((b, l0), IGNORE, dtype=torch.long, device=v.device),
+                            target.masked_fill(tmask == 0, IGNORE)], dim=1)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention, labels=labels).loss
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor | None, saliency: torch.Tensor | None, tokens: torch.Tensor | None,
+                 max_new_tokens: int, num_beams: int = 1) -> list[str]:
+        """Decode one text per sample (greedy, or beam search with num_beams > 1; no sampling)."""
+        was_training = self.training
+        self.eval()
+        try:
+            context = self._context(self.prefix(images, saliency, tokens))
+            b, l0, _ = context.shape
+            config = GenerationConfig(
+                max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                bos_token_id=self.tokenizer.bos_token_id,
+            )
+            attention = torch.ones((b, l0), dtype=torch.long, device=context.device)
+            # decoder-only generate() with inputs_embeds only returns just the new tokens
+            out = self.lm.generate(inputs_embeds=context, attention_mask=attention, generation_config=config)
+        finally:
+            self.train(was_training)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors (projections, LoRA or LM weights): what a checkpoint must keep."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
