@@ -1,0 +1,190 @@
+"""Text metrics: the COCO caption scorers (pycocoevalcap: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE) and CLIPScore.
+
+The scorers are called as published, after pycocoevalcap's PTBTokenizer (Java); nothing is re-implemented.
+A scorer that cannot run returns None with the reason in `notes`, never 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from megl.errors import MEGLError
+
+TEXT_KEYS = ("bleu4", "meteor", "rouge_l", "cider", "spice")
+JAVA_MISSING = "Java not found: install openjdk (apt-get install default-jre-headless) for the COCO caption scorers"
+# What pycocoevalcap's spice/get_stanford_models.py would download on first use.
+SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+
+
+class JavaMissingError(MEGLError):
+    """The COCO caption scorers need a Java runtime and none is on PATH."""
+
+    def __init__(self) -> None:
+        super().__init__(JAVA_MISSING)
+
+
+def _require_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise JavaMissingError()
+    return java
+
+
+def spice_unavailable_reason() -> str | None:
+    """Why SPICE cannot run offline here (missing CoreNLP jars), or None if its files are present."""
+    try:
+        import pycocoevalcap.spice as spice_pkg
+    except ImportError as e:  # pragma: no cover - pycocoevalcap is a hard dependency
+        return f"pycocoevalcap.spice not importable: {e}"
+    d = Path(spice_pkg.__file__).parent
+    missing = [str(d / "lib" / j) for j in SPICE_CORENLP_JARS if not (d / "lib" / j).exists()]
+    if not (d / "spice-1.0.jar").exists():
+        missing.insert(0, str(d / "spice-1.0.jar"))
+    if missing:
+        return (
+            "SPICE not computed: Stanford CoreNLP 3.6.0 is not installed (missing "
+            + ", ".join(missing)
+            + "); pycocoevalcap would download it on first use and this run is offline"
+        )
+    return None
+
+
+def null_text_metrics(reason: str) -> dict:
+    """Every text metric None (a method that writes no text), with the reason; never 0."""
+    out = {k: None for k in TEXT_KEYS}
+    out["clipscore"] = None
+    out["n"] = 0
+    out["notes"] = {k: reason for k in (*TEXT_KEYS, "clipscore")}
+    return out
+
+
+def _validate(references: Mapping, hypotheses: Mapping) -> None:
+    missing_h = [k for k in references if k not in hypotheses]
+    missing_r = [k for k in hypotheses if k not in references]
+    if missing_h:
+        raise MEGLError(f"text metrics: sample {missing_h[0]!r} has references but no hypothesis")
+    if missing_r:
+        raise MEGLError(f"text metrics: sample {missing_r[0]!r} has a hypothesis but no references")
+    for k, refs in references.items():
+        if isinstance(refs, str) or not isinstance(refs, Sequence) or len(refs) == 0:
+            raise MEGLError(f"text metrics: sample {k!r} field 'references' must be a non-empty list of strings")
+        if not all(isinstance(r, str) for r in refs):
+            raise MEGLError(f"text metrics: sample {k!r} field 'references' holds a non-string")
+        if not isinstance(hypotheses[k], str):
+            raise MEGLError(f"text metrics: sample {k!r} field 'hypothesis' must be a string, got {type(hypotheses[k]).__name__}")
+
+
+def _tokenize(captions: dict) -> dict:
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = PTBTokenizer().tokenize(captions)
+    for k, v in captions.items():  # the tokenizer maps output lines by position: check nothing shifted
+        if len(out.get(k, [])) != len(v):
+            raise MEGLError(f"text metrics: PTBTokenizer lost captions of sample {k!r}")
+    return out
+
+
+def _meteor(gts: dict, res: dict) -> float:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()
+    try:
+        score, _ = scorer.compute_score(gts, res)
+    except (ValueError, OSError) as e:  # the JVM died or answered nothing
+        raise MEGLError(f"METEOR scorer failed: {type(e).__name__}: {e}") from None
+    finally:
+        if scorer.lock.locked():  # else Meteor.__del__ would block forever on the lock
+            scorer.lock.release()
+        scorer.meteor_p.stdin.close()
+        scorer.meteor_p.kill()
+        scorer.meteor_p.wait()
+    return float(score)
+
+
+def _spice(gts: dict, res: dict) -> tuple[float | None, str | None]:
+    from pycocoevalcap.spice.spice import Spice
+
+    reason = spice_unavailable_reason()  # checked first: Spice() itself would start a download
+    if reason is not None:
+        return None, reason
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            score, _ = Spice().compute_score(gts, res)
+    except (subprocess.CalledProcessError, OSError, ValueError) as e:
+        return None, f"SPICE failed to run: {type(e).__name__}: {e}"
+    score = float(score)
+    if not np.isfinite(score):
+        return None, "SPICE returned NaN"
+    return score, None
+
+
+def text_metrics(references: Mapping, hypotheses: Mapping[object, str], spice: bool = True) -> dict:
+    """BLEU-4, METEOR, ROUGE-L, CIDEr and SPICE of hypotheses against references (per sample id).
+
+    Corpus-level scores as reported by pycocoevalcap (CIDEr's idf comes from this reference set,
+    so score the whole test set at once). Returns the scores, `n`, and `notes` for scorers that
+    did not run (None, never 0).
+    """
+    _require_java()
+    _validate(references, hypotheses)
+    if len(hypotheses) == 0:
+        return {**{k: None for k in TEXT_KEYS}, "n": 0, "notes": {k: "no samples to score" for k in TEXT_KEYS}}
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts = _tokenize({k: [{"caption": r} for r in refs] for k, refs in references.items()})
+    res = _tokenize({k: [{"caption": hypotheses[k]}] for k in references})
+    out: dict = {"n": len(res), "notes": {}}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    out["bleu4"] = float(bleu[3])
+    out["meteor"] = _meteor(gts, res)
+    out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    out["cider"] = float(Cider().compute_score(gts, res)[0])
+    if spice:
+        out["spice"], note = _spice(gts, res)
+        if note:
+            out["notes"]["spice"] = note
+    else:
+        out["spice"] = None
+        out["notes"]["spice"] = "SPICE disabled by the caller (spice=False)"
+    return {k: out[k] for k in (*TEXT_KEYS, "n", "notes")}
+
+
+def scorer_versions() -> dict:
+    """Versions of the scoring stack: pycocoevalcap, the Java runtime, and whether SPICE can run."""
+    try:
+        pce = metadata.version("pycocoevalcap")
+    except metadata.PackageNotFoundError:
+        pce = None
+    java = shutil.which("java")
+    java_version = None
+    if java is not None:
+        try:
+            p = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+            lines = (p.stderr or p.stdout).strip().splitlines()
+            java_version = lines[0] if lines else None
+        except (OSError, subprocess.SubprocessError):
+            java_version = None
+    return {"pycocoevalcap": pce, "java": java_version, "spice_available": spice_unavailable_reason() is None}
+
+
+def clipscore(similarities: Sequence[float] | np.ndarray) -> float | None:
+    """CLIPScore (Hessel et al. 2021): mean over samples of 2.5 * max(cos, 0); None for no samples."""
+    c = np.asarray(similarities, dtype=np.float64).ravel()
+    if c.size == 0:
+        return None
+    if not np.all(np.isfinite(c)):
+        raise MEGLError("clipscore: cosine similarities contain NaN or inf")
+    if np.any(np.abs(c) > 1.0 + 1e-4):
+        raise MEGLError(f"clipscore: cosine similarities must lie in [-1, 1], got [{c.min():.4g}, {c.max():.4g}]")
+    return float(np.mean(2.5 * np.maximum(c, 0.0)))
