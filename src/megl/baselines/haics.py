@@ -1,0 +1,73 @@
+"""HAICS baseline (Shen et al., CHI EA 2021): binary cross-entropy between Â and the annotation.
+
+L = mean over the cells of the annotated samples of BCE(Â, A*), with A* the annotation on Â's
+grid, binarised at `binarize_threshold` (target: binary) or kept soft (target: soft).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from megl.errors import MEGLError
+from megl.losses import downsample_map
+
+NAME = "haics"
+TARGETS = ("binary", "soft")
+
+
+def _param(cfg: dict[str, Any], key: str) -> Any:
+    if key not in cfg or cfg[key] is None:
+        raise MEGLError(f"baselines.{NAME}: missing required key {key!r}")
+    return cfg[key]
+
+
+def check_inputs(sal: Tensor, maps: Tensor, has_map: Tensor, name: str) -> Tensor:
+    """Validate shapes shared by every baseline; return has_map as a bool vector on sal's device."""
+    if sal.dim() != 3:
+        raise MEGLError(f"{name}: sal_scaled must be (B, h, w), got {tuple(sal.shape)}")
+    if maps.dim() != 4 or maps.shape[1] != 1 or maps.shape[0] != sal.shape[0]:
+        raise MEGLError(f"{name}: maps must be (B, 1, S, S) with B={sal.shape[0]}, got {tuple(maps.shape)}")
+    has_map = has_map.to(device=sal.device, dtype=torch.bool).view(-1)
+    if has_map.numel() != sal.shape[0]:
+        raise MEGLError(f"{name}: has_map has {has_map.numel()} entries for a batch of {sal.shape[0]}")
+    return has_map
+
+
+def haics_loss(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    sal_scaled: Tensor,
+    maps: Tensor,
+    has_map: Tensor,
+    cfg: dict[str, Any],
+    state: nn.Module | None = None,
+) -> Tensor:
+    """HAICS explanation loss on the annotated samples; a graph-connected 0 when none is annotated."""
+    has_map = check_inputs(sal_scaled, maps, has_map, NAME)
+    target_kind = _param(cfg, "target")
+    if target_kind not in TARGETS:
+        raise MEGLError(f"baselines.{NAME}.target: {target_kind!r} not one of {', '.join(TARGETS)}")
+    eps = float(_param(cfg, "eps"))
+    if not bool(has_map.any()):
+        return 0.0 * sal_scaled.sum()
+    sal = sal_scaled[has_map]
+    target = downsample_map(maps[has_map.to(maps.device)], sal.shape[-2:]).to(sal)
+    if target_kind == "binary":
+        target = (target >= float(_param(cfg, "binarize_threshold"))).to(sal)
+    # Clamp away from {0, 1}: the per-sample min-max scaling puts exact 0s and 1s in every map,
+    # where BCE's gradient is unbounded.
+    pred = sal.clamp(eps, 1.0 - eps)
+    return F.binary_cross_entropy(pred, target.clamp(0.0, 1.0), reduction="mean")
+
+
+def make_state(cfg: dict[str, Any], grid_hw: tuple[int, int]) -> None:
+    """HAICS has no learnable parts."""
+    return None
+
+
+__all__ = ["haics_loss", "make_state", "check_inputs"]
