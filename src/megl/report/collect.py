@@ -1,0 +1,141 @@
+"""Read every run's metrics.json into one frame; enumerate the runs the matrix expects."""
+from __future__ import annotations
+
+import json
+import re
+from itertools import product
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from megl.errors import MEGLError
+
+RUN_KEYS: tuple[str, ...] = ("dataset", "backbone", "method", "seed")
+CLASSIFICATION_KEYS: tuple[str, ...] = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+VISUAL_KEYS: tuple[str, ...] = ("miou", "saliency_auprc")
+TEXT_KEYS: tuple[str, ...] = ("bleu4", "meteor", "rouge_l", "cider", "spice", "clipscore")
+EFFICIENCY_KEYS: tuple[str, ...] = ("params", "latency_ms", "fps")
+OPTIONAL_KEYS: tuple[str, ...] = ("miou_all",)
+# Keys every metrics.json must carry (the value may be null except for the classification keys).
+REQUIRED_KEYS: tuple[str, ...] = (
+    CLASSIFICATION_KEYS + VISUAL_KEYS + TEXT_KEYS + EFFICIENCY_KEYS + ("n_test",)
+)
+METRIC_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
+
+MLLM_BACKBONE = "mllm"
+MLLM_METHODS: tuple[str, ...] = ("llava_vqa", "finetune_cot")
+# MLLM runs have no saliency: these keys may be absent from their metrics.json.
+MLLM_ABSENT_OK: tuple[str, ...] = VISUAL_KEYS
+
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+
+
+def _fail(path: Path, what: str) -> MEGLError:
+    return MEGLError(f"{path}: {what}")
+
+
+def _number_or_none(path: Path, key: str, value: Any, nullable: bool) -> float | None:
+    if value is None:
+        if nullable:
+            return None
+        raise _fail(path, f"field '{key}' is null; a number is required")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, f"field '{key}' is {value!r}; a number is required")
+    return float(value)
+
+
+def _check_path_matches(path: Path, run: Mapping[str, Any]) -> None:
+    """When the file sits in {dataset}/{backbone}/{method}/seed{n}/, the folders must agree with `run`."""
+    parts = path.parent.parts
+    if len(parts) < 4 or not _SEED_DIR.match(parts[-1]):
+        return
+    folder = dict(zip(("dataset", "backbone", "method"), parts[-4:-1]))
+    folder["seed"] = int(_SEED_DIR.match(parts[-1]).group(1))
+    for key, value in folder.items():
+        if run[key] != value:
+            raise _fail(path, f"field 'run.{key}' is {run[key]!r} but the folder says {value!r}")
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """One validated row: the run keys, every metric key (None where null) and `notes` as JSON text."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise _fail(path, "file not found") from exc
+    except json.JSONDecodeError as exc:
+        raise _fail(path, f"not valid JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise _fail(path, "top level is not an object")
+    run = record.get("run")
+    if not isinstance(run, dict):
+        raise _fail(path, "missing key 'run' (an object with dataset, backbone, method, seed)")
+    for key in RUN_KEYS:
+        if key not in run:
+            raise _fail(path, f"missing key 'run.{key}'")
+    if isinstance(run["seed"], bool) or not isinstance(run["seed"], int):
+        raise _fail(path, f"field 'run.seed' is {run['seed']!r}; an integer is required")
+    for key in ("dataset", "backbone", "method"):
+        if not isinstance(run[key], str) or not run[key]:
+            raise _fail(path, f"field 'run.{key}' is {run[key]!r}; a non-empty string is required")
+    _check_path_matches(path, run)
+
+    row: dict[str, Any] = {key: run[key] for key in RUN_KEYS}
+    is_mllm = run["method"] in MLLM_METHODS or run["backbone"] == MLLM_BACKBONE
+    for key in REQUIRED_KEYS:
+        if key not in record:
+            if is_mllm and key in MLLM_ABSENT_OK:
+                row[key] = None
+                continue
+            raise _fail(path, f"missing key '{key}'")
+        row[key] = _number_or_none(path, key, record[key], nullable=key not in CLASSIFICATION_KEYS)
+    for key in OPTIONAL_KEYS:
+        row[key] = _number_or_none(path, key, record.get(key), nullable=True)
+    notes = record.get("notes")
+    row["notes"] = None if notes in (None, "", {}) else json.dumps(notes, sort_keys=True)
+    row["path"] = str(path)
+    return row
+
+
+def collect_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per run: run keys, metric keys (NaN where null), `notes` and the source `path`.
+
+    Raises MEGLError naming the file and the key when a file is malformed or a run appears twice.
+    """
+    rows = [read_metrics(p) for p in metrics_paths]
+    columns = list(RUN_KEYS) + list(METRIC_KEYS) + ["notes", "path"]
+    df = pd.DataFrame(rows, columns=columns)
+    if df.empty:
+        return df.astype({"seed": "int64"})
+    dup = df.duplicated(list(RUN_KEYS), keep=False)
+    if dup.any():
+        first = df[dup].iloc[0]
+        others = df[dup & (df[list(RUN_KEYS)] == first[list(RUN_KEYS)]).all(axis=1)]["path"].tolist()
+        raise MEGLError(f"run {dict(first[list(RUN_KEYS)])} appears in more than one file: {others}")
+    for key in METRIC_KEYS:
+        df[key] = pd.to_numeric(df[key], errors="raise").astype("float64")
+    df["seed"] = df["seed"].astype("int64")
+    return df.sort_values(list(RUN_KEYS), kind="stable").reset_index(drop=True)
+
+
+def expected_runs(matrix: Mapping[str, Any]) -> pd.DataFrame:
+    """Every run the matrix asks for: columns dataset, backbone, method, seed.
+
+    MLLM methods (llava_vqa, finetune_cot) have no classifier backbone: they appear once per
+    dataset and seed under backbone 'mllm'.
+    """
+    for key in ("datasets", "backbones", "methods", "seeds"):
+        if key not in matrix:
+            raise MEGLError(f"config matrix: missing key '{key}'")
+    rows: list[tuple[str, str, str, int]] = []
+    # Matrix order is kept (tables list datasets, backbones and methods as the config does).
+    for dataset in matrix["datasets"]:
+        for backbone in list(matrix["backbones"]) + [MLLM_BACKBONE]:
+            for method, seed in product(matrix["methods"], matrix["seeds"]):
+                is_mllm = method in MLLM_METHODS
+                if is_mllm == (backbone == MLLM_BACKBONE):
+                    rows.append((dataset, backbone, method, int(seed)))
+    df = pd.DataFrame(rows, columns=list(RUN_KEYS)).drop_duplicates()
+    df["seed"] = df["seed"].astype("int64")
+    return df.reset_index(drop=True)

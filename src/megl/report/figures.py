@@ -1,0 +1,260 @@
+"""Seaborn figures: metric per method with seed spread, ablation deltas, qualitative grid, training curves.
+
+Every figure is written as PNG (200 dpi) and PDF, each atomically; widths follow a paper column.
+"""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from megl.errors import MEGLError  # noqa: E402
+from megl.io import atomic_path  # noqa: E402
+from megl.report.collect import MLLM_BACKBONE  # noqa: E402
+from megl.report.tables import (BACKBONE_NAMES, DATASET_NAMES, METHOD_ORDER, METRIC_LABELS,  # noqa: E402
+                                TABLE4_METHODS, method_label)
+
+COLUMN_WIDTH_IN = 3.3
+DPI = 200
+RC = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labelsize": 6,
+      "ytick.labelsize": 6, "legend.fontsize": 6, "legend.title_fontsize": 6}
+
+
+def _theme() -> None:
+    sns.set_theme(context="paper", style="whitegrid", rc=RC)
+
+
+def save_figure(fig: plt.Figure, out_stem: str | Path) -> list[Path]:
+    """Save `fig` as `<out_stem>.png` and `.pdf` atomically; close it; return the paths."""
+    paths = []
+    for ext in (".png", ".pdf"):
+        path = Path(f"{out_stem}{ext}")
+        with atomic_path(path, suffix=ext) as tmp:
+            fig.savefig(tmp, dpi=DPI, format=ext[1:], bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _panel_label(dataset: str, backbone: str) -> str:
+    return f"{DATASET_NAMES.get(dataset, dataset)} / {BACKBONE_NAMES.get(backbone, backbone)}"
+
+
+def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    out["panel"] = [_panel_label(d, b) for d, b in zip(out["dataset"], out["backbone"])]
+    out["Method"] = out["method"].map(method_label)
+    return out
+
+
+def _method_order(methods: Sequence[str]) -> list[str]:
+    present = list(dict.fromkeys(methods))
+    ranked = sorted(present, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+    return [method_label(m) for m in ranked]
+
+
+def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
+                          methods: Sequence[str] | None = None) -> list[Path]:
+    """Mean ± std over seeds (error bar) and every seed (dot) of `metric` per method; one panel
+    per dataset × backbone. MLLM runs are included when they carry the metric."""
+    _theme()
+    data = df[df[metric].notna()]
+    if methods is not None:
+        data = data[data["method"].isin(methods)]
+    if data.empty:
+        raise MEGLError(f"figure {out_stem}: no run has a value for '{metric}'")
+    data = _with_labels(data)
+    order = _method_order(data["method"])
+    panels = list(dict.fromkeys(data["panel"]))
+    height = 0.16 * len(order) + 0.5
+    fig, axes = plt.subplots(len(panels), 1, figsize=(COLUMN_WIDTH_IN, height * len(panels)),
+                             sharex=True, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        sub = data[data["panel"] == panel]
+        sns.stripplot(data=sub, x=metric, y="Method", order=order, ax=ax, size=2.5, color="0.55",
+                      jitter=0.15, zorder=1)
+        sns.pointplot(data=sub, x=metric, y="Method", order=order, ax=ax, errorbar="sd",
+                      linestyle="none", markers="D", markersize=3, capsize=0.3, err_kws={"linewidth": 0.8},
+                      color="C0", zorder=2)
+        ax.set_title(panel)
+        ax.set_ylabel("")
+        ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accuracy",
+                  methods: Sequence[str] = TABLE4_METHODS) -> list[Path]:
+    """Change of `metric` from full MEGL, paired by seed, for each variant and the baseline:
+    bar = mean over seeds, dots = seeds; one panel per dataset × backbone."""
+    _theme()
+    data = df[df["method"].isin(methods) & (df["backbone"] != MLLM_BACKBONE) & df[metric].notna()]
+    full = data[data["method"] == "megl"][["dataset", "backbone", "seed", metric]]
+    merged = data[data["method"] != "megl"].merge(full, on=["dataset", "backbone", "seed"],
+                                                  suffixes=("", "_megl"))
+    if merged.empty:
+        raise MEGLError(f"figure {out_stem}: no run pairs with full MEGL for '{metric}'")
+    merged["delta"] = (merged[metric] - merged[f"{metric}_megl"]) * 100
+    merged = _with_labels(merged)
+    order = _method_order(merged["method"])
+    panels = list(dict.fromkeys(merged["panel"]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(COLUMN_WIDTH_IN, (0.16 * len(order) + 0.5) * len(panels)),
+                             sharex=True, squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        sub = merged[merged["panel"] == panel]
+        sns.barplot(data=sub, x="delta", y="Method", order=order, ax=ax, errorbar=None, color="C1", alpha=0.6)
+        sns.stripplot(data=sub, x="delta", y="Method", order=order, ax=ax, size=2.5, color="0.2", jitter=0.1)
+        ax.axvline(0, color="0.3", linewidth=0.6)
+        ax.set_title(panel)
+        ax.set_ylabel("")
+        ax.set_xlabel(f"change in {METRIC_LABELS.get(metric, metric)} from MEGL (pp)")
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise MEGLError(f"{path}: cannot read saliency arrays ({exc})") from exc
+    for key in ("ids", "images", "gt", "saliency"):
+        if key not in arrays:
+            raise MEGLError(f"{path}: missing array '{key}'")
+    return arrays
+
+
+def _load_predictions(path: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise MEGLError(f"{path}: line {lineno}: not valid JSON ({exc})") from exc
+            if "id" not in rec:
+                raise MEGLError(f"{path}: line {lineno}: missing key 'id'")
+            out[str(rec["id"])] = rec
+    return out
+
+
+def _to_display(image: np.ndarray) -> np.ndarray:
+    """[3,S,S] float → [S,S,3] in [0,1] by per-image min-max (the stored images may be normalised)."""
+    img = np.asarray(image, dtype="float32").transpose(1, 2, 0)
+    lo, hi = float(img.min()), float(img.max())
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def plot_qualitative(baseline_run: str | Path, megl_run: str | Path, out_stem: str | Path,
+                     n_samples: int = 4, wrap: int = 34) -> list[Path]:
+    """Grid per sample: image, ground-truth map, baseline saliency, MEGL saliency, and MEGL's
+    generated rationale beside the reference; from each run folder's saliency.npz and MEGL's
+    predictions.jsonl. Samples are the first ids present in both runs and holding a map."""
+    _theme()
+    base_dir, megl_dir = Path(baseline_run), Path(megl_run)
+    base = _load_npz(base_dir / "saliency.npz")
+    megl = _load_npz(megl_dir / "saliency.npz")
+    preds = _load_predictions(megl_dir / "predictions.jsonl")
+    base_index = {str(i): k for k, i in enumerate(base["ids"])}
+    ids = [str(i) for i in megl["ids"] if str(i) in base_index][:n_samples]
+    if not ids:
+        raise MEGLError(f"{megl_dir / 'saliency.npz'}: no sample id in common with {base_dir / 'saliency.npz'}")
+    megl_index = {str(i): k for k, i in enumerate(megl["ids"])}
+    titles = ["image", "ground truth", "baseline", "MEGL", "rationale"]
+    fig = plt.figure(figsize=(COLUMN_WIDTH_IN * 2, 1.25 * len(ids) + 0.2))
+    grid = fig.add_gridspec(len(ids), 5, width_ratios=[1, 1, 1, 1, 2.6], wspace=0.08, hspace=0.15)
+    for r, sid in enumerate(ids):
+        km, kb = megl_index[sid], base_index[sid]
+        image = _to_display(megl["images"][km])
+        size = image.shape[:2]
+        panels = [image, megl["gt"][km], base["saliency"][kb], megl["saliency"][km]]
+        for c, arr in enumerate(panels):
+            ax = fig.add_subplot(grid[r, c])
+            if c == 0:
+                ax.imshow(image)
+            else:
+                ax.imshow(image.mean(axis=2), cmap="gray", alpha=1.0)
+                ax.imshow(np.asarray(arr, dtype="float32"), cmap="jet", alpha=0.5, vmin=0, vmax=1,
+                          extent=(-0.5, size[1] - 0.5, size[0] - 0.5, -0.5), interpolation="bilinear")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if r == 0:
+                ax.set_title(titles[c])
+            if c == 0:
+                ax.set_ylabel(f"id {sid}", fontsize=6)
+        ax = fig.add_subplot(grid[r, 4])
+        ax.axis("off")
+        rec = preds.get(sid, {})
+        rationale = rec.get("rationale") or "(no rationale)"
+        refs = rec.get("reference") or []
+        ref = refs[0] if refs else "(no reference)"
+        text = (f"label {rec.get('label', '?')}, predicted {rec.get('prediction', '?')}\n"
+                f"MEGL: {textwrap.fill(str(rationale), wrap)}\nref.: {textwrap.fill(str(ref), wrap)}")
+        ax.text(0.0, 0.5, text, fontsize=5.5, va="center", ha="left", transform=ax.transAxes)
+        if r == 0:
+            ax.set_title(titles[4])
+    return save_figure(fig, out_stem)
+
+
+LOSS_COLUMNS = ("loss", "loss_pred", "loss_visual", "loss_dc", "loss_textual")
+
+
+def _run_of(path: Path) -> dict[str, object]:
+    """Method and seed from .../{method}/seed{n}/train_log.csv (the folder name otherwise)."""
+    seed_dir = path.parent
+    if seed_dir.name.startswith("seed") and seed_dir.name[4:].isdigit():
+        return {"method": seed_dir.parent.name, "seed": int(seed_dir.name[4:])}
+    return {"method": seed_dir.name, "seed": 0}
+
+
+def plot_training_curves(train_logs: Sequence[str | Path], out_stem: str | Path) -> list[Path]:
+    """Each loss term against step, one panel per term, one line per method (mean over seeds with
+    a ± std band). Terms a run leaves empty are skipped."""
+    _theme()
+    frames = []
+    for p in map(Path, train_logs):
+        try:
+            log = pd.read_csv(p)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise MEGLError(f"{p}: cannot read training log ({exc})") from exc
+        for col in ("step", "loss"):
+            if col not in log.columns:
+                raise MEGLError(f"{p}: missing column '{col}'")
+        cols = [c for c in LOSS_COLUMNS if c in log.columns]
+        long = log.melt(id_vars=["step"], value_vars=cols, var_name="term", value_name="value")
+        long["value"] = pd.to_numeric(long["value"], errors="coerce")
+        long = long.dropna(subset=["value"])
+        info = _run_of(p)
+        long["Method"] = method_label(str(info["method"]))
+        long["seed"] = info["seed"]
+        frames.append(long)
+    data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if data.empty:
+        raise MEGLError(f"figure {out_stem}: no loss values in the training logs")
+    terms = [t for t in LOSS_COLUMNS if t in set(data["term"])]
+    fig, axes = plt.subplots(len(terms), 1, figsize=(COLUMN_WIDTH_IN, 1.3 * len(terms) + 0.4),
+                             sharex=True, squeeze=False)
+    hue_order = list(dict.fromkeys(data["Method"]))
+    for i, (ax, term) in enumerate(zip(axes[:, 0], terms)):
+        sub = data[data["term"] == term]
+        sns.lineplot(data=sub, x="step", y="value", hue="Method", hue_order=hue_order, errorbar="sd",
+                     ax=ax, linewidth=0.8, legend=(i == 0))
+        ax.set_ylabel(term)
+    if axes[0, 0].get_legend() is not None:
+        sns.move_legend(axes[0, 0], "lower center", bbox_to_anchor=(0.5, 1.02), ncol=2, frameon=False,
+                        title=None)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    return save_figure(fig, out_stem)

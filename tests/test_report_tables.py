@@ -1,0 +1,146 @@
+"""Aggregation of synthetic metrics files into mean ± std tables, and the paper-vs-ours table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from megl.errors import MEGLError
+from megl.report.collect import REQUIRED_KEYS, collect_runs, expected_runs
+from megl.report.paper_vs_ours import STANDIN_CAPTION, caption, load_published, paper_vs_ours
+from megl.report.tables import (format_cell, summarise, table2, table3, table4, table5,
+                                write_table)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_run(root: Path, dataset: str, backbone: str, method: str, seed: int, **values) -> Path:
+    record = {k: 0.5 for k in REQUIRED_KEYS}
+    record.update(params=11_000_000, latency_ms=8.5, fps=117.6, n_test=240)
+    record.update(values)
+    record["run"] = {"dataset": dataset, "backbone": backbone, "method": method, "seed": seed}
+    path = root / "runs" / dataset / backbone / method / f"seed{seed}" / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+MATRIX = {"datasets": ["objects"], "backbones": ["resnet18"], "methods": ["baseline", "megl"],
+          "seeds": [0, 1, 2]}
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    paths = []
+    for seed, acc in zip((0, 1, 2), (0.70, 0.72, 0.74)):
+        paths.append(write_run(tmp_path, "objects", "resnet18", "megl", seed, accuracy=acc,
+                               miou=0.30 + 0.01 * seed, spice=None,
+                               notes={"spice": "Java not installed"}))
+    # baseline: seed 2 missing
+    for seed, acc in zip((0, 1), (0.60, 0.64)):
+        paths.append(write_run(tmp_path, "objects", "resnet18", "baseline", seed, accuracy=acc))
+    return paths
+
+
+def test_format_cell():
+    assert format_cell(0.7413, 0.0021, 3) == ".7413 ± .0021 (n=3)"
+    assert format_cell(0.7413, float("nan"), 1) == ".7413 (n=1)"
+    assert format_cell(float("nan"), float("nan"), 0) == "missing"
+    assert format_cell(7.4691, 0.25, 2) == "7.4691 ± .2500 (n=2)"
+
+
+def test_summary_exact_mean_std_and_missing(runs):
+    df = collect_runs(runs)
+    assert len(df) == 5
+    summ = summarise(df, expected_runs(MATRIX))
+    megl = summ[summ["method"] == "megl"].iloc[0]
+    assert megl["accuracy_mean"] == pytest.approx(0.72)
+    assert megl["accuracy_std"] == pytest.approx(0.02)      # sample std, ddof=1
+    assert megl["accuracy_n"] == 3 and megl["status"] == "complete"
+    base = summ[summ["method"] == "baseline"].iloc[0]
+    assert base["accuracy_mean"] == pytest.approx(0.62)
+    assert base["accuracy_std"] == pytest.approx(0.0282842712)
+    assert base["n_runs"] == 2 and base["missing_seeds"] == "2" and base["status"] == "partial (2/3)"
+
+    t2 = table2(summ)
+    assert list(t2["Method"]) == ["- (baseline)", "MEGL"]
+    assert t2.loc[1, "Accuracy"] == ".7200 ± .0200 (n=3)"
+    assert t2.loc[1, "mIoU"] == ".3100 ± .0100 (n=3)"
+    assert t2.loc[0, "Accuracy"] == ".6200 ± .0283 (n=2)"
+    t3 = table3(summ)
+    assert t3.loc[0, "SPICE"] == "n/a (Java not installed)"
+    t4 = table4(summ)
+    assert t4.loc[t4["Method"] == "- (baseline)", "Change in Accuracy"].item() == "-10.00 pp"
+    t5 = table5(summ)
+    assert t5.loc[t5["Method"] == "MEGL", "Params (M)"].item() == "11.00 (n=3)"
+
+
+def test_group_with_no_run_is_shown_missing(runs):
+    matrix = dict(MATRIX, datasets=["objects", "actions"])
+    summ = summarise(collect_runs(runs), expected_runs(matrix))
+    gone = summ[summ["dataset"] == "actions"]
+    assert len(gone) == 2 and set(gone["status"]) == {"missing"} and set(gone["n_runs"]) == {0}
+    t2 = table2(summ)
+    assert (t2.loc[t2["Dataset"] == "Action-ME", "Accuracy"] == "missing").all()
+    assert list(t2["Dataset"].unique()) == ["Object-ME", "Action-ME"]   # matrix order kept
+
+
+def test_single_seed_has_no_std(tmp_path):
+    p = write_run(tmp_path, "objects", "resnet18", "megl", 0, accuracy=0.7413)
+    summ = summarise(collect_runs([p]))
+    assert table2(summ).loc[0, "Accuracy"] == ".7413 (n=1)"
+
+
+def test_bad_metrics_file_names_file_and_key(tmp_path):
+    p = write_run(tmp_path, "objects", "resnet18", "megl", 0)
+    rec = json.loads(p.read_text())
+    del rec["f1_macro"]
+    p.write_text(json.dumps(rec))
+    with pytest.raises(MEGLError, match=r"metrics\.json.*'f1_macro'"):
+        collect_runs([p])
+    rec["f1_macro"] = 0.5
+    rec["run"]["seed"] = 7
+    p.write_text(json.dumps(rec))
+    with pytest.raises(MEGLError, match=r"run\.seed"):
+        collect_runs([p])
+
+
+def test_mllm_runs_need_no_saliency_and_sit_under_mllm(tmp_path):
+    p = write_run(tmp_path, "objects", "mllm", "finetune_cot", 0, accuracy=0.8)
+    rec = json.loads(p.read_text())
+    del rec["miou"], rec["saliency_auprc"]
+    p.write_text(json.dumps(rec))
+    matrix = dict(MATRIX, methods=["megl", "finetune_cot"], seeds=[0])
+    exp = expected_runs(matrix)
+    assert set(exp.loc[exp["method"] == "finetune_cot", "backbone"]) == {"mllm"}
+    t2 = table2(summarise(collect_runs([p]), exp))
+    assert t2.loc[t2["Backbone"] == "MLLM", "mIoU"].item() == "n/a (no saliency map)"
+
+
+def test_write_table_three_formats(runs, tmp_path):
+    t2 = table2(summarise(collect_runs(runs), expected_runs(MATRIX)))
+    paths = write_table(t2, tmp_path / "out" / "table2", caption="Table 2, ours")
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    assert pd.read_csv(paths[0])["Accuracy"].tolist() == [".6200 ± .0283 (n=2)", ".7200 ± .0200 (n=3)"]
+    md = paths[1].read_text()
+    assert md.startswith("Table 2, ours") and "| MEGL" in md
+    tex = paths[2].read_text()
+    assert r"$\pm$" in tex and "±" not in tex and r"\begin{tabular}" in tex
+    assert not list((tmp_path / "out").glob(".*tmp*"))
+
+
+def test_published_yaml_and_paper_vs_ours(runs):
+    pub = load_published(REPO / "config" / "published.yaml")
+    assert set(pub["table"]) == {"table2", "table3", "table4", "table5"}
+    row = pub[(pub["table"] == "table2") & (pub["dataset"] == "Object-ME") & (pub["backbone"] == "resnet18")
+              & (pub["method"] == "megl") & (pub["metric"] == "accuracy")]
+    assert row["value"].item() == pytest.approx(0.7413) and row["page"].item() == 7
+    summ = summarise(collect_runs(runs), expected_runs(MATRIX))
+    table = paper_vs_ours(summ, pub, standin={"objects": True})
+    acc = table[(table["Table"] == "2") & (table["Method"] == "MEGL") & (table["Metric"] == "Accuracy")]
+    assert acc["Published"].item() == ".7413" and acc["Ours"].item() == ".7200 ± .0200 (n=3)"
+    assert acc["Data"].item() == "stand-in" and acc["Rank (ours)"].item() == "1"
+    assert STANDIN_CAPTION in caption({"objects": True})
+    assert STANDIN_CAPTION not in caption({"objects": False})
