@@ -1,0 +1,214 @@
+"""`megl` command line: one subcommand per workflow step; each rule of the DAG calls one of these.
+
+Imports are deferred into the handlers so that `megl --help` and light commands start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from megl.errors import DataError, MEGLError
+
+
+def _config(args) -> dict:
+    from megl.config import load_config
+
+    overrides = {}
+    for item in getattr(args, "set", None) or []:
+        key, _, raw = item.partition("=")
+        import yaml
+
+        overrides[key] = yaml.safe_load(raw)
+    return load_config(args.config, overrides)
+
+
+def cmd_validate_data(args) -> int:
+    from megl.data.validate import format_summary, validate
+
+    problems, summary = validate(Path(args.dir))
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(f"{args.dir}: {len(problems)} problem(s); the data were not modified", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    if args.summary_json:
+        from megl.io import write_json
+
+        write_json(args.summary_json, summary)
+    return 0
+
+
+def cmd_make_standin(args) -> int:
+    from megl.data.standin import make_standin
+
+    fractions = {"train": args.train, "val": args.val, "test": args.test}
+    info = make_standin(
+        args.kind, Path(args.out), seed=args.seed, n_images=args.n_images, image_size=args.image_size,
+        annotated_fraction=args.annotated_fraction, shortcut_strength=args.shortcut_strength,
+        split_seed=args.split_seed, split_fractions=fractions, overwrite=args.overwrite,
+    )
+    print(f"wrote {args.kind} stand-in to {args.out}: {info.get('n_images', args.n_images)} images")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from megl.data.annotations import read_dataset
+    from megl.data.split import write_split
+
+    fractions = {"train": args.train, "val": args.val, "test": args.test}
+    split = write_split(read_dataset(Path(args.dir)), Path(args.out), args.seed, fractions)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {len(split[k])}" for k in ("train", "val", "test")))
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from megl.methods import describe
+
+    print(describe())
+    return 0
+
+
+def cmd_pretrain_encoder(args) -> int:
+    from megl.train import pretrain_for_dataset
+
+    pretrain_for_dataset(_config(args), Path(args.data_root), Path(args.split), Path(args.out))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from megl.train import train_run
+
+    train_run(_config(args), dataset=args.dataset, backbone=args.backbone, method=args.method,
+              seed=args.seed, run_dir=Path(args.run_dir), data_root=Path(args.data_root),
+              split_path=Path(args.split),
+              pretrained_dir=Path(args.pretrained) if args.pretrained else None,
+              resume=args.resume, force=args.force, progress=not args.no_progress)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from megl.evaluate import evaluate_run
+
+    evaluate_run(_config(args), Path(args.run_dir), data_root=Path(args.data_root), split_path=Path(args.split),
+                 pretrained_dir=Path(args.pretrained) if args.pretrained else None)
+    return 0
+
+
+def cmd_gpu_run(args) -> int:
+    from megl.gpu_slots import main as gpu_main
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    options = (["--n-gpus", str(args.n_gpus)] if args.n_gpus is not None else []) + (
+        ["--lock-dir", args.lock_dir] if args.lock_dir else [])
+    return gpu_main([*options, "--", *cmd])
+
+
+def cmd_fetch_data(args) -> int:
+    from megl.data.fetch import fetch_official
+
+    print(fetch_official(args.dataset, Path(args.dest)))
+    return 0
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="config/config.yaml", help="workflow config (default: %(default)s)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, dotted (e.g. train.epochs=1); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate-data", help="check a dataset in the official ME format")
+    p.add_argument("dir")
+    p.add_argument("--summary-json", help="also write the summary here")
+    p.set_defaults(func=cmd_validate_data)
+
+    p = sub.add_parser("make-standin", help="generate an offline stand-in dataset in the ME format")
+    p.add_argument("kind", choices=["objects", "actions"])
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-images", type=int, default=1200)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--annotated-fraction", type=float, default=0.1)
+    p.add_argument("--shortcut-strength", type=float, default=0.9,
+                   help="P(a training image carries its class's shortcut mark); 0 disables")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--train", type=float, default=0.7)
+    p.add_argument("--val", type=float, default=0.1)
+    p.add_argument("--test", type=float, default=0.2)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_make_standin)
+
+    p = sub.add_parser("split", help="seeded per-image stratified train/val/test split")
+    p.add_argument("dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=float, default=0.7)
+    p.add_argument("--val", type=float, default=0.1)
+    p.add_argument("--test", type=float, default=0.2)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("methods", help="print the method registry")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("pretrain-encoder", help="train the tokenizer, tiny CLIP and tiny LM (embedded default)")
+    _add_config(p)
+    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_pretrain_encoder)
+
+    p = sub.add_parser("train", help="train one run (dataset, backbone, method, seed)")
+    _add_config(p)
+    for name in ("dataset", "backbone", "method"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
+    p.add_argument("--split", required=True)
+    p.add_argument("--pretrained", help="folder of the pretrained text models (tiny encoder/LM)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite a finished run")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained run on the test split: metrics.json")
+    _add_config(p)
+    p.add_argument("run_dir")
+    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
+    p.add_argument("--split", required=True)
+    p.add_argument("--pretrained")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("gpu-run", help="run a command holding one GPU slot (flock)")
+    p.add_argument("--n-gpus", type=int, default=None)
+    p.add_argument("--lock-dir")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_gpu_run)
+
+    p = sub.add_parser("fetch-data", help="download the official ME zip (needs a network)")
+    p.add_argument("dataset", choices=["objects", "actions"])
+    p.add_argument("--dest", default="data/raw")
+    p.set_defaults(func=cmd_fetch_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DataError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    except MEGLError as exc:
+        print(f"megl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

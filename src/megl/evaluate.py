@@ -1,0 +1,186 @@
+"""Evaluation of one trained run on the test split: metrics.json, predictions.jsonl, saliency.npz.
+
+Metrics as the paper's Tables 2, 3 and 5 (docs/metrics.md): classification, mIoU (+ a
+threshold-free companion), text quality and CLIPScore, parameters, latency and FPS.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from megl.data.annotations import read_dataset
+from megl.data.dataset import MEDataset, collate, load_full_maps
+from megl.data.split import read_split
+from megl.errors import MEGLError
+from megl.io import atomic_path, write_json, write_text
+from megl.methods import get_method
+from megl.metrics import classification, efficiency, saliency as saliency_metrics, text as text_metrics
+from megl.models.gradcam import saliency as saliency_map
+from megl.runs import WEIGHTS, load_weights, read_json
+from megl.train import backbone_entry, build_run_model, image_size_for, resolve_device, set_determinism
+
+TOPK = 3
+
+
+def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
+                 pretrained_dir: Path | None = None) -> dict:
+    """Score the run in `run_dir`; write metrics.json (atomically) and return it."""
+    run_dir = Path(run_dir)
+    identity = read_json(run_dir / "run.json")["run"]
+    method = get_method(identity["method"])
+    bb_cfg = backbone_entry(config, identity["backbone"], method)
+    ev = config["evaluate"]
+    set_determinism(identity["seed"], config["train"]["num_threads"])
+    device = resolve_device(config["device"])
+
+    data = read_dataset(data_root)
+    split = read_split(split_path, data)
+    size = image_size_for(config, bb_cfg)
+    full_maps = load_full_maps(data_root)
+    test_set = MEDataset(data, split["test"], size, full_maps=full_maps)
+    model = build_run_model(config, method, bb_cfg, data.num_classes, pretrained_dir)
+    model.load_saved_state(load_weights(run_dir / WEIGHTS), str(run_dir / WEIGHTS))
+    model.to(device).train(False)
+    class_names = [data.id_to_class[c] for c in data.class_ids]
+
+    records, pred_maps, gt_maps, full_pred, full_gt, kept = [], [], [], [], [], []
+    sims = []
+    loader = DataLoader(test_set, batch_size=ev["batch_size"], shuffle=False, collate_fn=collate)
+    for batch in loader:
+        images = batch["image"].to(device)
+        rationales = None
+        if method.kind == "mllm":
+            probs, preds, sal = None, _mllm_answers(model, images, class_names, ev), None
+            texts = model.sdtg.generate(images, None, None, **_decoding(ev))
+            rationales = texts if method.mllm_target == "answer_rationale" else None
+        else:
+            logits, _, sal, out = saliency_map(model.classifier, images)  # Grad-CAM of the predicted class
+            sal = sal.detach()
+            probs = logits.detach().float().softmax(1)
+            preds = probs.argmax(1).tolist()
+            if method.textual:
+                text_sal = sal if method.saliency_path != "none" else None
+                with torch.no_grad():
+                    rationales = model.sdtg.generate(images, text_sal, out.tokens.detach(), **_decoding(ev))
+        if rationales is not None and model.clip is not None:
+            from megl.models.clip import clip_text_image_similarity
+
+            with torch.no_grad():
+                sims.extend(clip_text_image_similarity(model.clip, model.clip_tokenizer, images,
+                                                       rationales).float().cpu().tolist())
+        for i, sid in enumerate(batch["sample_id"]):
+            rec = {"id": sid, "label": int(batch["label"][i]), "prediction": int(preds[i]),
+                   "rationale": rationales[i] if rationales is not None else None,
+                   "reference": list(batch["rationales"][i])}
+            if probs is not None:
+                top = probs[i].topk(min(TOPK, probs.shape[1]))
+                rec["topk"] = [[int(c), round(float(p), 6)] for p, c in zip(top.values, top.indices)]
+            records.append(rec)
+            if sal is not None:
+                if bool(batch["has_map"][i]):
+                    pred_maps.append(sal[i].cpu().numpy())
+                    gt_maps.append(batch["visual_map"][i, 0].numpy())
+                if full_maps is not None and bool(batch["has_full_map"][i]):
+                    full_pred.append(sal[i].cpu().numpy())
+                    full_gt.append(batch["full_map"][i, 0].numpy())
+                if len(kept) < ev["n_saliency_samples"]:
+                    gt = batch["full_map"][i, 0] if full_maps is not None else batch["visual_map"][i, 0]
+                    kept.append((sid, batch["image"][i].numpy(), gt.numpy(), sal[i].cpu().numpy()))
+
+    metrics = {"run": identity, "n_test": len(records), "split": str(split_path)}
+    metrics.update(classification.classification_metrics([r["label"] for r in records],
+                                                          [r["prediction"] for r in records], data.num_classes))
+    saliency_block = _saliency_block(method, pred_maps, gt_maps, full_pred, full_gt, full_maps, ev)
+    text_block = _text_block(method, records, sims, ev)
+    notes = {**saliency_block.pop("notes", {}), **text_block.pop("notes", {})}
+    metrics.update(saliency_block)
+    metrics.update(text_block)
+    metrics["notes"] = notes
+    metrics.update(_efficiency_block(model, method, size, device, ev))
+    metrics["scorer_versions"] = text_metrics.scorer_versions()
+
+    write_text(run_dir / "predictions.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    if kept:
+        with atomic_path(run_dir / "saliency.npz", suffix=".npz") as tmp:
+            np.savez_compressed(tmp, ids=np.array([k[0] for k in kept]),
+                                images=np.stack([k[1] for k in kept]).astype(np.float16),
+                                gt=np.stack([k[2] for k in kept]).astype(np.float16),
+                                saliency=np.stack([k[3] for k in kept]).astype(np.float16))
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _decoding(ev: dict) -> dict:
+    return {"max_new_tokens": ev["decoding"]["max_new_tokens"], "num_beams": ev["decoding"].get("num_beams", 1)}
+
+
+def _mllm_answers(model, images, class_names: list[str], ev: dict) -> list[int]:
+    """The class an MLLM names in its answer; an answer naming no class counts as wrong (-1)."""
+    answers = model.sdtg.generate(images, None, None, max_new_tokens=8, num_beams=1)
+    return [parse_answer(a, class_names) for a in answers]
+
+
+def parse_answer(answer: str, class_names: list[str]) -> int:
+    """Index of the class named after "the answer is"; the longest matching name wins; -1 if none."""
+    text = " ".join(answer.lower().replace("_", " ").split())
+    head = text.split("the answer is", 1)[-1].split(".")[0].strip()
+    matches = [i for i, name in enumerate(class_names) if head.startswith(name.lower().replace("_", " "))]
+    if not matches:
+        return -1
+    return max(matches, key=lambda i: len(class_names[i]))
+
+
+def _saliency_block(method, pred_maps, gt_maps, full_pred, full_gt, full_maps, ev) -> dict:
+    if method.kind == "mllm":
+        reason = "MLLM baselines have no classifier saliency map"
+        return {"miou": None, "saliency_auprc": None, "miou_all": None, "saliency_auprc_all": None,
+                "n_miou": 0, "notes": {k: reason for k in ("miou", "saliency_auprc", "miou_all")}}
+    scores = saliency_metrics.saliency_scores(pred_maps, gt_maps, ev["miou_threshold"])
+    out = {"miou": scores["miou"], "saliency_auprc": scores["auprc"], "saliency_pearson": scores["pearson"],
+           "n_miou": scores["n"], "miou_threshold": scores["threshold"]}
+    if full_maps is not None:
+        full = saliency_metrics.saliency_scores(full_pred, full_gt, ev["miou_threshold"])
+        out.update({"miou_all": full["miou"], "saliency_auprc_all": full["auprc"], "n_miou_all": full["n"]})
+    else:
+        out.update({"miou_all": None, "saliency_auprc_all": None})
+    return out
+
+
+def _text_block(method, records, sims, ev) -> dict:
+    if not method.writes_text or records[0]["rationale"] is None:
+        reason = f"method {method.name} writes no rationale"
+        scores = text_metrics.null_text_metrics(reason)
+        scores["n_text"] = scores.pop("n")
+        return scores
+    refs = {r["id"]: r["reference"] for r in records}
+    hyps = {r["id"]: r["rationale"] for r in records}
+    scores = text_metrics.text_metrics(refs, hyps, spice=ev.get("spice", True))
+    scores["n_text"] = scores.pop("n")
+    scores["clipscore"] = text_metrics.clipscore(sims) if sims else None
+    if not sims:
+        scores["notes"]["clipscore"] = "no CLIP model configured"
+    return scores
+
+
+def _efficiency_block(model, method, size: int, device, ev: dict) -> dict:
+    """Classifier alone at batch 1 without decoding (paper Table 5); MLLMs: encoder + one LM forward."""
+    lat = ev["latency"]
+    if method.kind == "mllm":
+        params = efficiency.count_parameters(model.sdtg)
+        x = torch.rand(1, 3, size, size, device=device)
+
+        def forward():
+            with torch.no_grad():
+                model.sdtg.prefix(x, None, None)
+
+        timing = efficiency.measure_latency(forward, lat["warmup"], lat["repeats"], device)
+    else:
+        params = efficiency.count_parameters(model.classifier)
+        timing = efficiency.latency_of_classifier(model.classifier, size, device, lat["warmup"], lat["repeats"],
+                                                  bf16=True)
+    return {"params": params, "latency_ms": timing["latency_ms"], "fps": timing["fps"],
+            "latency_device": str(device)}

@@ -1,0 +1,49 @@
+"""The run matrix, read from the config: the one enumeration Snakemake and DVC both follow.
+
+Classifier methods run on every backbone; MLLM baselines have no classifier and run once per
+dataset and seed under the backbone folder `mllm`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megl.errors import MEGLError
+from megl.methods import MLLM_BACKBONE, get_method
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    dataset: str
+    backbone: str
+    method: str
+    seed: int
+
+    @property
+    def path(self) -> str:
+        """Folder of the run below the results root: runs/{dataset}/{backbone}/{method}/seed{seed}."""
+        return f"runs/{self.dataset}/{self.backbone}/{self.method}/seed{self.seed}"
+
+    @property
+    def dvc_stage(self) -> str:
+        """DVC's name of the run's training stage (`dvc repro <name>`)."""
+        if self.backbone == MLLM_BACKBONE:
+            return f"train_mllm@{self.dataset}-{self.method}-{self.seed}"
+        return f"train@{self.dataset}-{self.backbone}-{self.method}-{self.seed}"
+
+
+def check_method_kinds(matrix: dict) -> None:
+    for key, kind in (("methods", "classifier"), ("mllm_methods", "mllm")):
+        for name in matrix.get(key, []):
+            if get_method(name).kind != kind:
+                raise MEGLError(f"config key matrix.{key}: method {name!r} is a {get_method(name).kind} method; "
+                                f"list it under matrix.{'mllm_methods' if kind == 'classifier' else 'methods'}")
+
+
+def enumerate_runs(config: dict) -> list[Run]:
+    matrix = config["matrix"]
+    check_method_kinds(matrix)
+    runs = [Run(d, b, m, s) for d in matrix["datasets"] for b in matrix["backbones"]
+            for m in matrix["methods"] for s in matrix["seeds"]]
+    runs += [Run(d, MLLM_BACKBONE, m, s) for d in matrix["datasets"]
+             for m in matrix.get("mllm_methods", []) for s in matrix["seeds"]]
+    return runs

@@ -1,0 +1,299 @@
+"""Training: one loop for every method of the registry (megl.methods), driven by its flags.
+
+Total loss (paper eq. 6): L = L_pred + λ_t·L_textual + λ_v·mean_i[1_V(i)·L_visual(i) + (1−1_V(i))·L_dc(i)].
+"""
+from __future__ import annotations
+
+import csv
+import io
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from megl import losses
+from megl.data.annotations import MEData, read_dataset
+from megl.data.dataset import MEDataset, collate, mean_annotation_map
+from megl.data.split import read_split
+from megl.errors import MEGLError
+from megl.io import write_json, write_text
+from megl.methods import MLLM_BACKBONE, Method, get_method
+from megl.models.gradcam import saliency as saliency_map
+from megl.runs import WEIGHTS, RunModel, environment_info, load_weights, read_json, save_weights
+
+LOG_FIELDS = ["epoch", "step", "loss", "loss_pred", "loss_visual", "loss_dc", "loss_textual"]
+DONE = "train_done.json"
+CKPT_META, CKPT_WEIGHTS, CKPT_OPTIM = "checkpoint.json", "checkpoint.safetensors", "checkpoint_optim.pt"
+
+
+# ---------------------------------------------------------------- set-up
+def set_determinism(seed: int, num_threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(num_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MEGLError("config device is 'cuda' but no CUDA device is visible")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def dataset_entry(config: dict, dataset: str) -> dict:
+    if dataset not in config["datasets"]:
+        raise MEGLError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(config['datasets'])}")
+    return config["datasets"][dataset]
+
+
+def backbone_entry(config: dict, backbone: str, method: Method) -> dict | None:
+    if method.kind == "mllm":
+        if backbone != MLLM_BACKBONE:
+            raise MEGLError(f"method {method.name!r} has no classifier backbone: use backbone {MLLM_BACKBONE!r}")
+        return None
+    if backbone not in config["backbones"]:
+        raise MEGLError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(config['backbones'])}")
+    return config["backbones"][backbone]
+
+
+def image_size_for(config: dict, backbone_cfg: dict | None) -> int:
+    if backbone_cfg is not None:
+        return int(backbone_cfg["image_size"])
+    return max(int(b["image_size"]) for b in config["backbones"].values())
+
+
+def build_run_model(config: dict, method: Method, backbone_cfg: dict | None, num_classes: int,
+                    pretrained_dir: Path | None) -> RunModel:
+    """The classifier, and (for text-writing methods) SDTG on the frozen encoder and the LM."""
+    from megl.models.backbones import build_classifier
+
+    classifier = build_classifier(backbone_cfg, num_classes) if backbone_cfg is not None else None
+    sdtg = clip = clip_tokenizer = state = None
+    if method.writes_text:
+        from megl.models.lm import apply_lora
+        from megl.models.sdtg import SDTG
+        from megl.pretrain import load_lm, load_vision
+
+        encoder, clip, clip_tokenizer = load_vision(config["vision_encoder"], pretrained_dir)
+        lm, lm_tokenizer = load_lm(config["lm"], pretrained_dir)
+        use_encoder = method.kind == "mllm" or method.saliency_path != "none"
+        sdtg = SDTG(apply_lora(lm, config["lm"].get("lora")), lm_tokenizer, encoder if use_encoder else None,
+                    feature_dim=classifier.feature_dim if classifier is not None else None,
+                    prefix_tokens=config["sdtg"]["prefix_tokens"], prompt=config["sdtg"]["prompt"],
+                    max_rationale_tokens=config["sdtg"]["max_rationale_tokens"])
+    if method.visual_loss not in (None, "l1"):
+        from megl.baselines import baseline_config, get_baseline
+
+        state = get_baseline(method.visual_loss).make_state(baseline_config(config, method.visual_loss),
+                                                            cam_grid(classifier, backbone_cfg["image_size"]))
+    return RunModel(method, classifier, sdtg, state, clip, clip_tokenizer)
+
+
+def cam_grid(classifier, image_size: int) -> tuple[int, int]:
+    """(h, w) of the classifier's Grad-CAM grid, read off one forward pass."""
+    with torch.no_grad():
+        acts = classifier.forward_with_features(torch.zeros(1, 3, image_size, image_size)).cam_activations
+    return tuple(acts.shape[-2:])
+
+
+# ---------------------------------------------------------------- losses of one batch
+def mllm_target(method: Method, class_name: str, rationale: str) -> str:
+    """What the MLLM baselines learn to write: the answer, then (Fine-tune-CoT) the rationale."""
+    answer = f"the answer is {class_name.replace('_', ' ')}."
+    return answer if method.mllm_target == "answer" else f"{answer} because {rationale}"
+
+
+def batch_losses(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch.Tensor | None,
+                 baselines_cfg: dict, rationales: list[str], class_names: list[str] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Every loss term the method switches on, and their weighted total."""
+    method = model.method
+    images, labels = batch["image"], batch["label"]
+    terms: dict[str, torch.Tensor] = {}
+    if method.kind == "mllm":
+        targets = [mllm_target(method, class_names[i], r) for i, r in zip(labels.tolist(), rationales)]
+        terms["loss_textual"] = model.sdtg.loss(images, None, None, targets)
+        terms["loss"] = terms["loss_textual"]
+        return terms
+
+    saliency = None
+    if method.needs_saliency_graph or method.saliency_path == "detached":
+        logits, _, saliency, out = saliency_map(model.classifier, images, labels,
+                                                create_graph=method.needs_saliency_graph)
+    else:
+        out = model.classifier.forward_with_features(images)
+        logits = out.logits
+    terms["loss_pred"] = losses.prediction_loss(logits, labels)
+    total = terms["loss_pred"]
+
+    has_map = batch["has_map"]
+    n = float(len(labels))
+    share_annotated = has_map.float().sum() / n
+    if method.visual_loss == "l1":
+        terms["loss_visual"] = losses.visual_l1_loss(saliency, batch["visual_map"], has_map)
+        total = total + cfg_train["lambda_v"] * share_annotated * terms["loss_visual"]
+    elif method.visual_loss is not None:  # a baseline: its own loss and weight, on annotated samples
+        from megl.baselines import get_baseline
+
+        cfg = baselines_cfg[method.visual_loss]
+        terms["loss_visual"] = get_baseline(method.visual_loss).loss_fn(
+            model.classifier, images, labels, saliency, batch["visual_map"], has_map, cfg, model.explanation_state)
+        total = total + cfg["weight"] * share_annotated * terms["loss_visual"]
+    if method.consistency:
+        terms["loss_dc"] = losses.distribution_consistency_loss(saliency, mean_map, has_map)
+        total = total + cfg_train["lambda_v"] * (1 - share_annotated) * terms["loss_dc"]
+    if method.textual:
+        text_saliency = {"grad": saliency, "detached": None if saliency is None else saliency.detach(),
+                         "none": None}[method.saliency_path]
+        terms["loss_textual"] = model.sdtg.loss(images, text_saliency, out.tokens, rationales)
+        total = total + cfg_train["lambda_t"] * terms["loss_textual"]
+    terms["loss"] = total
+    return terms
+
+
+def pick_rationales(batch_rationales: list[tuple[str, ...]], seed: int, epoch: int, step: int) -> list[str]:
+    """One ground-truth rationale per sample, drawn reproducibly from (seed, epoch, step)."""
+    rng = np.random.default_rng([seed, epoch, step])
+    return [r[int(rng.integers(len(r)))] for r in batch_rationales]
+
+
+# ---------------------------------------------------------------- the run
+def train_run(config: dict, *, dataset: str, backbone: str, method: str, seed: int, run_dir: Path,
+              data_root: Path, split_path: Path, pretrained_dir: Path | None = None, resume: bool = False,
+              force: bool = False, progress: bool = True) -> Path:
+    """Train one run into `run_dir`; returns the path of the final weights."""
+    method_obj = get_method(method)
+    dataset_entry(config, dataset)
+    bb_cfg = backbone_entry(config, backbone, method_obj)
+    cfg_train = config["train"]
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir, resume=resume, force=force)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    set_determinism(seed, cfg_train["num_threads"])
+    device = resolve_device(config["device"])
+    data = read_dataset(data_root)
+    split = read_split(split_path, data)
+    image_size = image_size_for(config, bb_cfg)
+    train_set = MEDataset(data, split["train"], image_size)
+    mean_map = mean_annotation_map(data, split["train"], image_size).to(device) if method_obj.consistency else None
+
+    model = build_run_model(config, method_obj, bb_cfg, data.num_classes, pretrained_dir).to(device)
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg_train["lr"], weight_decay=cfg_train["weight_decay"])
+    start_epoch, log_rows = 0, []
+    if resume and (run_dir / CKPT_META).exists():
+        start_epoch, log_rows = _load_checkpoint(run_dir, model, optimizer)
+
+    identity = {"dataset": dataset, "backbone": backbone, "method": method, "seed": seed}
+    write_json(run_dir / "run.json", {"run": identity, "method": vars(method_obj), "data_root": str(data_root),
+                                      "split": str(split_path),
+                                      "pretrained": str(pretrained_dir) if pretrained_dir else None,
+                                      "environment": environment_info(), "device": str(device)})
+    import yaml
+
+    write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    class_names = [data.id_to_class[c] for c in data.class_ids] if method_obj.kind == "mllm" else None
+    use_bf16 = bool(cfg_train.get("amp_bf16", True)) and device.type == "cuda"
+    max_steps = cfg_train.get("max_steps_per_epoch")
+    started = time.time()
+    for epoch in range(start_epoch, cfg_train["epochs"]):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        loader = DataLoader(train_set, batch_size=cfg_train["batch_size"], shuffle=True, collate_fn=collate,
+                            generator=generator, num_workers=0, drop_last=len(train_set) > cfg_train["batch_size"])
+        model.train(True)
+        bar = _progress(loader, progress, f"{method} seed{seed} epoch {epoch + 1}/{cfg_train['epochs']}")
+        for step, batch in enumerate(bar):
+            if max_steps is not None and step >= max_steps:
+                break
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            rationales = pick_rationales(batch["rationales"], seed, epoch, step)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                terms = batch_losses(model, batch, cfg_train, mean_map, config.get("baselines", {}),
+                                     rationales, class_names)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            row = {"epoch": epoch, "step": step, **{k: f"{v.item():.6f}" for k, v in terms.items()}}
+            log_rows.append(row)
+            if progress:
+                bar.set_postfix(loss=row["loss"])
+        _save_checkpoint(run_dir, model, optimizer, epoch + 1, log_rows)
+
+    save_weights(model.state_to_save(), run_dir / WEIGHTS)
+    write_json(run_dir / DONE, {"run": identity, "epochs": cfg_train["epochs"], "steps": len(log_rows),
+                                "final_loss": float(log_rows[-1]["loss"]) if log_rows else None,
+                                "train_seconds_this_process": round(time.time() - started, 2)})
+    for name in (CKPT_WEIGHTS, CKPT_OPTIM, CKPT_META):  # the finished run supersedes its checkpoints
+        (run_dir / name).unlink(missing_ok=True)
+    return run_dir / WEIGHTS
+
+
+def _progress(loader, enabled: bool, desc: str):
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    if (run_dir / DONE).exists() and not force:
+        raise MEGLError(f"{run_dir}: run already finished; pass --force to train it again")
+    if force:
+        for name in (DONE, WEIGHTS, CKPT_META, CKPT_WEIGHTS, CKPT_OPTIM, "train_log.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+    elif (run_dir / CKPT_META).exists() and not resume:
+        raise MEGLError(f"{run_dir}: holds an unfinished run; pass --resume to continue it or --force to restart")
+
+
+def _log_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _save_checkpoint(run_dir: Path, model: RunModel, optimizer, epoch: int, log_rows: list[dict]) -> None:
+    """Weights, optimiser and RNG state, then the log, then the meta file that commits them."""
+    save_weights(model.state_to_save(), run_dir / CKPT_WEIGHTS)
+    from megl.io import atomic_path
+
+    with atomic_path(run_dir / CKPT_OPTIM, suffix=".pt") as tmp:
+        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp)
+    write_text(run_dir / "train_log.csv", _log_csv(log_rows))
+    write_json(run_dir / CKPT_META, {"epoch": epoch, "steps": len(log_rows)})
+
+
+def _load_checkpoint(run_dir: Path, model: RunModel, optimizer) -> tuple[int, list[dict]]:
+    meta = read_json(run_dir / CKPT_META)
+    model.load_saved_state(load_weights(run_dir / CKPT_WEIGHTS), str(run_dir / CKPT_WEIGHTS))
+    extra = torch.load(run_dir / CKPT_OPTIM, weights_only=True)
+    optimizer.load_state_dict(extra["optimizer"])
+    torch.set_rng_state(extra["torch_rng"])
+    with open(run_dir / "train_log.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))[: meta["steps"]]
+    return int(meta["epoch"]), rows
+
+
+# ---------------------------------------------------------------- encoder pretraining (DAG step)
+def pretrain_for_dataset(config: dict, data_root: Path, split_path: Path, out: Path) -> None:
+    """Tokenizer, tiny CLIP and tiny LM on the TRAINING split only (embedded default)."""
+    from megl.data.annotations import load_image
+    from megl.pretrain import pretrain_text_models
+
+    data: MEData = read_dataset(data_root)
+    split = read_split(split_path, data)
+    set_determinism(config["split"]["seed"], config["train"]["num_threads"])
+    size = image_size_for(config, None)
+    samples = [data.by_id(i) for i in split["train"]]
+    images = torch.stack([load_image(s.image_path, size) for s in samples])
+    pretrain_text_models(images, [list(s.rationales) for s in samples], config["vision_encoder"], config["lm"],
+                         image_size=size, seed=config["split"]["seed"], out_dir=out)

@@ -1,0 +1,63 @@
+# Data: the stand-ins are generated here (embedded default); the official ME zips are unpacked.
+
+
+rule make_standin:
+    output:
+        directory("data/standin/{dataset}"),
+    params:
+        kind=lambda w: config["datasets"][w.dataset]["standin"]["kind"],
+        knobs=lambda w: config["datasets"][w.dataset]["standin"],
+        split=config["split"],
+    log:
+        f"{RESULTS}/logs/data/{{dataset}}_standin.log",
+    resources:
+        mem_mb=2000,
+    shell:
+        "{MEGL} make-standin {params.kind} {output} --seed {params.knobs[seed]} "
+        "--n-images {params.knobs[n_images]} --image-size {params.knobs[image_size]} "
+        "--annotated-fraction {params.knobs[annotated_fraction]} "
+        "--shortcut-strength {params.knobs[shortcut_strength]} --split-seed {params.split[seed]} "
+        "--train {params.split[train]} --val {params.split[val]} --test {params.split[test]} > {log} 2>&1"
+
+
+rule unpack_official:
+    input:
+        lambda w: config["datasets"][w.dataset]["zip"],
+    output:
+        directory("data/official/{dataset}"),
+    log:
+        f"{RESULTS}/logs/data/{{dataset}}_unpack.log",
+    resources:
+        mem_mb=2000,
+    shell:
+        "{MEGL} unpack-data {input} {output} > {log} 2>&1"
+
+
+rule validate_data:
+    input:
+        lambda w: data_root(w.dataset),
+    output:
+        f"{RESULTS}/data/{{dataset}}/validation.json",
+    log:
+        f"{RESULTS}/logs/data/{{dataset}}_validate.log",
+    resources:
+        mem_mb=2000,
+    shell:
+        "{MEGL} validate-data {input} --summary-json {output} > {log} 2>&1"
+
+
+rule split:
+    input:
+        data=lambda w: data_root(w.dataset),
+        validated=f"{RESULTS}/data/{{dataset}}/validation.json",
+    output:
+        f"{RESULTS}/data/{{dataset}}/split.json",
+    params:
+        split=config["split"],
+    log:
+        f"{RESULTS}/logs/data/{{dataset}}_split.log",
+    resources:
+        mem_mb=2000,
+    shell:
+        "{MEGL} split {input.data} --out {output} --seed {params.split[seed]} --train {params.split[train]} "
+        "--val {params.split[val]} --test {params.split[test]} > {log} 2>&1"

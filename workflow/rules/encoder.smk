@@ -1,0 +1,21 @@
+# The frozen vision encoder and the LM of SDTG: pretrained here on the training split
+# (embedded default: tiny CLIP + tiny Llama); at paper scale they are local checkpoints.
+
+
+rule pretrain_encoder:
+    input:
+        data=lambda w: data_root(w.dataset),
+        split=f"{RESULTS}/data/{{dataset}}/split.json",
+    output:
+        directory(f"{RESULTS}/encoders/{{dataset}}"),
+    params:
+        config_file=CONFIG_FILE,
+        text_models={"vision_encoder": config["vision_encoder"], "lm": config["lm"]},
+    log:
+        f"{RESULTS}/logs/encoders/{{dataset}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "{MEGL} pretrain-encoder --config {params.config_file} --data-root {input.data} "
+        "--split {input.split} --out {output} > {log} 2>&1"
