@@ -34,6 +34,14 @@ def test_noise_is_inconclusive():
     assert r["verdict"] == "inconclusive" and "both directions" in r["note"]
 
 
+def test_two_seeds_with_a_constant_gap_are_inconclusive():
+    # Two seeds that move by exactly the same amount make an infinite t statistic: no verdict.
+    r = compare_pair(frame({"megl": [0.08, 0.10], "baseline": [0.06, 0.08]}),
+                     "objects", "resnet18", "megl", "baseline", "accuracy")
+    assert r["verdict"] == "inconclusive" and "at least 3" in r["note"]
+    assert abs(r["diff"] - 0.02) < 1e-12
+
+
 def test_one_seed_is_inconclusive():
     r = compare_pair(frame({"megl": [0.90], "baseline": [0.10]}),
                      "objects", "resnet18", "megl", "baseline", "accuracy")

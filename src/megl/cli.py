@@ -19,7 +19,13 @@ def _config(args) -> dict:
         key, _, raw = item.partition("=")
         import yaml
 
-        overrides[key] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; a number was meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        overrides[key] = value
     return load_config(args.config, overrides)
 
 
@@ -105,11 +111,41 @@ def cmd_gpu_run(args) -> int:
     return gpu_main([*options, "--", *cmd])
 
 
+def cmd_unpack_data(args) -> int:
+    from megl.data.fetch import unpack_official
+
+    print(unpack_official(Path(args.zip), Path(args.out)))
+    return 0
+
+
 def cmd_fetch_data(args) -> int:
     from megl.data.fetch import fetch_official
 
     print(fetch_official(args.dataset, Path(args.dest)))
     return 0
+
+
+def cmd_tables(args) -> int:
+    from megl.report.build import build_tables
+
+    paths = build_tables(_config(args), Path(args.results), Path(args.out), Path(args.published), args.alpha)
+    print(f"wrote {len(paths)} table files to {args.out}")
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from megl.report.build import build_figures
+
+    paths = build_figures(_config(args), Path(args.results), Path(args.out))
+    print(f"wrote {len(paths)} figure files to {args.out}")
+    return 0
+
+
+def cmd_paper(args) -> int:
+    from megl.report.build import build_pdf, copy_for_paper
+
+    copy_for_paper(Path(args.tables), Path(args.figures), Path(args.out))
+    return build_pdf(Path(args.out).parent) if args.pdf else 0
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -183,6 +219,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True)
     p.add_argument("--pretrained")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tables", help="tables 2-5, paper-vs-ours and claims from every run's metrics")
+    _add_config(p)
+    p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
+    p.add_argument("--out", default="results/tables")
+    p.add_argument("--published", default="config/published.yaml")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the claims' paired tests")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("figures", help="seaborn figures (PNG + PDF) from every run")
+    _add_config(p)
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", default="figures")
+    p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("paper", help="copy tables and figures into paper/generated; build the PDF with --pdf")
+    p.add_argument("--tables", default="results/tables")
+    p.add_argument("--figures", default="figures")
+    p.add_argument("--out", default="paper/generated")
+    p.add_argument("--pdf", action="store_true", help="run latexmk when it is installed")
+    p.set_defaults(func=cmd_paper)
+
+    p = sub.add_parser("unpack-data", help="unpack an official ME zip (DVC-tracked) into a dataset folder")
+    p.add_argument("zip")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_unpack_data)
 
     p = sub.add_parser("gpu-run", help="run a command holding one GPU slot (flock)")
     p.add_argument("--n-gpus", type=int, default=None)

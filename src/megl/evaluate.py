@@ -54,9 +54,9 @@ def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
         images = batch["image"].to(device)
         rationales = None
         if method.kind == "mllm":
-            probs, preds, sal = None, _mllm_answers(model, images, class_names, ev), None
             texts = model.sdtg.generate(images, None, None, **_decoding(ev))
-            rationales = texts if method.mllm_target == "answer_rationale" else None
+            probs, preds, sal = None, [parse_answer(t, class_names) for t in texts], None
+            rationales = [rationale_part(t) for t in texts] if method.mllm_target == "answer_rationale" else None
         else:
             logits, _, sal, out = saliency_map(model.classifier, images)  # Grad-CAM of the predicted class
             sal = sal.detach()
@@ -92,8 +92,8 @@ def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
                     kept.append((sid, batch["image"][i].numpy(), gt.numpy(), sal[i].cpu().numpy()))
 
     metrics = {"run": identity, "n_test": len(records), "split": str(split_path)}
-    metrics.update(classification.classification_metrics([r["label"] for r in records],
-                                                          [r["prediction"] for r in records], data.num_classes))
+    metrics.update(_classification_block([r["label"] for r in records], [r["prediction"] for r in records],
+                                         data.num_classes))
     saliency_block = _saliency_block(method, pred_maps, gt_maps, full_pred, full_gt, full_maps, ev)
     text_block = _text_block(method, records, sims, ev)
     notes = {**saliency_block.pop("notes", {}), **text_block.pop("notes", {})}
@@ -118,10 +118,9 @@ def _decoding(ev: dict) -> dict:
     return {"max_new_tokens": ev["decoding"]["max_new_tokens"], "num_beams": ev["decoding"].get("num_beams", 1)}
 
 
-def _mllm_answers(model, images, class_names: list[str], ev: dict) -> list[int]:
-    """The class an MLLM names in its answer; an answer naming no class counts as wrong (-1)."""
-    answers = model.sdtg.generate(images, None, None, max_new_tokens=8, num_beams=1)
-    return [parse_answer(a, class_names) for a in answers]
+def rationale_part(text: str) -> str:
+    """Fine-tune-CoT writes "the answer is X. because R": the text metrics score R alone."""
+    return text.split(" because ", 1)[1].strip() if " because " in text else text.strip()
 
 
 def parse_answer(answer: str, class_names: list[str]) -> int:
@@ -132,6 +131,24 @@ def parse_answer(answer: str, class_names: list[str]) -> int:
     if not matches:
         return -1
     return max(matches, key=lambda i: len(class_names[i]))
+
+
+def _classification_block(y_true: list[int], y_pred: list[int], num_classes: int) -> dict:
+    """Classification metrics; an MLLM answer naming no class (-1) counts as wrong: it lowers accuracy
+    and its true class's recall, and no class's precision (`n_unanswered` says how many)."""
+    unanswered = sum(1 for p in y_pred if p < 0)
+    if not unanswered:
+        return {**classification.classification_metrics(y_true, y_pred, num_classes), "n_unanswered": 0}
+    from sklearn.metrics import precision_recall_fscore_support
+
+    # classification_metrics refuses labels outside 0..K-1; scored here with sklearn's `labels=` instead
+    out = classification.classification_metrics(y_true, [max(p, 0) for p in y_pred], num_classes)
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    precision, recall, f1, _ = precision_recall_fscore_support(t, p, labels=list(range(num_classes)),
+                                                               average="macro", zero_division=0)
+    out.update(accuracy=float((t == p).mean()), precision_macro=float(precision), recall_macro=float(recall),
+               f1_macro=float(f1), n_unanswered=unanswered)
+    return out
 
 
 def _saliency_block(method, pred_maps, gt_maps, full_pred, full_gt, full_maps, ev) -> dict:

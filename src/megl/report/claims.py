@@ -45,6 +45,11 @@ def _expected_seeds(expected: pd.DataFrame | None, dataset: str, backbone: str,
     return {int(s) for s in expected.loc[sel, "seed"]}
 
 
+# With two seeds a one-sided t-test has one degree of freedom and a constant difference looks
+# infinitely sure; we give a verdict only from three paired seeds on (the default matrix has 3).
+MIN_PAIRED_SEEDS = 3
+
+
 def compare_pair(df: pd.DataFrame, dataset: str, backbone: str, a: str, b: str, metric: str,
                  alpha: float = 0.05, expected: pd.DataFrame | None = None) -> dict[str, Any]:
     """Paired comparison of method a vs b on one dataset × backbone, matched by seed.
@@ -52,7 +57,7 @@ def compare_pair(df: pd.DataFrame, dataset: str, backbone: str, a: str, b: str, 
     diff = mean over paired seeds of (a − b); cohens_d = mean(d)/std(d, ddof=1) of the paired
     differences; p_value is scipy.stats.ttest_rel one-sided in the claimed direction (a > b).
     Verdict: 'holds' when p < alpha and diff > 0; 'fails' when the opposite one-sided test has
-    p < alpha; otherwise 'inconclusive' — always so when fewer than 2 paired seeds or a run
+    p < alpha; otherwise 'inconclusive' — always so when fewer than MIN_PAIRED_SEEDS paired seeds or a run
     (from `expected`, or present for one method only) is missing.
     """
     def runs(method: str) -> pd.DataFrame:
@@ -87,7 +92,7 @@ def compare_pair(df: pd.DataFrame, dataset: str, backbone: str, a: str, b: str, 
         diff = float(d.mean())
     if n >= 2:
         sd = float(d.std(ddof=1))
-        if sd > 0:
+        if sd > 1e-12 * max(1.0, float(abs(d).max())):  # below this the spread is float rounding
             cohens_d = diff / sd
             p_greater = float(stats.ttest_rel(xa, xb, alternative="greater").pvalue)
             p_less = float(stats.ttest_rel(xa, xb, alternative="less").pvalue)
@@ -101,8 +106,10 @@ def compare_pair(df: pd.DataFrame, dataset: str, backbone: str, a: str, b: str, 
     elif not not_run:
         notes.append(f"n={n} paired seed{'' if n == 1 else 's'}: no test")
 
-    if n < 2 or missing or not_run:
+    if n < MIN_PAIRED_SEEDS or missing or not_run:
         verdict = "inconclusive"
+        if 2 <= n < MIN_PAIRED_SEEDS:
+            notes.append(f"n={n} paired seeds: a verdict needs at least {MIN_PAIRED_SEEDS}")
     elif p_greater < alpha and diff > 0:
         verdict = "holds"
     elif p_less < alpha:
@@ -187,7 +194,8 @@ def write_claims(claims: pd.DataFrame, out_stem: str | Path, alpha: float = 0.05
         "",
         f"Paired one-sided t-test across seeds (scipy.stats.ttest_rel), alpha = {alpha:g}. "
         "holds: p < alpha and mean difference > 0; fails: the opposite one-sided test has "
-        "p < alpha; otherwise inconclusive (always so with fewer than 2 paired seeds or a missing run). "
+        f"p < alpha; otherwise inconclusive (always so with fewer than {MIN_PAIRED_SEEDS} paired seeds "
+        "or a missing run). "
         "Effect size: mean paired difference and Cohen's d of the paired differences.",
         "",
         "## Per claim",

@@ -1,0 +1,79 @@
+"""Shared fixtures: one tiny stand-in dataset, its split, pretrained tiny text models, a tiny config.
+
+Built once per test session (a few seconds) so that end-to-end train/evaluate tests stay fast.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_IMAGE_SIZE = 32
+TINY_N_IMAGES = 80
+
+
+def make_tiny_config() -> dict:
+    """config/smoke.yaml with every size shrunk: 32 px images, narrow nets, 1 epoch, 2 steps."""
+    from megl.config import validate_config
+
+    cfg = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text(encoding="utf-8"))
+    full = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    cfg["baselines"] = copy.deepcopy(full["baselines"])  # smoke.yaml has no baseline section
+    cfg["datasets"]["objects"]["standin"].update(n_images=TINY_N_IMAGES, image_size=TINY_IMAGE_SIZE)
+    cfg["backbones"]["resnet18"].update(widths=[8, 8, 16, 16], image_size=TINY_IMAGE_SIZE)
+    cfg["backbones"]["vit_b_16"].update(image_size=TINY_IMAGE_SIZE, patch_size=8, hidden_dim=16, num_layers=1,
+                                        num_heads=2, mlp_dim=32)
+    cfg["vision_encoder"]["tiny"].update(hidden_size=16, num_layers=1, num_heads=2, patch_size=8,
+                                         projection_dim=16, epochs=1, batch_size=32)
+    cfg["lm"]["tiny"].update(hidden_size=16, num_layers=1, num_heads=2, vocab_size=300, epochs=1)
+    cfg["sdtg"]["max_rationale_tokens"] = 12
+    cfg["train"].update(epochs=1, batch_size=16, max_steps_per_epoch=2, num_threads=1)
+    cfg["evaluate"].update(batch_size=32, n_saliency_samples=3)
+    cfg["evaluate"]["decoding"]["max_new_tokens"] = 6
+    cfg["evaluate"]["latency"].update(warmup=1, repeats=2)
+    return validate_config(cfg, "tests/conftest.py:tiny_config")
+
+
+@dataclass(frozen=True)
+class TinyData:
+    root: Path        # stand-in dataset in the official ME format
+    split: Path       # split file
+    pretrained: Path  # tokenizer + tiny CLIP + tiny LM
+    config: dict      # the config the pretraining used (do not mutate; use tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> TinyData:
+    """Stand-in `objects` (80 images, 32 px, 25 % annotated), its seeded split, and the pretrained
+    tiny text models, built once per session."""
+    from megl.data.annotations import read_dataset
+    from megl.data.split import write_split
+    from megl.data.standin import make_standin
+    from megl.train import pretrain_for_dataset
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("tiny_data")
+    config = make_tiny_config()
+    root, split = base / "objects", base / "split.json"
+    make_standin("objects", root, seed=0, n_images=TINY_N_IMAGES, image_size=TINY_IMAGE_SIZE,
+                 annotated_fraction=0.25)
+    write_split(read_dataset(root), split, config["split"]["seed"],
+                {k: config["split"][k] for k in ("train", "val", "test")})
+    pretrained = base / "pretrained"
+    pretrain_for_dataset(config, root, split, pretrained)
+    return TinyData(root, split, pretrained, config)
+
+
+@pytest.fixture
+def tiny_config(tiny_data) -> dict:
+    """A fresh deep copy of the tiny config, free to modify in a test."""
+    return copy.deepcopy(tiny_data.config)

@@ -1,0 +1,210 @@
+"""The shipped configs validate; bad configs fail naming the key; config/README.md documents every key."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from megl.config import load_config, load_schema
+from megl.errors import MEGLError
+from megl.matrix import enumerate_runs
+from megl.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "config"
+CONFIGS = ["config.yaml", "smoke.yaml", "paper.yaml"]
+DEFAULT = CONFIG_DIR / "config.yaml"
+README = CONFIG_DIR / "README.md"
+NAMED = ("datasets", "backbones")  # mappings whose keys are user-chosen names (<name> in the README)
+
+
+# ---------------------------------------------------------------- shipped configs
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_config_validates(name: str) -> None:
+    config = load_config(CONFIG_DIR / name)
+    assert enumerate_runs(config)
+
+
+def test_paper_config_runs_the_whole_matrix() -> None:
+    config = load_config(CONFIG_DIR / "paper.yaml")
+    m = config["matrix"]
+    assert m["methods"] == [n for n, meth in METHODS.items() if meth.kind == "classifier"]
+    assert m["mllm_methods"] == [n for n, meth in METHODS.items() if meth.kind == "mllm"]
+    assert len(m["seeds"]) == 5
+    assert len(enumerate_runs(config)) == 2 * 2 * 11 * 5 + 2 * 2 * 5
+    assert all(d["source"] == "official" for d in config["datasets"].values())
+    assert config["backbones"]["resnet18"]["widths"] == [64, 128, 256, 512]
+    assert config["vision_encoder"]["kind"] == config["lm"]["kind"] == "pretrained"
+
+
+# ---------------------------------------------------------------- bad configs
+def _error(overrides: dict) -> str:
+    with pytest.raises(MEGLError) as info:
+        load_config(DEFAULT, overrides)
+    return str(info.value)
+
+
+def test_unknown_method_is_named() -> None:
+    msg = _error({"matrix.methods": ["baseline", "megl_plus_plus"]})
+    assert "megl_plus_plus" in msg and "matrix.methods" in msg
+
+
+def test_unknown_mllm_method_is_named() -> None:
+    msg = _error({"matrix.mllm_methods": ["gpt_vqa"]})
+    assert "gpt_vqa" in msg
+
+
+@pytest.mark.parametrize("dotted, key", [("train.epochz", "epochz"), ("colour", "colour"),
+                                         ("lm.lora_rank", "lora_rank"), ("split.shuffle", "shuffle")])
+def test_unknown_key_is_rejected_naming_it(dotted: str, key: str) -> None:
+    msg = _error({dotted: 1})
+    assert key in msg
+
+
+def test_matrix_dataset_without_entry() -> None:
+    msg = _error({"matrix.datasets": ["objects", "birds"]})
+    assert "birds" in msg and "datasets" in msg
+
+
+def test_matrix_backbone_without_entry() -> None:
+    msg = _error({"matrix.backbones": ["resnet50"]})
+    assert "resnet50" in msg and "backbones" in msg
+
+
+def test_classifier_method_under_mllm_methods() -> None:
+    msg = _error({"matrix.mllm_methods": ["megl"]})
+    assert "'megl'" in msg and "matrix.mllm_methods" in msg and "matrix.methods" in msg
+
+
+def test_mllm_method_under_methods() -> None:
+    msg = _error({"matrix.methods": ["baseline", "finetune_cot"]})
+    assert "'finetune_cot'" in msg and "matrix.mllm_methods" in msg
+
+
+def test_bad_value_names_the_key() -> None:
+    msg = _error({"train.epochs": 0})
+    assert "train.epochs" in msg
+
+
+# ---------------------------------------------------------------- overrides
+def test_dotted_overrides() -> None:
+    config = load_config(DEFAULT, {"train.epochs": 1, "evaluate.decoding.num_beams": 2,
+                                   "matrix.seeds": [7], "lm.lora": None})
+    assert config["train"]["epochs"] == 1
+    assert config["evaluate"]["decoding"]["num_beams"] == 2
+    assert config["lm"]["lora"] is None
+    assert {r.seed for r in enumerate_runs(config)} == {7}
+    assert load_config(DEFAULT)["train"]["epochs"] == 3  # the file itself is untouched
+
+
+def test_cli_set_parses_yaml_values() -> None:
+    from megl.cli import _config
+
+    config = _config(SimpleNamespace(config=str(DEFAULT),
+                                     set=["train.epochs=1", "train.lr=1.0e-4", "matrix.methods=[megl]"]))
+    # (YAML 1.1: write 1.0e-4; a bare 1e-4 is a string and fails validation naming train.lr)
+    assert config["train"]["epochs"] == 1
+    assert config["train"]["lr"] == pytest.approx(1e-4)
+    assert config["matrix"]["methods"] == ["megl"]
+
+
+# ---------------------------------------------------------------- config/README.md
+ROW = re.compile(r"^\|\s*`([A-Za-z_][\w.<>]*)`\s*\|(.*)$")
+
+
+def readme_rows() -> dict[str, list[str]]:
+    """Key tables of config/README.md: backticked key path in the first cell → the other cells."""
+    rows = {}
+    for line in README.read_text(encoding="utf-8").splitlines():
+        m = ROW.match(line)
+        if m:
+            rows[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
+    return rows
+
+
+def config_leaves(node, prefix: tuple = ()) -> set[str]:
+    """Dotted leaf paths; names under datasets/backbones become <name>. Lists are leaves."""
+    out = set()
+    for key, value in node.items():
+        path = prefix + (("<name>",) if prefix and prefix[-1] in NAMED and len(prefix) == 1 else (key,))
+        if isinstance(value, dict) and value:
+            out |= config_leaves(value, path)
+        else:
+            out.add(".".join(path))
+    return out
+
+
+def exists(node, parts: list[str]) -> bool:
+    if not parts:
+        return True
+    if not isinstance(node, dict):
+        return False
+    head, rest = parts[0], parts[1:]
+    if head == "<name>":
+        return any(exists(child, rest) for child in node.values())
+    return head in node and exists(node[head], rest)
+
+
+def raw_configs() -> list[dict]:
+    return [yaml.safe_load((CONFIG_DIR / name).read_text(encoding="utf-8")) for name in CONFIGS]
+
+
+def test_readme_parses_many_keys() -> None:
+    rows = readme_rows()
+    assert len(rows) >= 90, "config/README.md key tables not found (rows must start with | `key.path` |)"
+    assert all(len(cells) >= 5 for cells in rows.values()), "each key row needs type|default|meaning|read by|source"
+
+
+def test_every_config_key_is_documented() -> None:
+    documented = set(readme_rows())
+    missing = set()
+    for name, cfg in zip(CONFIGS, raw_configs()):
+        missing |= {f"{leaf} ({name})" for leaf in config_leaves(cfg) if leaf not in documented}
+    assert not missing, f"keys missing from config/README.md: {sorted(missing)}"
+
+
+def test_every_documented_key_exists() -> None:
+    """A documented key is set in one of the shipped configs, or is marked optional and accepted by
+    the schema when set to its documented default."""
+    configs = raw_configs()
+    problems = []
+    for key, cells in readme_rows().items():
+        parts = key.split(".")
+        if any(exists(cfg, parts) for cfg in configs):
+            continue
+        if "optional" not in cells[0]:
+            problems.append(f"{key}: in no shipped config and not marked optional")
+            continue
+        literal = re.search(r"`([^`]*)`", cells[1])
+        if literal is None:
+            problems.append(f"{key}: optional but no backticked default")
+            continue
+        try:
+            load_config(DEFAULT, {key: yaml.safe_load(literal.group(1))})
+        except MEGLError as exc:
+            problems.append(f"{key}: the schema rejects it: {exc}")
+    assert not problems, "\n".join(problems)
+
+
+def schema_paths(node: dict, prefix: tuple = ()) -> set[str]:
+    """Dotted paths of every property the schema declares (additionalProperties schemas → <name>)."""
+    out = set()
+    props = node.get("properties") or {}
+    for key, sub in props.items():
+        path = prefix + (key,)
+        out.add(".".join(path))
+        out |= schema_paths(sub, path)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict) and extra.get("properties"):
+        out |= schema_paths(extra, prefix + ("<name>",))
+    return out
+
+
+def test_every_schema_key_is_documented() -> None:
+    documented = set(readme_rows())
+    undocumented = [p for p in sorted(schema_paths(load_schema()))
+                    if p not in documented and not any(d.startswith(p + ".") for d in documented)]
+    assert not undocumented, f"schema keys missing from config/README.md: {undocumented}"
