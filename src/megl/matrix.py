@@ -47,3 +47,21 @@ def enumerate_runs(config: dict) -> list[Run]:
     runs += [Run(d, MLLM_BACKBONE, m, s) for d in matrix["datasets"]
              for m in matrix.get("mllm_methods", []) for s in matrix["seeds"]]
     return runs
+
+
+def training_config(config: dict, method: str, backbone: str) -> dict:
+    """The part of the config one run's training reads (megl.train). As a rule's params it makes a
+    change to another method's hyperparameter (e.g. train.lambda_t, baselines.haics) leave this run alone."""
+    m = get_method(method)
+    train = dict(config["train"])
+    if not m.textual:
+        train.pop("lambda_t", None)
+    if m.visual_loss != "l1" and not m.consistency:
+        train.pop("lambda_v", None)
+    return {
+        "device": config["device"],
+        "train": train,
+        "backbone": config["backbones"] if backbone == MLLM_BACKBONE else config["backbones"][backbone],
+        "baseline": config.get("baselines", {}).get(m.visual_loss),
+        "text": {k: config[k] for k in ("sdtg", "lm", "vision_encoder")} if m.writes_text else None,
+    }

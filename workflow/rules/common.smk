@@ -1,19 +1,46 @@
-# Paths and the run matrix. The matrix comes from megl.matrix, the one enumeration DVC uses too.
+# Paths, the run matrix and the helpers the rules share. The matrix comes from megl.matrix, the one
+# enumeration DVC's dvc.yaml follows too (tests/test_dvc.py checks both plan the same runs).
+import os
+import shutil
 import sys
+
+from snakemake.settings.types import DeploymentMethod
 
 from megl.config import validate_config
 from megl.matrix import enumerate_runs
+from megl.matrix import training_config as training_config_of
 
 validate_config(config, "snakemake config")
 RUNS = enumerate_runs(config)
 RESULTS = config.get("results_dir", "results")
-MEGL = f"{sys.executable} -m megl"
-CONFIG_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "config/config.yaml"
+# Under --use-conda the rules' env (workflow/envs/megl.yaml) provides `python`; otherwise the
+# environment running Snakemake (the project's .venv) runs every step, named one way whether
+# Snakemake was started as .venv/bin/snakemake or `python -m snakemake` (it is a rule param).
+_PYTHON = os.path.join(sys.prefix, "bin", "python")
+MEGL = ("python -m megl" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+        else f"{_PYTHON if os.path.exists(_PYTHON) else sys.executable} -m megl")
+CONDA_ENV = "../envs/megl.yaml"
+# The config file the megl commands read (relative, so that a moved checkout keeps its params).
+CONFIG_FILE = (os.path.relpath(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles
+               else "config/config.yaml")
 
 # GPUs: Snakemake only counts them (--resources gpu=N); megl gpu-run assigns one per job (flock).
 _gpu = workflow.global_resources.get("gpu")
 N_GPUS = int(getattr(_gpu, "value", _gpu) or 0)
 GPU_JOB = 1 if config["device"] != "cpu" else 0
+
+TABLES = [f"{RESULTS}/tables/{s}.{ext}" for s in
+          ("table2", "table3", "table4", "table5", "paper_vs_ours", "claims") for ext in ("csv", "md", "tex")]
+FIGURES = [f"figures/{s}.{ext}" for s in ("accuracy", "miou", "ablation", "training") for ext in ("png", "pdf")]
+if {"baseline", "megl"} <= set(config["matrix"]["methods"]):
+    FIGURES += ["figures/qualitative.png", "figures/qualitative.pdf"]
+
+
+def report_outputs():
+    outputs = TABLES + FIGURES + ["paper/generated/.inputs_done"]
+    if shutil.which("latexmk"):
+        outputs.append("paper/main.pdf")
+    return outputs
 
 
 def gpu_prefix(wildcards, resources):
@@ -32,3 +59,8 @@ def run_folder(run):
 
 def all_metrics():
     return [f"{run_folder(r)}/metrics.json" for r in RUNS]
+
+
+def training_config(wildcards):
+    """Only what this run's training reads (megl.matrix.training_config), as the train rule's params."""
+    return training_config_of(config, wildcards.method, wildcards.backbone)

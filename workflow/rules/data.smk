@@ -5,6 +5,7 @@ rule make_standin:
     output:
         directory("data/standin/{dataset}"),
     params:
+        megl=MEGL,
         kind=lambda w: config["datasets"][w.dataset]["standin"]["kind"],
         knobs=lambda w: config["datasets"][w.dataset]["standin"],
         split=config["split"],
@@ -12,8 +13,10 @@ rule make_standin:
         f"{RESULTS}/logs/data/{{dataset}}_standin.log",
     resources:
         mem_mb=2000,
+    conda:
+        CONDA_ENV
     shell:
-        "{MEGL} make-standin {params.kind} {output} --seed {params.knobs[seed]} "
+        "{params.megl} make-standin {params.kind} {output} --seed {params.knobs[seed]} "
         "--n-images {params.knobs[n_images]} --image-size {params.knobs[image_size]} "
         "--annotated-fraction {params.knobs[annotated_fraction]} "
         "--shortcut-strength {params.knobs[shortcut_strength]} --split-seed {params.split[seed]} "
@@ -25,12 +28,16 @@ rule unpack_official:
         lambda w: config["datasets"][w.dataset]["zip"],
     output:
         directory("data/official/{dataset}"),
+    params:
+        megl=MEGL,
     log:
         f"{RESULTS}/logs/data/{{dataset}}_unpack.log",
     resources:
         mem_mb=2000,
+    conda:
+        CONDA_ENV
     shell:
-        "{MEGL} unpack-data {input} {output} > {log} 2>&1"
+        "{params.megl} unpack-data {input} {output} > {log} 2>&1"
 
 
 rule validate_data:
@@ -38,12 +45,16 @@ rule validate_data:
         lambda w: data_root(w.dataset),
     output:
         f"{RESULTS}/data/{{dataset}}/validation.json",
+    params:
+        megl=MEGL,
     log:
         f"{RESULTS}/logs/data/{{dataset}}_validate.log",
     resources:
         mem_mb=2000,
+    conda:
+        CONDA_ENV
     shell:
-        "{MEGL} validate-data {input} --summary-json {output} > {log} 2>&1"
+        "{params.megl} validate-data {input} --summary-json {output} > {log} 2>&1"
 
 
 rule split:
@@ -53,11 +64,14 @@ rule split:
     output:
         f"{RESULTS}/data/{{dataset}}/split.json",
     params:
+        megl=MEGL,
         split=config["split"],
     log:
         f"{RESULTS}/logs/data/{{dataset}}_split.log",
     resources:
         mem_mb=2000,
+    conda:
+        CONDA_ENV
     shell:
-        "{MEGL} split {input.data} --out {output} --seed {params.split[seed]} --train {params.split[train]} "
+        "{params.megl} split {input.data} --out {output} --seed {params.split[seed]} --train {params.split[train]} "
         "--val {params.split[val]} --test {params.split[test]} > {log} 2>&1"

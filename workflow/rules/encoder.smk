@@ -9,6 +9,7 @@ rule pretrain_encoder:
     output:
         directory(f"{RESULTS}/encoders/{{dataset}}"),
     params:
+        megl=MEGL,
         config_file=CONFIG_FILE,
         text_models={"vision_encoder": config["vision_encoder"], "lm": config["lm"]},
     log:
@@ -16,6 +17,8 @@ rule pretrain_encoder:
     threads: 1
     resources:
         mem_mb=4000,
+    conda:
+        CONDA_ENV
     shell:
-        "{MEGL} pretrain-encoder --config {params.config_file} --data-root {input.data} "
+        "{params.megl} pretrain-encoder --config {params.config_file} --data-root {input.data} "
         "--split {input.split} --out {output} > {log} 2>&1"

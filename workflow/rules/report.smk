@@ -1,5 +1,88 @@
 # Aggregation of every run into the paper's tables, the claims, figures and the manuscript.
+# Output lists and report_outputs() live in common.smk (lint: no functions among rules).
 
 
-def report_outputs():
-    return all_metrics()
+rule tables:
+    input:
+        metrics=all_metrics(),
+        published="config/published.yaml",
+    output:
+        [
+            report(t, category="Tables", labels={"table": Path(t).name})
+            if t.endswith(".md")
+            else t
+            for t in TABLES
+        ],
+    params:
+        config_file=CONFIG_FILE,
+        megl=MEGL,
+        results=lambda w, input: subpath(input.metrics[0], ancestor=6),  # <results>/runs/d/b/m/seedN/metrics.json
+        out=subpath(output[0], parent=True),
+    log:
+        f"{RESULTS}/logs/report/tables.log",
+    resources:
+        mem_mb=2000,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.megl} tables --config {params.config_file} --results {params.results} --out {params.out} "
+        "--published {input.published} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        metrics=all_metrics(),
+    output:
+        [
+            report(f, category="Figures", caption="../report/figures.rst")
+            if f.endswith(".png")
+            else f
+            for f in FIGURES
+        ],
+    params:
+        config_file=CONFIG_FILE,
+        megl=MEGL,
+        results=lambda w, input: subpath(input.metrics[0], ancestor=6),  # <results>/runs/d/b/m/seedN/metrics.json
+        out=subpath(output[0], parent=True),
+    log:
+        f"{RESULTS}/logs/report/figures.log",
+    resources:
+        mem_mb=2000,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.megl} figures --config {params.config_file} --results {params.results} --out {params.out} > {log} 2>&1"
+
+
+rule paper_inputs:
+    input:
+        TABLES,
+        FIGURES,
+    output:
+        touch("paper/generated/.inputs_done"),
+    params:
+        megl=MEGL,
+        tables=lambda w, input: subpath(input[0], parent=True),
+    log:
+        f"{RESULTS}/logs/report/paper_inputs.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.megl} paper --tables {params.tables} --figures figures --out paper/generated > {log} 2>&1"
+
+
+rule paper_pdf:
+    input:
+        "paper/generated/.inputs_done",
+        "paper/main.tex",
+    output:
+        "paper/main.pdf",
+    params:
+        megl=MEGL,
+        tables=f"{RESULTS}/tables",
+    log:
+        f"{RESULTS}/logs/report/paper_pdf.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.megl} paper --tables {params.tables} --figures figures --out paper/generated --pdf > {log} 2>&1"

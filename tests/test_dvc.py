@@ -1,0 +1,98 @@
+"""dvc.yaml: the same runs as Snakemake (names read from `dvc stage list`, runs from Snakemake's own
+dry-run plan), and a whole `dvc repro` of the smoke config in a fresh copy of the repository."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from megl.bench.workflow import copy_repo, tool_env
+from megl.matrix import Run, enumerate_runs
+from test_workflow import SMOKE_RUNS, planned_jobs
+
+
+def run(cwd: Path, *cmd: str) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-6000:]}")
+    return proc.stdout
+
+
+def dvc_copy(dest: Path, config: dict) -> Path:
+    """A fresh copy of the repository (git + DVC) whose config/config.yaml is `config`."""
+    repo = copy_repo(dest)
+    (repo / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run(repo, "git", "init", "-q")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qm", "copy")
+    return repo
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return run(repo, "dvc", *args)
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / name).read_text())
+
+
+def with_mllm(config: dict) -> dict:
+    config["matrix"]["mllm_methods"] = ["llava_vqa", "finetune_cot"]
+    return config
+
+
+@pytest.mark.parametrize("config", [load("config.yaml"), load("smoke.yaml"), with_mllm(load("config.yaml"))],
+                         ids=["default", "smoke", "default+mllm"])
+def test_dvc_and_snakemake_enumerate_the_same_runs(tmp_path, config):
+    repo = dvc_copy(tmp_path / "repo", config)
+    stages = dvc(repo, "stage", "list", "--name-only").split()
+
+    planned = planned_jobs(repo, "--forceall")  # Snakemake's own plan for config/config.yaml
+    snake_runs = sorted(Run(w["dataset"], w["backbone"], w["method"], int(w["seed"]))
+                        for rule, w in planned if rule == "train")
+    assert snake_runs == sorted(enumerate_runs(config))
+    jobs = {rule: sorted(tuple(sorted(w.items())) for r, w in planned if r == rule) for rule in ("train", "evaluate")}
+    assert jobs["evaluate"] == jobs["train"]
+
+    train_names = sorted(s for s in stages if s.startswith(("train@", "train_mllm@")))
+    assert train_names == sorted(r.dvc_stage for r in snake_runs)
+    eval_names = sorted(s for s in stages if s.startswith(("evaluate@", "evaluate_mllm@")))
+    assert eval_names == sorted(n.replace("train", "evaluate", 1) for n in train_names)
+    datasets = config["matrix"]["datasets"]
+    for step in ("validate_data", "split", "pretrain_encoder"):
+        assert sorted(s for s in stages if s.startswith(f"{step}@")) == sorted(f"{step}@{d}" for d in datasets)
+    assert {"tables", "figures"} <= set(stages)
+    if not config["matrix"].get("mllm_methods"):  # an empty list expands to no stage, without error
+        assert not any(s.startswith(("train_mllm", "evaluate_mllm")) for s in stages)
+    else:
+        assert "train_mllm@objects-llava_vqa-0" in stages
+
+
+def test_dvc_stage_names_are_readable(tmp_path):
+    stages = dvc(dvc_copy(tmp_path / "repo", load("config.yaml")), "stage", "list", "--name-only").split()
+    assert "train@objects-resnet18-megl-0" in stages and "evaluate@actions-vit_b_16-baseline-2" in stages
+    assert "make_standin@objects" in stages
+
+
+@pytest.mark.slow
+def test_dvc_repro_smoke_from_a_fresh_copy(tmp_path):
+    repo = dvc_copy(tmp_path / "repo", load("smoke.yaml"))
+    dvc(repo, "repro")
+    root = repo / "results" / "dvc"
+    metrics = sorted((root / "runs").glob("*/*/*/seed*/metrics.json"))
+    assert len(metrics) == SMOKE_RUNS
+    assert all(0.0 <= json.loads(p.read_text())["accuracy"] <= 1.0 for p in metrics)
+    for stem in ("table2", "table3", "table4", "table5", "paper_vs_ours", "claims"):
+        assert len((root / "tables" / f"{stem}.csv").read_text().strip().splitlines()) >= 2
+    for stem in ("accuracy", "miou", "ablation", "training", "qualitative"):
+        assert (root / "figures" / f"{stem}.png").stat().st_size > 1000
+    assert "up to date" in dvc(repo, "status")
+    shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}
+    files = {path: entry["data"] for rev in shown.values() for path, entry in rev["data"].items()}
+    assert len(files) == SMOKE_RUNS and all("accuracy" in m for m in files.values())
+    # DVC stays inside its own root: nothing of Snakemake's paths appears
+    assert not (repo / "results" / "runs").exists() and not (repo / "data" / "standin").exists()
+    assert not any((repo / "figures").iterdir())
