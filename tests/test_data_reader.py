@@ -185,10 +185,27 @@ def test_unpack_rejects_escaping_members(tmp_path: Path, bad: str) -> None:
 
 
 def test_fetch_without_ids_explains_manual_route(tmp_path: Path) -> None:
-    assert GDRIVE_IDS == {"objects": None, "actions": None}
+    assert GDRIVE_IDS["objects"] is None  # the authors publish no id for it
     with pytest.raises(MEGLError) as e:
         fetch_official("objects", tmp_path / "data" / "raw")
     msg = str(e.value)
     assert "data/raw/Object_Classification.zip" in msg and "dvc add" in msg
     (tmp_path / "Action_Classification.zip").write_bytes(b"x")
     assert fetch_official("actions", tmp_path) == tmp_path / "Action_Classification.zip"
+
+
+def test_fetch_offline_explains_manual_route(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gdown
+
+    calls = []
+
+    def no_network(**kwargs):
+        calls.append(kwargs["id"])
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(gdown, "download", no_network)
+    with pytest.raises(MEGLError) as e:
+        fetch_official("actions", tmp_path / "data" / "raw")
+    assert calls == [GDRIVE_IDS["actions"]]
+    assert "ConnectionError" in str(e.value) and "data/raw/Action_Classification.zip" in str(e.value)
+    assert not any((tmp_path / "data" / "raw").glob("*"))  # nothing half-written

@@ -14,10 +14,11 @@ from megl.io import atomic_path
 
 ZIP_NAMES = {"objects": "Object_Classification.zip", "actions": "Action_Classification.zip"}
 
-# Google Drive file ids of the two zips. They must be copied from the authors' README
-# (links "Object_Classification.zip" / "Action_Classification.zip"); they are deliberately
-# not guessed here. While None, fetch_official explains how to place the zip by hand.
-GDRIVE_IDS: dict[str, str | None] = {"objects": None, "actions": None}
+# Google Drive file ids of the two zips, as the authors' README (github.com/TnTerry/MEGL, "Dataset
+# Preparation") gives them: it names the Action_Classification id only. The Object_Classification
+# id is not published there and is not guessed; while None, fetch_official says how to place the
+# zip by hand.
+GDRIVE_IDS: dict[str, str | None] = {"objects": None, "actions": "1V_kah3MZuHG7UUyPAlg27M1kjnil-uPI"}
 
 
 def manual_instructions(dataset: str, dest_dir: Path) -> str:
