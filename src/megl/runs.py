@@ -1,4 +1,6 @@
-"""One run = (dataset, backbone, method, seed): its folder, its model, and its weights on disk."""
+"""One run's model (RunModel), its weights on disk, and the environment recorded beside it.
+
+The run's folder name comes from megl.matrix.Run.path."""
 from __future__ import annotations
 
 import json
@@ -14,14 +16,9 @@ from torch import nn
 
 from megl.errors import MEGLError
 from megl.io import atomic_path
-from megl.methods import MLLM_BACKBONE, Method
+from megl.methods import Method
 
 WEIGHTS = "model.safetensors"
-
-
-def run_dir(results_dir: str | Path, dataset: str, backbone: str, method: str, seed: int) -> Path:
-    """The run's folder; MLLM baselines have no classifier backbone and live under `mllm/`."""
-    return Path(results_dir) / "runs" / dataset / backbone / method / f"seed{seed}"
 
 
 @dataclass
@@ -43,10 +40,9 @@ class RunModel:
         return [p for m in self.modules().values() for p in m.parameters() if p.requires_grad]
 
     def train(self, mode: bool = True) -> None:
-        for name, module in self.modules().items():
+        """Train/eval mode of every part; the frozen vision encoder keeps itself in eval mode."""
+        for module in self.modules().values():
             module.train(mode)
-            if name == "sdtg" and hasattr(module, "freeze_encoders"):
-                module.freeze_encoders()  # frozen towers stay in eval mode
 
     def to(self, device: torch.device) -> "RunModel":
         for module in self.modules().values():
@@ -111,5 +107,3 @@ def read_json(path: Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise MEGLError(f"{path}: cannot read: {exc}") from exc
 
-
-__all__ = ["MLLM_BACKBONE", "RunModel", "run_dir", "save_weights", "load_weights", "environment_info"]
