@@ -52,11 +52,11 @@ def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
     loader = DataLoader(test_set, batch_size=ev["batch_size"], shuffle=False, collate_fn=collate)
     for batch in loader:
         images = batch["image"].to(device)
-        rationales = None
+        rationales = answers = None
         if method.kind == "mllm":
-            texts = model.sdtg.generate(images, None, None, **_decoding(ev))
-            probs, preds, sal = None, [parse_answer(t, class_names) for t in texts], None
-            rationales = [rationale_part(t) for t in texts] if method.mllm_target == "answer_rationale" else None
+            answers = model.sdtg.generate(images, None, None, **_decoding(ev))
+            probs, preds, sal = None, [parse_answer(t, class_names) for t in answers], None
+            rationales = [rationale_part(t) for t in answers] if method.mllm_target == "answer_rationale" else None
         else:
             logits, _, sal, out = saliency_map(model.classifier, images)  # Grad-CAM of the predicted class
             sal = sal.detach()
@@ -76,6 +76,8 @@ def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
             rec = {"id": sid, "label": int(batch["label"][i]), "prediction": int(preds[i]),
                    "rationale": rationales[i] if rationales is not None else None,
                    "reference": list(batch["rationales"][i])}
+            if answers is not None:
+                rec["answer"] = answers[i]  # the MLLM's whole generated text, parsed into `prediction`
             if probs is not None:
                 top = probs[i].topk(min(TOPK, probs.shape[1]))
                 rec["topk"] = [[int(c), round(float(p), 6)] for p, c in zip(top.values, top.indices)]
