@@ -6,15 +6,13 @@ training rationales. Paper scale: local CLIP / LLM folders named in the config (
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from megl.errors import MEGLError
-from megl.io import write_json
+from megl.io import atomic_dir, write_json
 from megl.models.clip import (FrozenVisionEncoder, build_tiny_clip, image_norm_stats, load_clip,
                               pretrain_tiny_clip)
 from megl.models.lm import build_tiny_lm, load_pretrained_lm, pretrain_tiny_lm
@@ -48,10 +46,7 @@ def pretrain_text_models(train_images: torch.Tensor, train_rationales: list[list
     tiny_clip, tiny_lm = _is_tiny(vision_cfg), _is_tiny(lm_cfg)
     report: dict = {"seed": int(seed), "n_images": int(train_images.shape[0]), "n_rationales": len(flat)}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_dir(out_dir) as tmp:
         if tiny_clip or tiny_lm:
             tokenizer = train_tokenizer(flat, int(lm_cfg["tiny"]["vocab_size"]), None)
             tokenizer.save_pretrained(tmp / "tokenizer")
@@ -74,12 +69,6 @@ def pretrain_text_models(train_images: torch.Tensor, train_rationales: list[list
             shutil.copytree(tmp / "tokenizer", tmp / "lm", dirs_exist_ok=True)
             report["lm_losses"] = losses
         write_json(tmp / "pretrain.json", report)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _folder(cfg: dict, pretrained_dir: Path | None, sub: str, what: str) -> Path:

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from megl.errors import MEGLError
+from megl.io import atomic_dir
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]  # ids 0..3; EOS is 3, not 2 (CLIP's text pooling treats id 2 as legacy)
@@ -55,18 +54,8 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: str | os.PathLik
 
 def save_atomic(obj, out_dir: str | os.PathLike) -> None:
     """`obj.save_pretrained` into a temporary sibling folder, then rename it onto `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_dir(out_dir) as tmp:
         obj.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
