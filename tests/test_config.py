@@ -34,7 +34,7 @@ def test_paper_config_runs_the_whole_matrix() -> None:
     assert m["methods"] == [n for n, meth in METHODS.items() if meth.kind == "classifier"]
     assert m["mllm_methods"] == [n for n, meth in METHODS.items() if meth.kind == "mllm"]
     assert len(m["seeds"]) == 5
-    assert len(enumerate_runs(config)) == 2 * 2 * 11 * 5 + 2 * 2 * 5
+    assert len(enumerate_runs(config)) == 2 * 2 * 12 * 5 + 2 * 2 * 5
     assert all(d["source"] == "official" for d in config["datasets"].values())
     assert config["backbones"]["resnet18"]["widths"] == [64, 128, 256, 512]
     assert config["vision_encoder"]["kind"] == config["lm"]["kind"] == "pretrained"

@@ -40,7 +40,7 @@ TIMING_KEYS = {"latency_ms", "fps", "latency_device"}
 
 def test_registry_matches_the_brief():
     assert set(CLASSIFIER_METHODS) == {"baseline", "megl", "megl_no_consistency", "megl_text_only",
-                                       "megl_visual_only", "megl_no_sdtg", "megl_no_text_supervision",
+                                       "megl_visual_only", "megl_visual_l1_only", "megl_no_sdtg", "megl_no_text_supervision",
                                        "cdep", "haics", "res_g", "res_l"}
     assert set(MLLM_METHODS) == {"llava_vqa", "finetune_cot"}
 

@@ -49,6 +49,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
        textual=True, saliency_path="grad"),
     _m("megl_visual_only", "Visual", "visual supervision only: L1 + consistency, no SDTG",
        visual_loss="l1", consistency=True),
+    _m("megl_visual_l1_only", "Visual (L1 only)", "L1 on annotated samples only: no consistency, no SDTG",
+       visual_loss="l1"),
     _m("megl_no_sdtg", "w/o SDTG", "text from the classifier's features only (V = W_I·Z_I)",
        visual_loss="l1", consistency=True, textual=True, saliency_path="none"),
     _m("megl_no_text_supervision", "w/o text→visual", "SDTG sees Â detached: text never shapes Â",
@@ -74,9 +76,10 @@ METHODS.update({m.name: m for m in [
        kind="mllm", mllm_target="answer_rationale"),
 ]})
 
-ABLATIONS = ["megl_no_consistency", "megl_text_only", "megl_visual_only", "megl_no_sdtg",
-             "megl_no_text_supervision"]
+ABLATIONS = ["megl_no_consistency", "megl_text_only", "megl_visual_only", "megl_visual_l1_only",
+             "megl_no_sdtg", "megl_no_text_supervision"]
 VISUAL_BASELINES = ["baseline", "cdep", "haics", "res_g", "res_l"]
+MLLM_BASELINES = [name for name, m in METHODS.items() if m.kind == "mllm"]
 MLLM_BACKBONE = "mllm"  # the backbone folder of MLLM runs: they have no classifier backbone
 
 
