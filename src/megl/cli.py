@@ -83,14 +83,17 @@ def cmd_pretrain_encoder(args) -> int:
     return 0
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
 def cmd_train(args) -> int:
     from megl.train import train_run
 
     train_run(_config(args), dataset=args.dataset, backbone=args.backbone, method=args.method,
               seed=args.seed, run_dir=Path(args.run_dir), data_root=Path(args.data_root),
-              split_path=Path(args.split),
-              pretrained_dir=Path(args.pretrained) if args.pretrained else None,
-              resume=args.resume, force=args.force, progress=not args.no_progress)
+              split_path=Path(args.split), pretrained_dir=_path(args.pretrained),
+              backbone_weights=_path(args.backbone_weights), resume=args.resume, force=args.force)
     return 0
 
 
@@ -98,8 +101,46 @@ def cmd_evaluate(args) -> int:
     from megl.evaluate import evaluate_run
 
     evaluate_run(_config(args), Path(args.run_dir), data_root=Path(args.data_root), split_path=Path(args.split),
-                 pretrained_dir=Path(args.pretrained) if args.pretrained else None)
+                 pretrained_dir=_path(args.pretrained), backbone_weights=_path(args.backbone_weights))
     return 0
+
+
+def cmd_pretrain_backbone(args) -> int:
+    from megl.backbone_pretrain import pretrain_backbone
+
+    config = _config(args)
+    if args.backbone not in config["backbones"]:
+        raise MEGLError(f"unknown backbone {args.backbone!r}; valid backbones: {', '.join(config['backbones'])}")
+    torch_threads(config)
+    pretrain_backbone(config["backbones"][args.backbone], config["pretrain"], Path(args.out),
+                      _path(args.report))
+    return 0
+
+
+def cmd_cache_features(args) -> int:
+    from megl.features import cache_features
+
+    cache_features(_config(args), dataset_root=Path(args.data_root), split_path=Path(args.split),
+                   backbone=args.backbone, backbone_weights=_path(args.backbone_weights), out=Path(args.out))
+    return 0
+
+
+def cmd_run_cell(args) -> int:
+    from megl.cell import run_cell
+
+    config = _config(args)
+    run_cell(config, dataset=args.dataset, backbone=args.backbone, method=args.method,
+             seeds=args.seeds or list(config["matrix"]["seeds"]), runs_root=Path(args.runs_root),
+             selection_out=Path(args.selection_out), data_root=Path(args.data_root), split_path=Path(args.split),
+             cache_path=_path(args.cache), pretrained_dir=_path(args.pretrained),
+             backbone_weights=_path(args.backbone_weights))
+    return 0
+
+
+def torch_threads(config: dict) -> None:
+    import torch
+
+    torch.set_num_threads(int(config["train"]["num_threads"]))
 
 
 def cmd_gpu_run(args) -> int:
@@ -154,6 +195,11 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="override a config key, dotted (e.g. train.epochs=1); repeatable")
 
 
+def _add_backbone_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone-weights", help="pretrained trunk file (the pretrain-backbone step's output); "
+                                              "overrides backbones.<name>.weights")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,10 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
     p.add_argument("--split", required=True)
     p.add_argument("--pretrained", help="folder of the pretrained text models (tiny encoder/LM)")
-    p.add_argument("--run-dir", required=True)
+    _add_backbone_weights(p)
+    p.add_argument("--run-dir", required=True, help="folder the run's files are written to")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite a finished run")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a trained run on the test split: metrics.json")
@@ -217,8 +263,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
     p.add_argument("--split", required=True)
-    p.add_argument("--pretrained")
+    p.add_argument("--pretrained", help="folder of the pretrained text models (tiny encoder/LM)")
+    _add_backbone_weights(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("pretrain-backbone", help="pretrain one small backbone on the source stand-in task")
+    _add_config(p)
+    p.add_argument("--backbone", required=True, help="key of config backbones (e.g. resnet18)")
+    p.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--report", help="also write the pretraining report (JSON) here")
+    p.set_defaults(func=cmd_pretrain_backbone)
+
+    p = sub.add_parser("cache-features", help="decode a dataset once and cache the frozen trunk's features")
+    _add_config(p)
+    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
+    p.add_argument("--split", required=True, help="split file (megl split)")
+    p.add_argument("--backbone", required=True, help="key of config backbones")
+    _add_backbone_weights(p)
+    p.add_argument("--out", required=True, help="cache file to write (.safetensors)")
+    p.set_defaults(func=cmd_cache_features)
+
+    p = sub.add_parser("run-cell", help="select the guidance weight on val, then train and evaluate every seed")
+    _add_config(p)
+    for name in ("dataset", "backbone", "method"):
+        p.add_argument(f"--{name}", required=True, help=f"the cell's {name}")
+    p.add_argument("--seeds", type=int, nargs="*", help="seeds to run (default: matrix.seeds)")
+    p.add_argument("--runs-root", required=True, help="folder of the cell's runs (seed<N>/ below it)")
+    p.add_argument("--selection-out", required=True, help="where the selection record (JSON) is written")
+    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
+    p.add_argument("--split", required=True, help="split file (megl split)")
+    p.add_argument("--cache", help="feature cache of this dataset and backbone (megl cache-features)")
+    p.add_argument("--pretrained", help="folder of the pretrained text models (tiny encoder/LM)")
+    _add_backbone_weights(p)
+    p.set_defaults(func=cmd_run_cell)
 
     p = sub.add_parser("tables", help="tables 2-5, paper-vs-ours and claims from every run's metrics")
     _add_config(p)
@@ -261,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
     except DataError as exc:

@@ -6,72 +6,100 @@ threshold-free companion), text quality and CLIPScore, parameters, latency and F
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from megl.data.annotations import read_dataset
-from megl.data.dataset import MEDataset, collate, load_full_maps
 from megl.data.split import read_split
+from megl.data.tensors import SplitTensors, decode_split, trunk_features
 from megl.errors import MEGLError
 from megl.io import atomic_path, write_json, write_text
 from megl.methods import get_method
 from megl.metrics import classification, efficiency, saliency as saliency_metrics, text as text_metrics
 from megl.models.gradcam import saliency as saliency_map
 from megl.runs import WEIGHTS, load_weights, read_json
-from megl.train import backbone_entry, build_run_model, image_size_for, resolve_device, set_determinism
+from megl.train import (backbone_entry, build_run_model, class_names_of, image_size_for, resolve_device,
+                        set_determinism)
 
 TOPK = 3
+log = logging.getLogger(__name__)
 
 
 def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
-                 pretrained_dir: Path | None = None) -> dict:
-    """Score the run in `run_dir`; write metrics.json (atomically) and return it."""
+                 pretrained_dir: Path | None = None, backbone_weights: Path | None = None) -> dict:
+    """Score the run in `run_dir` on the test split; write metrics.json (atomically) and return it."""
     run_dir = Path(run_dir)
     identity = read_json(run_dir / "run.json")["run"]
     method = get_method(identity["method"])
     bb_cfg = backbone_entry(config, identity["backbone"], method)
-    ev = config["evaluate"]
     set_determinism(identity["seed"], config["train"]["num_threads"])
     device = resolve_device(config["device"])
-
     data = read_dataset(data_root)
     split = read_split(split_path, data)
-    size = image_size_for(config, bb_cfg)
-    full_maps = load_full_maps(data_root)
-    test_set = MEDataset(data, split["test"], size, full_maps=full_maps)
-    model = build_run_model(config, method, bb_cfg, data.num_classes, pretrained_dir)
+    model = load_trained_model(config, run_dir, method, bb_cfg, data.num_classes, pretrained_dir,
+                               backbone_weights, device)
+    test = decode_split(data, split["test"], image_size_for(config, bb_cfg))
+    if model.classifier is not None:
+        test.features = trunk_features(model.classifier, test.images, device)
+    prediction = predict(model, test, config, device, class_names_of(data))
+    text = score_text(method, prediction.records, config["evaluate"])
+    return write_evaluation(run_dir, identity, str(split_path), model, method, prediction, text, config, device,
+                            data.num_classes)
+
+
+def load_trained_model(config: dict, run_dir: Path, method, bb_cfg, num_classes: int, pretrained_dir,
+                       backbone_weights, device: torch.device):
+    model = build_run_model(config, method, bb_cfg, num_classes, pretrained_dir, backbone_weights)
     model.load_saved_state(load_weights(run_dir / WEIGHTS), str(run_dir / WEIGHTS))
     model.to(device).train(False)
-    class_names = [data.id_to_class[c] for c in data.class_ids]
+    return model
 
-    records, pred_maps, gt_maps, full_pred, full_gt, kept = [], [], [], [], [], []
-    sims = []
-    loader = DataLoader(test_set, batch_size=ev["batch_size"], shuffle=False, collate_fn=collate)
-    for batch in loader:
-        images = batch["image"].to(device)
+
+@dataclass
+class Prediction:
+    """What a model did on the test split: one record per sample, the maps for the saliency
+    scores, CLIP similarities of the written rationales, and a few examples for the figures."""
+    records: list[dict] = field(default_factory=list)
+    pred_maps: list = field(default_factory=list)
+    gt_maps: list = field(default_factory=list)
+    full_pred: list = field(default_factory=list)
+    full_gt: list = field(default_factory=list)
+    kept: list = field(default_factory=list)
+    sims: list = field(default_factory=list)
+
+
+def predict(model, test: SplitTensors, config: dict, device: torch.device, class_names: list[str]) -> Prediction:
+    """Run the model over the test split in batches: labels, Grad-CAM maps, rationales."""
+    method, ev = model.method, config["evaluate"]
+    out = Prediction()
+    for start in range(0, len(test), ev["batch_size"]):
+        batch = test.batch(torch.arange(start, min(start + ev["batch_size"], len(test))), device)
+        images = batch["image"]
         rationales = answers = None
         if method.kind == "mllm":
             answers = model.sdtg.generate(images, None, None, **_decoding(ev))
             probs, preds, sal = None, [parse_answer(t, class_names) for t in answers], None
             rationales = [rationale_part(t) for t in answers] if method.mllm_target == "answer_rationale" else None
         else:
-            logits, _, sal, out = saliency_map(model.classifier, images)  # Grad-CAM of the predicted class
+            # Grad-CAM of the predicted class
+            logits, _, sal, tokens = saliency_map(model.classifier, images, features=batch.get("features"))
             sal = sal.detach()
             probs = logits.detach().float().softmax(1)
             preds = probs.argmax(1).tolist()
             if method.textual:
                 text_sal = sal if method.saliency_path != "none" else None
                 with torch.no_grad():
-                    rationales = model.sdtg.generate(images, text_sal, out.tokens.detach(), **_decoding(ev))
+                    rationales = model.sdtg.generate(images, text_sal, tokens.tokens.detach(), **_decoding(ev))
         if rationales is not None and model.clip is not None:
             from megl.models.clip import clip_text_image_similarity
 
             with torch.no_grad():
-                sims.extend(clip_text_image_similarity(model.clip, model.clip_tokenizer, images,
-                                                       rationales).float().cpu().tolist())
+                out.sims.extend(clip_text_image_similarity(model.clip, model.clip_tokenizer, images,
+                                                           rationales).float().cpu().tolist())
         for i, sid in enumerate(batch["sample_id"]):
             rec = {"id": sid, "label": int(batch["label"][i]), "prediction": int(preds[i]),
                    "rationale": rationales[i] if rationales is not None else None,
@@ -81,31 +109,53 @@ def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
             if probs is not None:
                 top = probs[i].topk(min(TOPK, probs.shape[1]))
                 rec["topk"] = [[int(c), round(float(p), 6)] for p, c in zip(top.values, top.indices)]
-            records.append(rec)
+            out.records.append(rec)
             if sal is not None:
-                if bool(batch["has_map"][i]):
-                    pred_maps.append(sal[i].cpu().numpy())
-                    gt_maps.append(batch["visual_map"][i, 0].numpy())
-                if full_maps is not None and bool(batch["has_full_map"][i]):
-                    full_pred.append(sal[i].cpu().numpy())
-                    full_gt.append(batch["full_map"][i, 0].numpy())
-                if len(kept) < ev["n_saliency_samples"]:
-                    gt = batch["full_map"][i, 0] if full_maps is not None else batch["visual_map"][i, 0]
-                    kept.append((sid, batch["image"][i].numpy(), gt.numpy(), sal[i].cpu().numpy()))
+                _keep_maps(out, batch, i, sid, sal, ev)
+    return out
 
-    metrics = {"run": identity, "n_test": len(records), "split": str(split_path)}
+
+def _keep_maps(out: Prediction, batch: dict, i: int, sid: str, sal: torch.Tensor, ev: dict) -> None:
+    full = "full_map" in batch
+    if bool(batch["has_map"][i]):
+        out.pred_maps.append(sal[i].cpu().numpy())
+        out.gt_maps.append(batch["visual_map"][i, 0].cpu().numpy())
+    if full:
+        out.full_pred.append(sal[i].cpu().numpy())
+        out.full_gt.append(batch["full_map"][i, 0].cpu().numpy())
+    if len(out.kept) < ev["n_saliency_samples"]:
+        gt = batch["full_map"][i, 0] if full else batch["visual_map"][i, 0]
+        out.kept.append((sid, batch["image"][i].cpu().numpy(), gt.cpu().numpy(), sal[i].cpu().numpy()))
+
+
+def score_text(method, records: list[dict], ev: dict) -> dict | None:
+    """Text scores of one run (None when it writes no text); `megl.cell` scores many runs at once."""
+    if not method.writes_text or records[0]["rationale"] is None:
+        return None
+    refs = {r["id"]: r["reference"] for r in records}
+    return text_metrics.text_metrics(refs, {r["id"]: r["rationale"] for r in records}, spice=ev.get("spice", True))
+
+
+def write_evaluation(run_dir: Path, identity: dict, split_name: str, model, method, prediction: Prediction,
+                     text_scores: dict | None, config: dict, device: torch.device, num_classes: int) -> dict:
+    """metrics.json, predictions.jsonl and saliency.npz of one run, each written atomically."""
+    ev = config["evaluate"]
+    records = prediction.records
+    metrics = {"run": identity, "n_test": len(records), "split": split_name}
     metrics.update(_classification_block([r["label"] for r in records], [r["prediction"] for r in records],
-                                         data.num_classes))
-    saliency_block = _saliency_block(method, pred_maps, gt_maps, full_pred, full_gt, full_maps, ev)
-    text_block = _text_block(method, records, sims, ev)
+                                         num_classes))
+    saliency_block = _saliency_block(method, prediction, ev)
+    text_block = _text_block(method, text_scores, prediction.sims)
     notes = {**saliency_block.pop("notes", {}), **text_block.pop("notes", {})}
     metrics.update(saliency_block)
     metrics.update(text_block)
     metrics["notes"] = notes
+    size = model.classifier.image_size if model.classifier is not None else config_image_size(config)
     metrics.update(_efficiency_block(model, method, size, device, ev))
-    metrics["scorer_versions"] = text_metrics.scorer_versions()
+    metrics["scorer_versions"] = dict(text_metrics.scorer_versions())
 
     write_text(run_dir / "predictions.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    kept = prediction.kept
     if kept:
         with atomic_path(run_dir / "saliency.npz", suffix=".npz") as tmp:
             np.savez_compressed(tmp, ids=np.array([k[0] for k in kept]),
@@ -113,7 +163,17 @@ def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
                                 gt=np.stack([k[2] for k in kept]).astype(np.float16),
                                 saliency=np.stack([k[3] for k in kept]).astype(np.float16))
     write_json(run_dir / "metrics.json", metrics)
+    log.info("%s: accuracy %.4f, macro F1 %.4f, mIoU %s, mIoU (all maps) %s", run_dir, metrics["accuracy"],
+             metrics["f1_macro"], _fmt(metrics.get("miou")), _fmt(metrics.get("miou_all")))
     return metrics
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def config_image_size(config: dict) -> int:
+    return image_size_for(config, None)
 
 
 def _decoding(ev: dict) -> dict:
@@ -153,36 +213,34 @@ def _classification_block(y_true: list[int], y_pred: list[int], num_classes: int
     return out
 
 
-def _saliency_block(method, pred_maps, gt_maps, full_pred, full_gt, full_maps, ev) -> dict:
+def _saliency_block(method, p: Prediction, ev: dict) -> dict:
     if method.kind == "mllm":
         reason = "MLLM baselines have no classifier saliency map"
         return {"miou": None, "saliency_auprc": None, "miou_all": None, "saliency_auprc_all": None,
                 "n_miou": 0, "notes": {k: reason for k in ("miou", "saliency_auprc", "miou_all")}}
-    scores = saliency_metrics.saliency_scores(pred_maps, gt_maps, ev["miou_threshold"])
+    scores = saliency_metrics.saliency_scores(p.pred_maps, p.gt_maps, ev["miou_threshold"])
     out = {"miou": scores["miou"], "saliency_auprc": scores["auprc"], "saliency_pearson": scores["pearson"],
            "n_miou": scores["n"], "miou_threshold": scores["threshold"]}
-    if full_maps is not None:
-        full = saliency_metrics.saliency_scores(full_pred, full_gt, ev["miou_threshold"])
+    if p.full_pred:
+        full = saliency_metrics.saliency_scores(p.full_pred, p.full_gt, ev["miou_threshold"])
         out.update({"miou_all": full["miou"], "saliency_auprc_all": full["auprc"], "n_miou_all": full["n"]})
     else:
         out.update({"miou_all": None, "saliency_auprc_all": None})
     return out
 
 
-def _text_block(method, records, sims, ev) -> dict:
-    if not method.writes_text or records[0]["rationale"] is None:
+def _text_block(method, scores: dict | None, sims: list[float]) -> dict:
+    if scores is None:
         reason = f"method {method.name} writes no rationale"
-        scores = text_metrics.null_text_metrics(reason)
-        scores["n_text"] = scores.pop("n")
-        return scores
-    refs = {r["id"]: r["reference"] for r in records}
-    hyps = {r["id"]: r["rationale"] for r in records}
-    scores = text_metrics.text_metrics(refs, hyps, spice=ev.get("spice", True))
-    scores["n_text"] = scores.pop("n")
-    scores["clipscore"] = text_metrics.clipscore(sims) if sims else None
+        out = text_metrics.null_text_metrics(reason)
+        out["n_text"] = out.pop("n")
+        return out
+    out = {**scores, "notes": dict(scores.get("notes", {}))}
+    out["n_text"] = out.pop("n")
+    out["clipscore"] = text_metrics.clipscore(sims) if sims else None
     if not sims:
-        scores["notes"]["clipscore"] = "no CLIP model configured"
-    return scores
+        out["notes"]["clipscore"] = "no CLIP model configured"
+    return out
 
 
 def _efficiency_block(model, method, size: int, device, ev: dict) -> dict:

@@ -25,10 +25,10 @@ class Run:
 
     @property
     def dvc_stage(self) -> str:
-        """DVC's name of the run's training stage (`dvc repro <name>`)."""
+        """DVC's name of the stage that trains and evaluates the run's cell (`dvc repro <name>`)."""
         if self.backbone == MLLM_BACKBONE:
-            return f"train_mllm@{self.dataset}-{self.method}-{self.seed}"
-        return f"train@{self.dataset}-{self.backbone}-{self.method}-{self.seed}"
+            return f"cell_mllm@{self.dataset}-{self.method}"
+        return f"cell@{self.dataset}-{self.backbone}-{self.method}"
 
 
 def check_method_kinds(matrix: dict) -> None:
@@ -58,10 +58,15 @@ def training_config(config: dict, method: str, backbone: str) -> dict:
         train.pop("lambda_t", None)
     if m.visual_loss != "l1" and not m.consistency:
         train.pop("lambda_v", None)
+    bb = config["backbones"] if backbone == MLLM_BACKBONE else config["backbones"][backbone]
     return {
         "device": config["device"],
         "train": train,
-        "backbone": config["backbones"] if backbone == MLLM_BACKBONE else config["backbones"][backbone],
+        "backbone": bb,
+        "pretrain": config.get("pretrain") if backbone != MLLM_BACKBONE and bb.get("weights") == "source" else None,
         "baseline": config.get("baselines", {}).get(m.visual_loss),
+        "selection": config.get("selection"),
+        "seeds": list(config["matrix"]["seeds"]),
+        "evaluate": config.get("evaluate"),
         "text": {k: config[k] for k in ("sdtg", "lm", "vision_encoder")} if m.writes_text else None,
     }

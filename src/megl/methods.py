@@ -11,6 +11,7 @@ from typing import Literal
 from megl.errors import MEGLError
 
 SaliencyPath = Literal["grad", "detached", "none"]
+IMAGE_SPACE_LOSSES = ("cdep",)  # explanation losses computed from the image, not from Grad-CAM
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,10 @@ class Method:
 
     @property
     def needs_saliency_graph(self) -> bool:
-        """Grad-CAM must be differentiable (create_graph) when a loss on Â trains the classifier."""
-        return self.visual_loss is not None or self.consistency or self.saliency_path == "grad"
+        """Grad-CAM must be differentiable (create_graph) when a loss on Â trains the classifier.
+        CDEP's penalty reads contextual decompositions of the image, never Â: no Grad-CAM at all."""
+        return (self.visual_loss not in (None, *IMAGE_SPACE_LOSSES) or self.consistency
+                or self.saliency_path == "grad")
 
     @property
     def writes_text(self) -> bool:

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import math
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from megl import losses
 from megl.data.annotations import MEData, read_dataset
-from megl.data.dataset import MEDataset, collate, mean_annotation_map
 from megl.data.split import read_split
+from megl.data.tensors import SplitTensors, decode_split, mean_map_of, trunk_features
 from megl.errors import MEGLError
 from megl.io import write_json, write_text
 from megl.methods import MLLM_BACKBONE, Method, get_method
@@ -27,6 +28,7 @@ from megl.runs import WEIGHTS, RunModel, environment_info, load_weights, read_js
 LOG_FIELDS = ["epoch", "step", "loss", "loss_pred", "loss_visual", "loss_dc", "loss_textual"]
 DONE = "train_done.json"
 CKPT_META, CKPT_WEIGHTS, CKPT_OPTIM = "checkpoint.json", "checkpoint.safetensors", "checkpoint_optim.pt"
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- set-up
@@ -69,11 +71,12 @@ def image_size_for(config: dict, backbone_cfg: dict | None) -> int:
 
 
 def build_run_model(config: dict, method: Method, backbone_cfg: dict | None, num_classes: int,
-                    pretrained_dir: Path | None) -> RunModel:
-    """The classifier, and (for text-writing methods) SDTG on the frozen encoder and the LM."""
+                    pretrained_dir: Path | None, backbone_weights: Path | None = None) -> RunModel:
+    """The classifier, and (for text-writing methods) SDTG on the frozen encoder and the LM.
+    `backbone_weights`: the trunk the workflow pretrained (config `weights: source`)."""
     from megl.models.backbones import build_classifier
 
-    classifier = build_classifier(backbone_cfg, num_classes) if backbone_cfg is not None else None
+    classifier = build_classifier(backbone_cfg, num_classes, backbone_weights) if backbone_cfg is not None else None
     sdtg = clip = clip_tokenizer = state = None
     if method.writes_text:
         from megl.models.lm import apply_lora
@@ -122,12 +125,13 @@ def batch_losses(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch.
         terms["loss"] = terms["loss_textual"]
         return terms
 
-    saliency = None
+    saliency, features = None, batch.get("features")
     if method.needs_saliency_graph or method.saliency_path == "detached":
         logits, _, saliency, out = saliency_map(model.classifier, images, labels,
-                                                create_graph=method.needs_saliency_graph)
+                                                create_graph=method.needs_saliency_graph, features=features)
     else:
-        out = model.classifier.forward_with_features(images)
+        out = (model.classifier.forward_with_features(images) if features is None
+               else model.classifier.head_forward(features))
         logits = out.logits
     terms["loss_pred"] = losses.prediction_loss(logits, labels)
     total = terms["loss_pred"]
@@ -163,10 +167,95 @@ def pick_rationales(batch_rationales: list[tuple[str, ...]], seed: int, epoch: i
     return [r[int(rng.integers(len(r)))] for r in batch_rationales]
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- the loop
+def lr_factor(step: int, total: int, schedule: str, warmup_fraction: float) -> float:
+    """Learning-rate multiplier at optimiser step `step` of `total`: linear warm-up over the first
+    `warmup_fraction` of the steps, then constant or cosine decay to 0."""
+    warm = int(round(warmup_fraction * total))
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise MEGLError(f"train.schedule: {schedule!r} not one of cosine, constant")
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def steps_per_epoch(n: int, cfg_train: dict) -> int:
+    bs = int(cfg_train["batch_size"])
+    steps = n // bs if n > bs else 1  # drop the last partial batch when there is more than one
+    return min(steps, int(cfg_train["max_steps_per_epoch"])) if cfg_train.get("max_steps_per_epoch") else steps
+
+
+def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: torch.device,
+        mean_map: torch.Tensor | None, class_names: list[str] | None, *, start_epoch: int = 0,
+        log_rows: list[dict] | None = None, optimizer=None, on_epoch_end=None, label: str = "") -> list[dict]:
+    """Train `model` on the decoded training split; return the per-step log rows.
+
+    Batches are drawn from a permutation seeded by (seed, epoch), so an interrupted run resumed at
+    an epoch boundary sees exactly the batches of an uninterrupted one. `on_epoch_end(epoch, rows)`
+    is called after every epoch (the single-run command checkpoints there)."""
+    cfg_train = config["train"]
+    optimizer = optimizer or make_optimizer(model, cfg_train)
+    per_epoch, epochs = steps_per_epoch(len(train), cfg_train), int(cfg_train["epochs"])
+    total, base_lr = per_epoch * epochs, float(cfg_train["lr"])
+    use_bf16 = bool(cfg_train.get("amp_bf16", True)) and device.type == "cuda"
+    rows = list(log_rows or [])
+    started = time.time()
+    for epoch in range(start_epoch, epochs):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train), generator=generator)
+        model.train(True)
+        sums: dict[str, float] = {}
+        for step in range(per_epoch):
+            index = order[step * cfg_train["batch_size"]:(step + 1) * cfg_train["batch_size"]]
+            batch = train.batch(index, device)
+            rationales = pick_rationales(batch["rationales"], seed, epoch, step)
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr * lr_factor(epoch * per_epoch + step, total, cfg_train.get("schedule", "constant"),
+                                                  float(cfg_train.get("warmup_fraction", 0.0)))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                terms = batch_losses(model, batch, cfg_train, mean_map, config.get("baselines", {}),
+                                     rationales, class_names)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            values = {k: float(v.item()) for k, v in terms.items()}
+            rows.append({"epoch": epoch, "step": step, **{k: f"{v:.6f}" for k, v in values.items()}})
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+        log.info("%sepoch %d/%d: %s (%.1f s)", label, epoch + 1, epochs,
+                 ", ".join(f"{k} {v / per_epoch:.4f}" for k, v in sums.items()), time.time() - started)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, rows)
+    return rows
+
+
+def make_optimizer(model: RunModel, cfg_train: dict) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.trainable_parameters(), lr=cfg_train["lr"], weight_decay=cfg_train["weight_decay"])
+
+
+def new_run_model(config: dict, method: Method, bb_cfg: dict | None, num_classes: int, seed: int,
+                  pretrained_dir: Path | None, backbone_weights: Path | None, device: torch.device) -> RunModel:
+    """The run's model with its seed-determined initialisation (everything not loaded from a file)."""
+    torch.manual_seed(seed)
+    return build_run_model(config, method, bb_cfg, num_classes, pretrained_dir, backbone_weights).to(device)
+
+
+def training_split(data: MEData, split: dict, config: dict, bb_cfg: dict | None, method: Method,
+                   classifier_for_features, device: torch.device) -> SplitTensors:
+    """The decoded training split with the frozen trunk's features (computed here, as the cache step does)."""
+    train = decode_split(data, split["train"], image_size_for(config, bb_cfg), with_full_maps=False)
+    if classifier_for_features is not None:
+        train.features = trunk_features(classifier_for_features, train.images, device)
+    return train
+
+
+# ---------------------------------------------------------------- one run (the single-run command)
 def train_run(config: dict, *, dataset: str, backbone: str, method: str, seed: int, run_dir: Path,
-              data_root: Path, split_path: Path, pretrained_dir: Path | None = None, resume: bool = False,
-              force: bool = False, progress: bool = True) -> Path:
+              data_root: Path, split_path: Path, pretrained_dir: Path | None = None,
+              backbone_weights: Path | None = None, resume: bool = False, force: bool = False) -> Path:
     """Train one run into `run_dir`; returns the path of the final weights."""
     method_obj = get_method(method)
     dataset_entry(config, dataset)
@@ -180,67 +269,53 @@ def train_run(config: dict, *, dataset: str, backbone: str, method: str, seed: i
     device = resolve_device(config["device"])
     data = read_dataset(data_root)
     split = read_split(split_path, data)
-    image_size = image_size_for(config, bb_cfg)
-    train_set = MEDataset(data, split["train"], image_size)
-    mean_map = mean_annotation_map(data, split["train"], image_size).to(device) if method_obj.consistency else None
-
-    model = build_run_model(config, method_obj, bb_cfg, data.num_classes, pretrained_dir).to(device)
-    params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg_train["lr"], weight_decay=cfg_train["weight_decay"])
+    model = new_run_model(config, method_obj, bb_cfg, data.num_classes, seed, pretrained_dir, backbone_weights, device)
+    train = training_split(data, split, config, bb_cfg, method_obj, model.classifier, device)
+    mean_map = mean_map_of(train).to(device) if method_obj.consistency else None
+    optimizer = make_optimizer(model, cfg_train)
     start_epoch, log_rows = 0, []
     if resume and (run_dir / CKPT_META).exists():
         start_epoch, log_rows = _load_checkpoint(run_dir, model, optimizer)
 
     identity = {"dataset": dataset, "backbone": backbone, "method": method, "seed": seed}
-    write_json(run_dir / "run.json", {"run": identity, "method": vars(method_obj), "data_root": str(data_root),
-                                      "split": str(split_path),
-                                      "pretrained": str(pretrained_dir) if pretrained_dir else None,
-                                      "environment": environment_info(), "device": str(device)})
-    import yaml
-
-    write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    class_names = [data.id_to_class[c] for c in data.class_ids] if method_obj.kind == "mllm" else None
-    use_bf16 = bool(cfg_train.get("amp_bf16", True)) and device.type == "cuda"
-    max_steps = cfg_train.get("max_steps_per_epoch")
+    write_run_record(run_dir, config, identity, method_obj, data_root, split_path, pretrained_dir,
+                     backbone_weights, device)
+    class_names = class_names_of(data) if method_obj.kind == "mllm" else None
     started = time.time()
-    for epoch in range(start_epoch, cfg_train["epochs"]):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        loader = DataLoader(train_set, batch_size=cfg_train["batch_size"], shuffle=True, collate_fn=collate,
-                            generator=generator, num_workers=0, drop_last=len(train_set) > cfg_train["batch_size"])
-        model.train(True)
-        bar = _progress(loader, progress, f"{method} seed{seed} epoch {epoch + 1}/{cfg_train['epochs']}")
-        for step, batch in enumerate(bar):
-            if max_steps is not None and step >= max_steps:
-                break
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            rationales = pick_rationales(batch["rationales"], seed, epoch, step)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                terms = batch_losses(model, batch, cfg_train, mean_map, config.get("baselines", {}),
-                                     rationales, class_names)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            row = {"epoch": epoch, "step": step, **{k: f"{v.item():.6f}" for k, v in terms.items()}}
-            log_rows.append(row)
-            if progress:
-                bar.set_postfix(loss=row["loss"])
-        _save_checkpoint(run_dir, model, optimizer, epoch + 1, log_rows)
-
-    save_weights(model.state_to_save(), run_dir / WEIGHTS)
-    write_json(run_dir / DONE, {"run": identity, "epochs": cfg_train["epochs"], "steps": len(log_rows),
-                                "final_loss": float(log_rows[-1]["loss"]) if log_rows else None,
-                                "train_seconds_this_process": round(time.time() - started, 2)})
+    rows = fit(model, train, config, seed, device, mean_map, class_names, start_epoch=start_epoch,
+               log_rows=log_rows, optimizer=optimizer, label=f"{method} seed{seed} ",
+               on_epoch_end=lambda epoch, rows: _save_checkpoint(run_dir, model, optimizer, epoch, rows))
+    finish_run(run_dir, model, identity, cfg_train, rows, time.time() - started)
     for name in (CKPT_WEIGHTS, CKPT_OPTIM, CKPT_META):  # the finished run supersedes its checkpoints
         (run_dir / name).unlink(missing_ok=True)
     return run_dir / WEIGHTS
 
 
-def _progress(loader, enabled: bool, desc: str):
-    if not enabled:
-        return loader
-    from tqdm import tqdm
+def class_names_of(data: MEData) -> list[str]:
+    return [data.id_to_class[c] for c in data.class_ids]
 
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+def write_run_record(run_dir: Path, config: dict, identity: dict, method: Method, data_root, split_path,
+                     pretrained_dir, backbone_weights, device) -> None:
+    """run.json (identity, method flags, inputs, environment) and the config snapshot the run used."""
+    import yaml
+
+    write_json(run_dir / "run.json", {"run": identity, "method": vars(method), "data_root": str(data_root),
+                                      "split": str(split_path),
+                                      "pretrained": str(pretrained_dir) if pretrained_dir else None,
+                                      "backbone_weights": str(backbone_weights) if backbone_weights else None,
+                                      "environment": environment_info(), "device": str(device)})
+    write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def finish_run(run_dir: Path, model: RunModel, identity: dict, cfg_train: dict, rows: list[dict],
+               seconds: float) -> None:
+    """Final weights, the step log, then the marker that says the run is finished."""
+    save_weights(model.state_to_save(), run_dir / WEIGHTS)
+    write_text(run_dir / "train_log.csv", _log_csv(rows))
+    write_json(run_dir / DONE, {"run": identity, "epochs": cfg_train["epochs"], "steps": len(rows),
+                                "final_loss": float(rows[-1]["loss"]) if rows else None,
+                                "train_seconds_this_process": round(seconds, 2)})
 
 
 def _check_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:

@@ -8,6 +8,8 @@ from snakemake.settings.types import DeploymentMethod
 
 from megl.config import validate_config
 from megl.matrix import enumerate_runs
+from megl.methods import MLLM_BACKBONE, get_method
+from megl.models.backbones import SOURCE_PRETRAINED
 from megl.matrix import training_config as training_config_of
 
 validate_config(config, "snakemake config")
@@ -61,6 +63,42 @@ def all_metrics():
     return [f"{run_folder(r)}/metrics.json" for r in RUNS]
 
 
-def training_config(wildcards):
-    """Only what this run's training reads (megl.matrix.training_config), as the train rule's params."""
+def backbone_weights(backbone):
+    """The trunk file a backbone starts from: the pretrain_backbone step's output for `weights: source`,
+    a local file, or nothing (trained from scratch)."""
+    if backbone == MLLM_BACKBONE:
+        return []
+    weights = config["backbones"][backbone].get("weights")
+    if weights == SOURCE_PRETRAINED:
+        return f"{RESULTS}/backbones/{backbone}.safetensors"
+    return weights or []
+
+
+def cell_inputs(wildcards):
+    method = get_method(wildcards.method)
+    inputs = {"data": data_root(wildcards.dataset), "split": f"{RESULTS}/data/{wildcards.dataset}/split.json"}
+    if method.writes_text:
+        inputs["encoders"] = f"{RESULTS}/encoders/{wildcards.dataset}"
+    if method.kind == "classifier":
+        inputs["cache"] = f"{RESULTS}/features/{wildcards.dataset}/{wildcards.backbone}.safetensors"
+        weights = backbone_weights(wildcards.backbone)
+        if weights:
+            inputs["weights"] = weights
+    return inputs
+
+
+def cell_optional_args(wildcards, input):
+    args = [f"--{name} {input[key]}" for name, key in
+            (("pretrained", "encoders"), ("cache", "cache"), ("backbone-weights", "weights")) if key in input.keys()]
+    return " ".join(args)
+
+
+def cell_outputs(name):
+    """(seed, path) of one file in every seed's run folder of a cell; {dataset} etc. stay wildcards."""
+    return [(seed, f"{RESULTS}/runs/{{dataset}}/{{backbone}}/{{method}}/seed{seed}/{name}")
+            for seed in config["matrix"]["seeds"]]
+
+
+def cell_config(wildcards):
+    """What this cell's runs read (megl.matrix.training_config), as the rule's params."""
     return training_config_of(config, wildcards.method, wildcards.backbone)

@@ -313,14 +313,15 @@ def cdep_loss(
     CD runs on the whole batch (so train-mode BN sees the forward pass's batch) and the penalty
     is averaged over the annotated samples only.
     """
-    has_map = check_inputs(sal_scaled, maps, has_map, NAME)
+    # Â is not used: CDEP decomposes the image. Shapes are checked against the images instead.
+    has_map = check_inputs(images[:, 0], maps, has_map, NAME)
     rule = _param(cfg, "nonlinearity")
     classes = _param(cfg, "classes")
     if classes not in CLASS_MODES:
         raise MEGLError(f"baselines.{NAME}.classes: {classes!r} not one of {', '.join(CLASS_MODES)}")
     thr = float(_param(cfg, "binarize_threshold"))
     if not bool(has_map.any()):
-        return 0.0 * sal_scaled.sum()
+        return _zero(model)
     inside = (maps >= thr).to(images.dtype)
     outside = torch.where(has_map.to(maps.device).view(-1, 1, 1, 1), 1.0 - inside, torch.zeros_like(inside))
     rel, irr = cd_forward(model, images, outside, rule)
@@ -330,6 +331,11 @@ def cdep_loss(
         idx = labels.to(rel.device)[sel].long().view(-1, 1)
         rel, irr = rel.gather(1, idx), irr.gather(1, idx)
     return torch.softmax(torch.stack([rel, irr], dim=-1), dim=-1)[..., 0].mean()
+
+
+def _zero(model: nn.Module) -> Tensor:
+    """A 0 connected to the model's graph (backward() works on it like on a real penalty)."""
+    return 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
 
 
 def make_state(cfg: dict[str, Any], grid_hw: tuple[int, int]) -> None:

@@ -7,6 +7,7 @@ A scorer that cannot run returns None with the reason in `notes`, never 0.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import shutil
 import subprocess
@@ -93,20 +94,27 @@ def _tokenize(captions: dict) -> dict:
     return out
 
 
-def _meteor(gts: dict, res: dict) -> float:
+@contextlib.contextmanager
+def _meteor_scorer():
+    """One METEOR JVM, kept alive for every run scored inside the block (a JVM start costs seconds)."""
     from pycocoevalcap.meteor.meteor import Meteor
 
     scorer = Meteor()
     try:
-        score, _ = scorer.compute_score(gts, res)
-    except (ValueError, OSError) as e:  # the JVM died or answered nothing
-        raise MEGLError(f"METEOR scorer failed: {type(e).__name__}: {e}") from None
+        yield scorer
     finally:
         if scorer.lock.locked():  # else Meteor.__del__ would block forever on the lock
             scorer.lock.release()
         scorer.meteor_p.stdin.close()
         scorer.meteor_p.kill()
         scorer.meteor_p.wait()
+
+
+def _meteor(scorer, gts: dict, res: dict) -> float:
+    try:
+        score, _ = scorer.compute_score(gts, res)
+    except (ValueError, OSError) as e:  # the JVM died or answered nothing
+        raise MEGLError(f"METEOR scorer failed: {type(e).__name__}: {e}") from None
     return float(score)
 
 
@@ -134,32 +142,50 @@ def text_metrics(references: Mapping, hypotheses: Mapping[object, str], spice: b
     so score the whole test set at once). Returns the scores, `n`, and `notes` for scorers that
     did not run (None, never 0).
     """
+    return text_metrics_many(references, {None: hypotheses}, spice)[None]
+
+
+def text_metrics_many(references: Mapping, hypotheses_by_run: Mapping[object, Mapping[object, str]],
+                      spice: bool = True) -> dict:
+    """`text_metrics` for several runs scored against the same references, paying the JVMs once:
+    one PTBTokenizer call for the references and one for every run's hypotheses, one METEOR
+    process for all runs. Each run's scores equal what `text_metrics` gives it alone."""
     _require_java()
-    _validate(references, hypotheses)
-    if len(hypotheses) == 0:
-        return {**{k: None for k in TEXT_KEYS}, "n": 0, "notes": {k: "no samples to score" for k in TEXT_KEYS}}
+    for hyps in hypotheses_by_run.values():
+        _validate(references, hyps)
+    if len(references) == 0:
+        empty = {**{k: None for k in TEXT_KEYS}, "n": 0, "notes": {k: "no samples to score" for k in TEXT_KEYS}}
+        return {run: dict(empty) for run in hypotheses_by_run}
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
+    runs = list(hypotheses_by_run)
     gts = _tokenize({k: [{"caption": r} for r in refs] for k, refs in references.items()})
-    res = _tokenize({k: [{"caption": hypotheses[k]}] for k in references})
-    out: dict = {"n": len(res), "notes": {}}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    out["bleu4"] = float(bleu[3])
-    out["meteor"] = _meteor(gts, res)
-    out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-    out["cider"] = float(Cider().compute_score(gts, res)[0])
-    if spice:
-        out["spice"], note = _spice(gts, res)
-        if note:
-            out["notes"]["spice"] = note
-    else:
-        out["spice"] = None
-        out["notes"]["spice"] = "SPICE disabled by the caller (spice=False)"
-    return {k: out[k] for k in (*TEXT_KEYS, "n", "notes")}
+    keyed = {(i, k): [{"caption": hypotheses_by_run[run][k]}] for i, run in enumerate(runs) for k in references}
+    tokenized = _tokenize(keyed)
+    results = {}
+    with _meteor_scorer() as meteor:
+        for i, run in enumerate(runs):
+            res = {k: tokenized[(i, k)] for k in references}
+            out: dict = {"n": len(res), "notes": {}}
+            bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+            out["bleu4"] = float(bleu[3])
+            out["meteor"] = _meteor(meteor, gts, res)
+            out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+            out["cider"] = float(Cider().compute_score(gts, res)[0])
+            if spice:
+                out["spice"], note = _spice(gts, res)
+                if note:
+                    out["notes"]["spice"] = note
+            else:
+                out["spice"] = None
+                out["notes"]["spice"] = "SPICE disabled by the caller (spice=False)"
+            results[run] = {k: out[k] for k in (*TEXT_KEYS, "n", "notes")}
+    return results
 
 
+@functools.lru_cache(maxsize=1)
 def scorer_versions() -> dict:
     """Versions of the scoring stack: pycocoevalcap, the Java runtime, and whether SPICE can run."""
     try:

@@ -22,7 +22,8 @@ FAMILIES = ("resnet18", "vit_b_16")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET18_WIDTHS = [64, 128, 256, 512]
-SMALL_IMAGE_MAX = 96  # stem "auto": images up to this size get the CIFAR-style stem
+SMALL_IMAGE_MAX = 96
+SOURCE_PRETRAINED = "source"  # backbones.X.weights: pretrained by the workflow on the source stand-in  # stem "auto": images up to this size get the CIFAR-style stem
 
 
 @dataclass
@@ -103,6 +104,72 @@ class Classifier(nn.Module):
         if family == "vit_b_16":
             g = image_size // net.patch_size
             self.patch_grid = PatchGrid(g, g)
+        self.frozen_stages = 0
+
+    # ------------------------------------------------------------ frozen trunk / trainable head
+    # Stages in order: ResNet [stem, layer1, layer2, layer3, layer4]; ViT [embedding, block 1, ...,
+    # block L]. The first `frozen_stages` form the trunk: frozen, always in eval mode, and their
+    # output (`trunk_features`) can be computed once and cached; the rest is the trainable head.
+    def max_frozen_stages(self) -> int:
+        return 4 if self.family == "resnet18" else len(self.net.encoder.layers)
+
+    def freeze(self, n_stages: int) -> None:
+        """Freeze the first n stages (0 = train everything). The last stage always trains: Grad-CAM's
+        layer sits in it, and every explanation loss must train through it by double backprop."""
+        if not 0 <= n_stages <= self.max_frozen_stages():
+            raise MEGLError(f"frozen_stages must lie in 0..{self.max_frozen_stages()} for {self.family}, got {n_stages}")
+        self.frozen_stages = int(n_stages)
+        for module in self._stages()[: self.frozen_stages]:
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        for module in self._stages()[: self.frozen_stages]:
+            module.train(False)  # frozen BatchNorm statistics / dropout off: cached features stay valid
+        return self
+
+    def _stages(self) -> list[nn.Module]:
+        n = self.net
+        if self.family == "resnet18":
+            return [nn.ModuleList([n.conv1, n.bn1]), n.layer1, n.layer2, n.layer3, n.layer4]
+        return [_VitEmbedding(n), *n.encoder.layers]
+
+    def trunk_features(self, x: Tensor) -> Tensor:
+        """Output of the frozen stages for images in [0, 1] (the images themselves when none is frozen)."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise MEGLError(f"classifier input must be (B, 3, S, S) images, got shape {tuple(x.shape)}")
+        if self.frozen_stages == 0:
+            return x
+        with torch.no_grad():
+            return self._run_stages(x, 0, self.frozen_stages)
+
+    def _run_stages(self, h: Tensor, start: int, stop: int) -> Tensor:
+        n = self.net
+        for k in range(start, stop):
+            if k == 0:
+                h = self.normalize(h)
+                if self.family == "resnet18":
+                    h = n.maxpool(n.relu(n.bn1(n.conv1(h))))
+                else:
+                    h = n._process_input(h)
+                    h = torch.cat([n.class_token.expand(h.shape[0], -1, -1), h], dim=1)
+                    h = n.encoder.dropout(h + n.encoder.pos_embedding)
+            elif self.family == "resnet18":
+                h = getattr(n, f"layer{k}")(h)
+            else:
+                h = n.encoder.layers[k - 1](h)
+        return h
+
+    def head_forward(self, features: Tensor) -> ClassifierOutput:
+        """The trainable stages, from `trunk_features` output to logits, CAM layer and tokens."""
+        if self.family == "resnet18":
+            n = self.net
+            a = self._run_stages(features, self.frozen_stages, 4)
+            a = n.layer4(a)
+            logits = n.fc(torch.flatten(n.avgpool(a), 1))
+            return ClassifierOutput(logits=logits, cam_activations=a, tokens=a.flatten(2).transpose(1, 2))
+        return self._vit_head(self._run_stages(features, self.frozen_stages, len(self.net.encoder.layers)))
 
     @property
     def cam_layer(self) -> nn.Module:
@@ -117,43 +184,40 @@ class Classifier(nn.Module):
         return self.forward_with_features(x).logits
 
     def forward_with_features(self, x: Tensor) -> ClassifierOutput:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise MEGLError(f"classifier input must be (B, 3, S, S) images, got shape {tuple(x.shape)}")
-        x = self.normalize(x)
-        if self.family == "resnet18":
-            return self._forward_resnet(x)
-        return self._forward_vit(x)
+        return self.head_forward(self.trunk_features(x))
 
-    def _forward_resnet(self, x: Tensor) -> ClassifierOutput:
+    def _vit_head(self, h: Tensor) -> ClassifierOutput:
+        # `h` enters the LAST block (the stages before it ran in _run_stages); same computation as
+        # torchvision's VisionTransformer, unrolled for the last block so that its ln_1 output (the
+        # tokens entering its self-attention) passes through PatchGrid. The last block's OUTPUT patch
+        # tokens cannot be the CAM layer: the class logit reads only the CLS token after that block
+        # (LayerNorm is per token), so their gradient is exactly 0.
         n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        a = n.layer4(n.layer3(n.layer2(n.layer1(x))))
-        logits = n.fc(torch.flatten(n.avgpool(a), 1))
-        return ClassifierOutput(logits=logits, cam_activations=a, tokens=a.flatten(2).transpose(1, 2))
-
-    def _forward_vit(self, x: Tensor) -> ClassifierOutput:
-        # Same computation as torchvision VisionTransformer.forward, unrolled for the last block so
-        # that its ln_1 output (the tokens entering its self-attention) passes through PatchGrid.
-        # The last block's OUTPUT patch tokens cannot be the CAM layer: the class logit reads only
-        # the CLS token after that block (LayerNorm is per token), so their gradient is exactly 0.
-        n = self.net
-        enc = n.encoder
-        h = n._process_input(x)
-        h = torch.cat([n.class_token.expand(h.shape[0], -1, -1), h], dim=1)
-        h = enc.dropout(h + enc.pos_embedding)
-        blocks = list(enc.layers)
-        for blk in blocks[:-1]:
-            h = blk(h)
-        last = blocks[-1]
+        last = n.encoder.layers[-1]
         z = last.ln_1(h)
         grid = self.patch_grid(z[:, 1:])  # (B, D, gh, gw): Grad-CAM target
         z = torch.cat([z[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
         y, _ = last.self_attention(z, z, z, need_weights=False)
         y = last.dropout(y) + h
         h = y + last.mlp(last.ln_2(y))
-        h = enc.ln(h)
+        h = n.encoder.ln(h)
         logits = n.heads(h[:, 0])
         return ClassifierOutput(logits=logits, cam_activations=grid, tokens=h[:, 1:])
+
+
+class _VitEmbedding(nn.Module):
+    """View of a ViT's embedding parameters (patch projection, class token, positions) as one stage."""
+
+    def __init__(self, net: VisionTransformer):
+        super().__init__()
+        self.conv_proj = net.conv_proj
+        self._net = [net]  # not a submodule: only the three embedding tensors below belong to the stage
+
+    def requires_grad_(self, requires_grad: bool = True) -> "_VitEmbedding":
+        net = self._net[0]
+        for p in (*net.conv_proj.parameters(), net.class_token, net.encoder.pos_embedding):
+            p.requires_grad_(requires_grad)
+        return self
 
 
 def _require(cfg: dict[str, Any], key: str, family: str) -> Any:
@@ -237,8 +301,11 @@ def load_backbone_weights(net: nn.Module, path: str | Path, family: str) -> None
         )
 
 
-def build_classifier(backbone_cfg: dict[str, Any], num_classes: int) -> Classifier:
-    """Build the classifier described by one entry of the config's `backbones:` mapping."""
+def build_classifier(backbone_cfg: dict[str, Any], num_classes: int, weights_path: str | Path | None = None) -> Classifier:
+    """Build the classifier described by one entry of the config's `backbones:` mapping.
+
+    `weights_path` overrides `backbone_cfg["weights"]` (the workflow passes the trunk its
+    pretrain_backbone step wrote when the config says `weights: source`)."""
     family = backbone_cfg.get("family")
     if int(num_classes) < 1:
         raise MEGLError(f"build_classifier: num_classes must be >= 1, got {num_classes}")
@@ -248,10 +315,19 @@ def build_classifier(backbone_cfg: dict[str, Any], num_classes: int) -> Classifi
         net, feature_dim, image_size = _build_vit(backbone_cfg, num_classes)
     else:
         raise MEGLError(f"backbones: family {family!r} unknown; valid families: {', '.join(FAMILIES)}")
-    weights = backbone_cfg.get("weights")
+    weights = weights_path or backbone_cfg.get("weights")
+    if weights == SOURCE_PRETRAINED:
+        raise MEGLError(f"backbones.{family}.weights is {SOURCE_PRETRAINED!r}: pass the pretrained trunk file "
+                        "(the workflow's pretrain_backbone step writes it)")
     if weights:
         load_backbone_weights(net, weights, family)
-    return Classifier(family, net, int(num_classes), feature_dim, image_size)
+    model = Classifier(family, net, int(num_classes), feature_dim, image_size)
+    frozen = int(backbone_cfg.get("frozen_stages", 0))
+    if frozen and not weights:
+        raise MEGLError(f"backbones.{family}.frozen_stages is {frozen} but no weights are given: a frozen trunk "
+                        "must be pretrained (set weights, or frozen_stages: 0)")
+    model.freeze(frozen)
+    return model
 
 
 __all__ = [

@@ -44,11 +44,14 @@ def scale_per_sample(cam: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def saliency(
-    model: Classifier, images: Tensor, target: Tensor | None = None, create_graph: bool = False
+    model: Classifier, images: Tensor, target: Tensor | None = None, create_graph: bool = False,
+    features: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, object]:
     """Forward `images` and return (logits, raw Grad-CAM (B,h,w), scaled map in [0,1], ClassifierOutput).
 
     target=None explains the predicted class (evaluation protocol); training passes labels.
+    `features`: the frozen trunk's output for `images` (cached once per dataset); the forward then
+    starts from them (`Classifier.head_forward`) and gives the same maps as from the images.
     """
     if create_graph and model.family == "vit_b_16":
         # Fused attention kernels (flash/efficient, CPU and CUDA) have no double backward; math has.
@@ -58,10 +61,10 @@ def saliency(
     else:
         kernel = nullcontext()
     with torch.enable_grad(), kernel:
-        x = images
+        x = images if features is None else features
         if not any(p.requires_grad for p in model.parameters()):
-            x = images.detach().requires_grad_(True)  # frozen model: still get a graph to the CAM layer
-        out = model.forward_with_features(x)
+            x = x.detach().requires_grad_(True)  # frozen model: still get a graph to the CAM layer
+        out = model.forward_with_features(x) if features is None else model.head_forward(x)
         logits = out.logits
         if target is None:
             target = logits.detach().argmax(dim=1)

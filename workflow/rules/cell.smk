@@ -1,0 +1,85 @@
+# Training and evaluation, one job per (dataset, backbone, method) cell: the job chooses the method's
+# guidance weight on the validation split (results/selection/...), then trains and evaluates every
+# seed into its own run folder (docs/workflow.md says why one process serves a whole cell).
+
+
+rule pretrain_backbone:
+    output:
+        weights=f"{RESULTS}/backbones/{{backbone}}.safetensors",
+        report=f"{RESULTS}/backbones/{{backbone}}.json",
+    params:
+        megl=MEGL,
+        config_file=CONFIG_FILE,
+        settings=lambda w: {"backbone": config["backbones"][w.backbone], "pretrain": config["pretrain"]},
+    log:
+        f"{RESULTS}/logs/backbones/{{backbone}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.megl} pretrain-backbone --config {params.config_file} --backbone {wildcards.backbone} "
+        "--out {output.weights} --report {output.report} > {log} 2>&1"
+
+
+rule cache_features:
+    input:
+        data=lambda w: data_root(w.dataset),
+        split=f"{RESULTS}/data/{{dataset}}/split.json",
+        weights=lambda w: backbone_weights(w.backbone),
+    output:
+        f"{RESULTS}/features/{{dataset}}/{{backbone}}.safetensors",
+    params:
+        megl=MEGL,
+        config_file=CONFIG_FILE,
+        weights_arg=lambda w, input: f"--backbone-weights {input.weights}" if input.weights else "",
+        settings=lambda w: config["backbones"][w.backbone],
+    log:
+        f"{RESULTS}/logs/features/{{dataset}}/{{backbone}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.megl} cache-features --config {params.config_file} --data-root {input.data} "
+        "--split {input.split} --backbone {wildcards.backbone} {params.weights_arg} --out {output} > {log} 2>&1"
+
+
+rule run_cell:
+    input:
+        unpack(cell_inputs),
+    output:
+        selection=f"{RESULTS}/selection/{{dataset}}/{{backbone}}/{{method}}.json",
+        metrics=[
+            report(
+                path,
+                category="Runs",
+                subcategory="{dataset} / {backbone}",
+                labels={"method": "{method}", "seed": str(seed)},
+            )
+            for seed, path in cell_outputs("metrics.json")
+        ],
+        weights=[path for _, path in cell_outputs("model.safetensors")],
+        predictions=[path for _, path in cell_outputs("predictions.jsonl")],
+    params:
+        megl=MEGL,
+        config_file=CONFIG_FILE,
+        gpu=gpu_prefix,
+        runs_root=lambda w: f"{RESULTS}/runs/{w.dataset}/{w.backbone}/{w.method}",
+        optional=cell_optional_args,
+        run_config=cell_config,  # what this cell's runs read: another method's knob does not re-run it
+    log:
+        f"{RESULTS}/logs/cells/{{dataset}}/{{backbone}}/{{method}}.log",
+    threads: config["train"]["num_threads"]
+    resources:
+        gpu=GPU_JOB,
+        mem_mb=4000,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.gpu} {params.megl} run-cell --config {params.config_file} --dataset {wildcards.dataset} "
+        "--backbone {wildcards.backbone} --method {wildcards.method} --runs-root {params.runs_root} "
+        "--selection-out {output.selection} --data-root {input.data} --split {input.split} "
+        "{params.optional} > {log} 2>&1"
