@@ -136,7 +136,7 @@ def cmd_tables(args) -> int:
 def cmd_figures(args) -> int:
     from megl.report.build import build_figures
 
-    paths = build_figures(_config(args), Path(args.results), Path(args.out))
+    paths = build_figures(_config(args), Path(args.results), Path(args.out), args.alpha)
     print(f"wrote {len(paths)} figure files to {args.out}")
     return 0
 
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--results", default="results")
     p.add_argument("--out", default="figures")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the forest plot's verdicts")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("paper", help="copy tables and figures into paper/generated; build the PDF with --pdf")
