@@ -148,6 +148,27 @@ def cmd_paper(args) -> int:
     return build_pdf(Path(args.out).parent) if args.pdf else 0
 
 
+def cmd_summarize(args) -> int:
+    from megl.report.summary import write_summary
+
+    paths = write_summary(_config(args), Path(args.results), Path(args.out))
+    print(f"wrote {len(paths)} summary files to {args.out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from megl.io import write_text
+    from megl.report.summary import compare_markdown, compare_summaries, read_summary
+
+    table = compare_summaries(read_summary(args.reference), read_summary(args.summary))
+    text = compare_markdown(table)
+    print(text, end="")
+    if args.out:
+        write_text(Path(args.out), text)
+    bad = table["status"].isin(["differs", "missing in new"]).any()
+    return 1 if args.strict and bad else 0
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="config/config.yaml", help="workflow config (default: %(default)s)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -257,6 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=["objects", "actions"])
     p.add_argument("--dest", default="data/raw")
     p.set_defaults(func=cmd_fetch_data)
+
+    p = sub.add_parser("summarize", help="headline metrics over seeds: one JSON per dataset × backbone "
+                                         "and a flat summary.csv (DVC metrics)")
+    _add_config(p)
+    p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for {dataset}_{backbone}.json and summary.csv")
+    p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser("compare", help="compare a summary.csv with a reference summary.csv, cell by cell")
+    p.add_argument("--reference", required=True, help="the reference summary.csv (e.g. a committed run)")
+    p.add_argument("--summary", required=True, help="the new summary.csv to check against the reference")
+    p.add_argument("--out", help="also write the Markdown table to this file")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when any cell differs (|z| >= 2) or is missing in the new summary")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
