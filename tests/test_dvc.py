@@ -87,7 +87,7 @@ def test_dvc_repro_smoke_from_a_fresh_copy(tmp_path):
     assert all(0.0 <= json.loads(p.read_text())["accuracy"] <= 1.0 for p in metrics)
     for stem in ("table2", "table3", "table4", "table5", "paper_vs_ours", "claims"):
         assert len((root / "tables" / f"{stem}.csv").read_text().strip().splitlines()) >= 2
-    for stem in ("accuracy", "miou", "ablation", "training", "qualitative"):
+    for stem in ("accuracy", "miou", "ablation", "training", "forest", "qualitative"):
         assert (root / "figures" / f"{stem}.png").stat().st_size > 1000
     assert "up to date" in dvc(repo, "status")
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}

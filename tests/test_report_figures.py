@@ -9,7 +9,8 @@ import pytest
 
 from megl.errors import MEGLError
 from megl.report.collect import REQUIRED_KEYS, collect_runs
-from megl.report.figures import (plot_ablation, plot_metric_by_method, plot_qualitative,
+from megl.report.claims import CLAIMS, evaluate_claims
+from megl.report.figures import (plot_ablation, plot_forest, plot_metric_by_method, plot_qualitative,
                                  plot_training_curves)
 
 METHODS = ["baseline", "megl", "megl_text_only", "megl_visual_only"]
@@ -73,3 +74,14 @@ def test_metric_without_values_is_an_error(tmp_path):
     df["miou"] = float("nan")
     with pytest.raises(MEGLError, match="miou"):
         plot_metric_by_method(df, "miou", tmp_path / "miou")
+
+
+def test_forest_plot_of_every_claim(tmp_path):
+    root = make_results(tmp_path / "results")
+    claims = evaluate_claims(collect_runs(sorted(root.glob("runs/**/metrics.json"))))
+    # rows with a CI, rows with no paired run (cdep, ... not run) and more than one verdict
+    assert claims["ci_low"].notna().any() and claims["diff"].isna().any()
+    assert claims["verdict"].nunique() > 1
+    _assert_written(plot_forest(claims, tmp_path / "forest", {c: s for c, (s, _) in CLAIMS.items()}))
+    with pytest.raises(MEGLError, match="no claim"):
+        plot_forest(claims.iloc[:0], tmp_path / "empty")

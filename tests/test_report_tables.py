@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from megl.errors import MEGLError
+from megl.matrix import enumerate_runs
 from megl.report.collect import REQUIRED_KEYS, collect_runs, expected_runs
 from megl.report.paper_vs_ours import STANDIN_CAPTION, caption, load_published, paper_vs_ours
 from megl.report.tables import (format_cell, summarise, table2, table3, table4, table5,
@@ -112,11 +113,31 @@ def test_mllm_runs_need_no_saliency_and_sit_under_mllm(tmp_path):
     rec = json.loads(p.read_text())
     del rec["miou"], rec["saliency_auprc"]
     p.write_text(json.dumps(rec))
-    matrix = dict(MATRIX, methods=["megl", "finetune_cot"], seeds=[0])
+    matrix = dict(MATRIX, methods=["megl"], mllm_methods=["finetune_cot"], seeds=[0])
     exp = expected_runs(matrix)
     assert set(exp.loc[exp["method"] == "finetune_cot", "backbone"]) == {"mllm"}
     t2 = table2(summarise(collect_runs([p]), exp))
     assert t2.loc[t2["Backbone"] == "MLLM", "mIoU"].item() == "n/a (no saliency map)"
+
+
+def test_expected_runs_are_the_matrix_enumeration():
+    matrix = dict(MATRIX, mllm_methods=["llava_vqa", "finetune_cot"])
+    exp = expected_runs(matrix)
+    assert list(exp.itertuples(index=False, name=None)) == [
+        (r.dataset, r.backbone, r.method, r.seed) for r in enumerate_runs({"matrix": matrix})]
+    assert len(exp[exp["backbone"] == "mllm"]) == 2 * 3
+
+
+def test_missing_mllm_run_reads_missing_in_table2(tmp_path):
+    matrix = dict(MATRIX, mllm_methods=["llava_vqa", "finetune_cot"], seeds=[0])
+    paths = [write_run(tmp_path, "objects", "resnet18", m, 0) for m in ("baseline", "megl")]
+    paths += [write_run(tmp_path, "objects", "mllm", m, 0, miou=None, saliency_auprc=None)
+              for m in ("llava_vqa", "finetune_cot")]
+    paths[-1].unlink()                                   # finetune_cot's only run never finished
+    t2 = table2(summarise(collect_runs([p for p in paths if p.exists()]), expected_runs(matrix)))
+    row = t2[t2["Method"] == "LLaVA Fine-Tune-CoT"]
+    assert len(row) == 1 and row["Accuracy"].item() == "missing"
+    assert t2.loc[t2["Method"] == "LLaVA", "Accuracy"].item() == ".5000 (n=1)"
 
 
 def test_write_table_three_formats(runs, tmp_path):

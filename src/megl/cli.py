@@ -177,7 +177,7 @@ def cmd_tables(args) -> int:
 def cmd_figures(args) -> int:
     from megl.report.build import build_figures
 
-    paths = build_figures(_config(args), Path(args.results), Path(args.out))
+    paths = build_figures(_config(args), Path(args.results), Path(args.out), args.alpha)
     print(f"wrote {len(paths)} figure files to {args.out}")
     return 0
 
@@ -187,6 +187,27 @@ def cmd_paper(args) -> int:
 
     copy_for_paper(Path(args.tables), Path(args.figures), Path(args.out))
     return build_pdf(Path(args.out).parent) if args.pdf else 0
+
+
+def cmd_summarize(args) -> int:
+    from megl.report.summary import write_summary
+
+    paths = write_summary(_config(args), Path(args.results), Path(args.out))
+    print(f"wrote {len(paths)} summary files to {args.out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from megl.io import write_text
+    from megl.report.summary import compare_markdown, compare_summaries, read_summary
+
+    table = compare_summaries(read_summary(args.reference), read_summary(args.summary))
+    text = compare_markdown(table)
+    print(text, end="")
+    if args.out:
+        write_text(Path(args.out), text)
+    bad = table["status"].isin(["differs", "missing in new"]).any()
+    return 1 if args.strict and bad else 0
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -309,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--results", default="results")
     p.add_argument("--out", default="figures")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the forest plot's verdicts")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("paper", help="copy tables and figures into paper/generated; build the PDF with --pdf")
@@ -333,6 +355,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=["objects", "actions"])
     p.add_argument("--dest", default="data/raw")
     p.set_defaults(func=cmd_fetch_data)
+
+    p = sub.add_parser("summarize", help="headline metrics over seeds: one JSON per dataset × backbone "
+                                         "and a flat summary.csv (DVC metrics)")
+    _add_config(p)
+    p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder for {dataset}_{backbone}.json and summary.csv")
+    p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser("compare", help="compare a summary.csv with a reference summary.csv, cell by cell")
+    p.add_argument("--reference", required=True, help="the reference summary.csv (e.g. a committed run)")
+    p.add_argument("--summary", required=True, help="the new summary.csv to check against the reference")
+    p.add_argument("--out", help="also write the Markdown table to this file")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when any cell differs (|z| >= 2) or is missing in the new summary")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

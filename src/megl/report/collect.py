@@ -3,28 +3,27 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import product
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
 from megl.errors import MEGLError
+from megl.matrix import enumerate_runs
+from megl.methods import MLLM_BACKBONE, MLLM_BASELINES
 
 RUN_KEYS: tuple[str, ...] = ("dataset", "backbone", "method", "seed")
 CLASSIFICATION_KEYS: tuple[str, ...] = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 VISUAL_KEYS: tuple[str, ...] = ("miou", "saliency_auprc")
 TEXT_KEYS: tuple[str, ...] = ("bleu4", "meteor", "rouge_l", "cider", "spice", "clipscore")
 EFFICIENCY_KEYS: tuple[str, ...] = ("params", "latency_ms", "fps")
-OPTIONAL_KEYS: tuple[str, ...] = ("miou_all",)
+OPTIONAL_KEYS: tuple[str, ...] = ("miou_all", "saliency_auprc_all")
 # Keys every metrics.json must carry (the value may be null except for the classification keys).
 REQUIRED_KEYS: tuple[str, ...] = (
     CLASSIFICATION_KEYS + VISUAL_KEYS + TEXT_KEYS + EFFICIENCY_KEYS + ("n_test",)
 )
 METRIC_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
 
-MLLM_BACKBONE = "mllm"
-MLLM_METHODS: tuple[str, ...] = ("llava_vqa", "finetune_cot")
 # MLLM runs have no saliency: these keys may be absent from their metrics.json.
 MLLM_ABSENT_OK: tuple[str, ...] = VISUAL_KEYS
 
@@ -82,7 +81,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     _check_path_matches(path, run)
 
     row: dict[str, Any] = {key: run[key] for key in RUN_KEYS}
-    is_mllm = run["method"] in MLLM_METHODS or run["backbone"] == MLLM_BACKBONE
+    is_mllm = run["method"] in MLLM_BASELINES or run["backbone"] == MLLM_BACKBONE
     for key in REQUIRED_KEYS:
         if key not in record:
             if is_mllm and key in MLLM_ABSENT_OK:
@@ -120,22 +119,13 @@ def collect_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def expected_runs(matrix: Mapping[str, Any]) -> pd.DataFrame:
-    """Every run the matrix asks for: columns dataset, backbone, method, seed.
-
-    MLLM methods (llava_vqa, finetune_cot) have no classifier backbone: they appear once per
-    dataset and seed under backbone 'mllm'.
-    """
+    """Every run the matrix asks for, exactly as megl.matrix.enumerate_runs lists them (classifier
+    methods on every backbone; `mllm_methods` once per dataset and seed under backbone 'mllm'):
+    columns dataset, backbone, method, seed, in matrix order."""
     for key in ("datasets", "backbones", "methods", "seeds"):
         if key not in matrix:
             raise MEGLError(f"config matrix: missing key '{key}'")
-    rows: list[tuple[str, str, str, int]] = []
-    # Matrix order is kept (tables list datasets, backbones and methods as the config does).
-    for dataset in matrix["datasets"]:
-        for backbone in list(matrix["backbones"]) + [MLLM_BACKBONE]:
-            for method, seed in product(matrix["methods"], matrix["seeds"]):
-                is_mllm = method in MLLM_METHODS
-                if is_mllm == (backbone == MLLM_BACKBONE):
-                    rows.append((dataset, backbone, method, int(seed)))
+    rows = [(r.dataset, r.backbone, r.method, int(r.seed)) for r in enumerate_runs({"matrix": dict(matrix)})]
     df = pd.DataFrame(rows, columns=list(RUN_KEYS)).drop_duplicates()
     df["seed"] = df["seed"].astype("int64")
     return df.reset_index(drop=True)

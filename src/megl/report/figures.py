@@ -1,4 +1,5 @@
-"""Seaborn figures: metric per method with seed spread, ablation deltas, qualitative grid, training curves.
+"""Seaborn figures: metric per method with seed spread, ablation deltas, the claims' forest plot,
+qualitative grid, training curves.
 
 Every figure is written as PNG (200 dpi) and PDF, each atomically; widths follow a paper column.
 """
@@ -16,10 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from megl.errors import MEGLError  # noqa: E402
 from megl.io import atomic_path  # noqa: E402
-from megl.report.collect import MLLM_BACKBONE  # noqa: E402
+from megl.methods import MLLM_BACKBONE  # noqa: E402
 from megl.report.tables import (BACKBONE_NAMES, DATASET_NAMES, METHOD_ORDER, METRIC_LABELS,  # noqa: E402
                                 TABLE4_METHODS, method_label)
 
@@ -118,6 +120,61 @@ def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accurac
         ax.set_ylabel("")
         ax.set_xlabel(f"change in {METRIC_LABELS.get(metric, metric)} from MEGL (pp)")
     fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+VERDICT_COLORS = {"holds": "#1b7837", "fails": "#c51b7d", "undecided": "0.45"}
+
+
+def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
+                statements: dict[str, str] | None = None) -> list[Path]:
+    """Every comparison of megl.report.claims.evaluate_claims as its mean paired difference A − B
+    with the 95 % CI (colour = verdict) over a grey ±MDE band (what the design can detect), a line
+    at 0; one panel per claim, rows grouped by dataset × backbone. Comparisons without two paired
+    seeds are listed with "no paired runs"."""
+    _theme()
+    if claims.empty:
+        raise MEGLError(f"figure {out_stem}: no claim comparisons to plot")
+    panels = list(dict.fromkeys(claims["claim"]))
+    sizes = [int((claims["claim"] == c).sum()) for c in panels]
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                             figsize=(COLUMN_WIDTH_IN * 2, 0.13 * sum(sizes) + 0.6 * len(panels)),
+                             gridspec_kw={"height_ratios": [n + 3 for n in sizes]})
+    for ax, cid in zip(axes[:, 0], panels):
+        sub = claims[claims["claim"] == cid].reset_index(drop=True)
+        ys = np.arange(len(sub))[::-1]
+        groups = [_panel_label(d, b) for d, b in zip(sub["dataset"], sub["backbone"])]
+        for y, group, r in zip(ys, groups, sub.itertuples(index=False)):
+            if np.isfinite(r.mde):
+                ax.barh(y, 2 * r.mde, left=-r.mde, height=0.7, color="0.88", zorder=0)
+            if np.isfinite(r.ci_low):
+                ax.errorbar(r.diff, y, xerr=[[r.diff - r.ci_low], [r.ci_high - r.diff]], fmt="o",
+                            markersize=3, capsize=1.5, linewidth=0.8, color=VERDICT_COLORS[r.verdict], zorder=2)
+            elif np.isfinite(r.diff):
+                ax.plot(r.diff, y, "o", markersize=3, mfc="none", color=VERDICT_COLORS[r.verdict], zorder=2)
+            else:
+                ax.text(0, y, " no paired runs", fontsize=5, va="center", color="0.4")
+        for y, (g0, g1) in zip(ys[1:], zip(groups, groups[1:])):
+            if g0 != g1:
+                ax.axhline(y + 0.5, color="0.6", linewidth=0.5)
+        ax.axvline(0, color="0.2", linewidth=0.6, zorder=1)
+        span = np.concatenate([[0.0], sub["ci_low"], sub["ci_high"], sub["diff"], sub["mde"], -sub["mde"]])
+        lo, hi = np.nanmin(span), np.nanmax(span)
+        pad = 0.08 * (hi - lo) if hi > lo else 0.01
+        ax.set_xlim(lo - pad, hi + pad)                  # 0 always in view, never on the frame
+        ax.set_yticks(ys, [f"{g} · {method_label(a)} > {method_label(b)}"
+                           for g, a, b in zip(groups, sub["a"], sub["b"])])
+        ax.set_ylim(-0.7, len(sub) - 0.3)
+        ax.grid(axis="y", visible=False)
+        title = f"{cid}: {statements[cid]}" if statements and cid in statements else cid
+        ax.set_title(textwrap.fill(title, 110), loc="left")
+        metrics = ", ".join(METRIC_LABELS.get(m, m) for m in dict.fromkeys(sub["metric"]))
+        ax.set_xlabel(f"paired difference A − B ({metrics}), 95 % CI")
+    handles = [plt.Line2D([], [], marker="o", linestyle="none", markersize=3, color=c, label=v)
+               for v, c in VERDICT_COLORS.items()]
+    handles.append(Patch(color="0.88", label="± MDE (80 % power)"))
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), frameon=False)
     return save_figure(fig, out_stem)
 
 

@@ -10,47 +10,28 @@ import numpy as np
 import pandas as pd
 
 from megl.io import write_text
-from megl.report.collect import MLLM_BACKBONE, METRIC_KEYS, RUN_KEYS, TEXT_KEYS
+from megl.methods import ABLATIONS, METHODS, MLLM_BACKBONE, MLLM_BASELINES, VISUAL_BASELINES
+from megl.report.collect import METRIC_KEYS, RUN_KEYS, TEXT_KEYS
 
 GROUP_KEYS: list[str] = ["dataset", "backbone", "method"]
 
-PAPER_NAMES: dict[str, str] = {
-    "baseline": "-",
-    "megl": "MEGL",
-    "megl_no_consistency": "Visual+Text",
-    "megl_text_only": "Text",
-    "megl_visual_only": "Visual",
-    "megl_no_sdtg": "MEGL w/o SDTG",
-    "megl_no_text_supervision": "MEGL w/o text-to-visual",
-    "cdep": "CDEP",
-    "haics": "HAICS",
-    "res_g": "RES-G",
-    "res_l": "RES-L",
-    "llava_vqa": "LLaVA",
-    "finetune_cot": "LLaVA Fine-Tune-CoT",
-}
 DATASET_NAMES: dict[str, str] = {"objects": "Object-ME", "actions": "Action-ME"}
 BACKBONE_NAMES: dict[str, str] = {"resnet18": "ResNet18", "vit_b_16": "ViT-B/16", MLLM_BACKBONE: "MLLM"}
 
-METHOD_ORDER: tuple[str, ...] = (
-    "llava_vqa", "finetune_cot", "baseline", "cdep", "haics", "res_g", "res_l", "megl",
-    "megl_no_consistency", "megl_text_only", "megl_visual_only", "megl_no_sdtg",
-    "megl_no_text_supervision",
-)
+# Row order and table contents, from the method registry's groups.
+METHOD_ORDER: tuple[str, ...] = (*MLLM_BASELINES, *VISUAL_BASELINES, "megl", *ABLATIONS)
 BACKBONE_ORDER: tuple[str, ...] = (MLLM_BACKBONE, "resnet18", "vit_b_16")
 
-TABLE2_METHODS: tuple[str, ...] = (
-    "llava_vqa", "finetune_cot", "baseline", "cdep", "haics", "res_g", "res_l", "megl")
-TABLE3_METHODS: tuple[str, ...] = ("llava_vqa", "finetune_cot", "megl")
-TABLE4_METHODS: tuple[str, ...] = (
-    "megl", "megl_no_consistency", "megl_text_only", "megl_visual_only", "megl_no_sdtg",
-    "megl_no_text_supervision", "baseline")
-TABLE5_METHODS: tuple[str, ...] = ("baseline", "megl", "llava_vqa", "finetune_cot")
+TABLE2_METHODS: tuple[str, ...] = (*MLLM_BASELINES, *VISUAL_BASELINES, "megl")
+TABLE3_METHODS: tuple[str, ...] = (*MLLM_BASELINES, "megl")
+TABLE4_METHODS: tuple[str, ...] = ("megl", *ABLATIONS, "baseline")
+TABLE5_METHODS: tuple[str, ...] = ("baseline", "megl", *MLLM_BASELINES)
 
 # Column header per metric key, in table order.
 METRIC_LABELS: dict[str, str] = {
     "accuracy": "Accuracy", "precision_macro": "Precision", "recall_macro": "Recall",
     "f1_macro": "F1", "miou": "mIoU", "saliency_auprc": "Saliency AUPRC", "miou_all": "mIoU (all)",
+    "saliency_auprc_all": "Saliency AUPRC (all)",
     "clipscore": "CLIPScore", "bleu4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L",
     "spice": "SPICE", "cider": "CIDEr",
     "params": "Params (M)", "latency_ms": "Latency (ms)", "fps": "FPS", "n_test": "n test",
@@ -59,7 +40,7 @@ METRIC_LABELS: dict[str, str] = {
 
 def method_label(method: str, backbone: str | None = None) -> str:
     """The paper's row name for a method (our name when the paper has none)."""
-    name = PAPER_NAMES.get(method, method)
+    name = METHODS[method].paper_row if method in METHODS else method
     return "- (baseline)" if name == "-" else name
 
 
@@ -259,7 +240,12 @@ def latex_escape(text: str) -> str:
     """Escape LaTeX specials in free text (pandas escapes table cells but has no public helper)."""
     repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
             "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
-    return "".join(repl.get(ch, ch) for ch in text).replace("±", r"$\pm$")
+    return _math_symbols("".join(repl.get(ch, ch) for ch in text))
+
+
+def _math_symbols(text: str) -> str:
+    """The two non-ASCII symbols our cells use, as LaTeX math (pdflatex has no glyph for them)."""
+    return text.replace("±", r"$\pm$").replace("→", r"$\rightarrow$")
 
 
 def to_markdown(df: pd.DataFrame, caption: str | None = None) -> str:
@@ -270,7 +256,7 @@ def to_markdown(df: pd.DataFrame, caption: str | None = None) -> str:
 def to_latex(df: pd.DataFrame, caption: str | None = None, label: str | None = None) -> str:
     """A `table` float holding a plain tabular (needs booktabs and graphicx, nothing else)."""
     body = df.to_latex(index=False, escape=True, column_format="l" * max(len(df.columns), 1))
-    body = body.replace("±", r"$\pm$")
+    body = _math_symbols(body)
     lines = [r"\begin{table}[htbp]", r"\centering", r"\resizebox{\linewidth}{!}{%", body.rstrip(), "}"]
     if caption:
         lines.append(rf"\caption{{{latex_escape(caption)}}}")

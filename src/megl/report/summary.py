@@ -1,0 +1,146 @@
+"""Headline metrics aggregated over seeds (the files DVC declares as metrics), and a cell-by-cell
+comparison of two such summaries (a reference run of the workflow against a new one)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from megl.errors import MEGLError
+from megl.io import write_json, write_text
+from megl.matrix import enumerate_runs
+from megl.report.collect import collect_runs, expected_runs
+from megl.report.tables import fmt_number, to_markdown
+
+HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "miou", "miou_all", "saliency_auprc_all")
+CELL_KEYS: list[str] = ["dataset", "backbone", "method", "metric"]
+SUMMARY_COLUMNS: list[str] = CELL_KEYS + ["mean", "std", "n"]
+Z_AGREES = 2.0
+
+
+def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Long frame: one row per (dataset, backbone, method, metric) with a value in at least one
+    seed: mean, std (ddof=1; NaN for one seed), n, and `values` ({seed: value})."""
+    rows = []
+    for (dataset, backbone, method), g in runs.groupby(["dataset", "backbone", "method"], sort=False):
+        for metric in HEADLINE_METRICS:
+            if metric not in g:
+                continue
+            vals = g[["seed", metric]].dropna()
+            if vals.empty:
+                continue
+            x = vals[metric].to_numpy(dtype="float64")
+            rows.append({"dataset": dataset, "backbone": backbone, "method": method, "metric": metric,
+                         "mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
+                         "n": int(len(x)), "values": dict(zip(vals["seed"].astype(int), x.tolist()))})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS + ["values"])
+
+
+def cell_json(summary: pd.DataFrame, dataset: str, backbone: str) -> dict:
+    """{method: {metric: {mean, std (null for one seed), n, per_seed: {seed<k>: value}}}}."""
+    out: dict[str, dict] = {}
+    sel = summary[(summary["dataset"] == dataset) & (summary["backbone"] == backbone)]
+    for r in sel.itertuples(index=False):
+        out.setdefault(r.method, {})[r.metric] = {
+            "mean": r.mean, "std": None if math.isnan(r.std) else r.std, "n": r.n,
+            "per_seed": {f"seed{s}": v for s, v in sorted(r.values.items())}}
+    return out
+
+
+def write_summary(config: dict, results_dir: Path, out_dir: Path) -> list[Path]:
+    """`out_dir/{dataset}_{backbone}.json` for every dataset × backbone of the matrix (MLLM runs
+    under backbone `mllm`; `{}` where no run is found yet) and the flat `out_dir/summary.csv`."""
+    expected = expected_runs(config["matrix"])
+    paths = [Path(results_dir) / r.path / "metrics.json" for r in enumerate_runs(config)]
+    runs = collect_runs([p for p in paths if p.exists()])
+    summary = summarize_runs(runs)
+    cells = pd.concat([expected[["dataset", "backbone"]], runs[["dataset", "backbone"]]]).drop_duplicates()
+    out_dir = Path(out_dir)
+    written = []
+    for dataset, backbone in cells.itertuples(index=False):
+        path = out_dir / f"{dataset}_{backbone}.json"
+        write_json(path, cell_json(summary, dataset, backbone))
+        written.append(path)
+    write_text(out_dir / "summary.csv", summary[SUMMARY_COLUMNS].to_csv(index=False))
+    return written + [out_dir / "summary.csv"]
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """A summary.csv; names the file and the missing column when it is not one."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise MEGLError(f"{path}: cannot read summary ({exc})") from exc
+    for col in SUMMARY_COLUMNS:
+        if col not in df.columns:
+            raise MEGLError(f"{path}: missing column '{col}'")
+    return df[SUMMARY_COLUMNS]
+
+
+def _sd(value: float, n: int) -> float:
+    return float("nan") if n < 2 or pd.isna(value) else float(value)
+
+
+def z_score(mean_ref: float, sd_ref: float, n_ref: int, mean_new: float, sd_new: float, n_new: int) -> float:
+    """(new − ref) / √(sd_ref²/n_ref + sd_new²/n_new).
+
+    A side without a spread estimate (one seed, or std missing) borrows the other side's sd (as if
+    the variances were equal); with neither, the standard error is 0. A standard error of 0 gives
+    z = 0 for equal means and ±inf otherwise (every seed agreed, so any change is a change).
+    """
+    sd_ref, sd_new = _sd(sd_ref, n_ref), _sd(sd_new, n_new)
+    sd_ref = sd_new if math.isnan(sd_ref) else sd_ref
+    sd_new = sd_ref if math.isnan(sd_new) else sd_new
+    se = 0.0 if math.isnan(sd_ref) else math.sqrt(sd_ref ** 2 / n_ref + sd_new ** 2 / n_new)
+    diff = mean_new - mean_ref
+    if se > 0:
+        return diff / se
+    if abs(diff) <= 1e-12 * max(1.0, abs(mean_ref)):
+        return 0.0
+    return math.copysign(math.inf, diff)
+
+
+def _cell(mean: float, sd: float, n: int) -> str:
+    if pd.isna(mean):
+        return "-"
+    spread = f" ± {fmt_number(sd, 4)}" if n > 1 and not pd.isna(sd) else ""
+    return f"{fmt_number(mean, 4)}{spread} (n={int(n)})"
+
+
+def compare_summaries(reference: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Cell by cell (dataset, backbone, method, metric): reference and new mean ± std (n), the
+    difference new − reference, z (z_score) and a status: agrees (|z| < 2), differs,
+    missing in new, new cell."""
+    merged = reference.merge(new, on=CELL_KEYS, how="outer", suffixes=("_ref", "_new"),
+                            indicator="where")
+    rows = []
+    for r in merged.itertuples(index=False):
+        diff = z = float("nan")
+        if r.where == "left_only":
+            status = "missing in new"
+        elif r.where == "right_only":
+            status = "new cell"
+        else:
+            diff = r.mean_new - r.mean_ref
+            z = z_score(r.mean_ref, r.std_ref, int(r.n_ref), r.mean_new, r.std_new, int(r.n_new))
+            status = "agrees" if abs(z) < Z_AGREES else "differs"
+        rows.append({"dataset": r.dataset, "backbone": r.backbone, "method": r.method, "metric": r.metric,
+                     "reference": _cell(r.mean_ref, r.std_ref, 0 if pd.isna(r.n_ref) else r.n_ref),
+                     "new": _cell(r.mean_new, r.std_new, 0 if pd.isna(r.n_new) else r.n_new),
+                     "diff": diff, "z": z, "status": status})
+    return pd.DataFrame(rows, columns=CELL_KEYS + ["reference", "new", "diff", "z", "status"])
+
+
+def compare_markdown(table: pd.DataFrame) -> str:
+    counts = table["status"].value_counts()
+    shown = table.assign(diff=[("-" if np.isnan(x) else f"{x:+.4f}") for x in table["diff"]],
+                         z=[("-" if np.isnan(x) else f"{x:+.2f}") for x in table["z"]])
+    head = (f"# New summary against the reference\n\nz = (new − ref) / √(sd_ref²/n_ref + sd_new²/n_new); "
+            f"agrees when |z| < {Z_AGREES:g}. A side with one seed borrows the other side's sd; with no sd "
+            "on either side, any change differs.\n\n"
+            + ", ".join(f"{k}: {counts.get(k, 0)}" for k in ("agrees", "differs", "missing in new", "new cell"))
+            + "\n")
+    return head + "\n" + to_markdown(shown)
