@@ -74,3 +74,15 @@ def test_sdtg_lora_on_real_llm(smollm2_dir):
     assert losses[-1] < losses[0], losses
     out = model.generate(images, saliency, tokens, max_new_tokens=8)
     assert len(out) == 2 and all(isinstance(s, str) for s in out)
+
+    # closed-set scoring on the real tokenizer and LM agrees with L_textual (same layout helper)
+    answers = ["the answer is cat.", "the answer is school bus."]
+    total, mean = model.score_candidates(images, saliency, tokens, answers)
+    assert total.shape == (2, 2) and model.training  # mode restored
+    for b in range(2):
+        for k, text in enumerate(answers):
+            n = len(model.target_ids([text])[0])
+            assert mean[b, k].item() == pytest.approx(total[b, k].item() / n)
+            with torch.no_grad():
+                nll = model.loss(images[b:b + 1], saliency[b:b + 1], tokens[b:b + 1], [text]).item()
+            assert total[b, k].item() == pytest.approx(-nll * n, rel=1e-3, abs=1e-3)

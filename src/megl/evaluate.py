@@ -22,8 +22,8 @@ from megl.methods import get_method
 from megl.metrics import classification, efficiency, saliency as saliency_metrics, text as text_metrics
 from megl.models.gradcam import saliency as saliency_map
 from megl.runs import WEIGHTS, load_weights, read_json
-from megl.train import (backbone_entry, build_run_model, class_names_of, image_size_for, resolve_device,
-                        set_determinism)
+from megl.train import (backbone_entry, build_run_model, class_names_of, image_size_for, mllm_answer,
+                        resolve_device, set_determinism)
 
 TOPK = 3
 log = logging.getLogger(__name__)
@@ -70,19 +70,22 @@ class Prediction:
     full_gt: list = field(default_factory=list)
     kept: list = field(default_factory=list)
     sims: list = field(default_factory=list)
+    candidates: list[str] | None = None  # MLLM runs: the closed-set answer texts, one per class
 
 
 def predict(model, test: SplitTensors, config: dict, device: torch.device, class_names: list[str]) -> Prediction:
     """Run the model over the test split in batches: labels, Grad-CAM maps, rationales."""
     method, ev = model.method, config["evaluate"]
     out = Prediction()
+    if method.kind == "mllm":
+        out.candidates = [mllm_answer(name) for name in class_names]
     for start in range(0, len(test), ev["batch_size"]):
         batch = test.batch(torch.arange(start, min(start + ev["batch_size"], len(test))), device)
         images = batch["image"]
         rationales = answers = None
         if method.kind == "mllm":
-            answers = model.sdtg.generate(images, None, None, **_decoding(ev))
-            probs, preds, sal = None, [parse_answer(t, class_names) for t in answers], None
+            mllm = _mllm_batch(model.sdtg, method, images, out.candidates, class_names, ev)
+            answers, probs, preds, sal = mllm["answers"], None, mllm["closed"], None
             rationales = [rationale_part(t) for t in answers] if method.mllm_target == "answer_rationale" else None
         else:
             # Grad-CAM of the predicted class
@@ -105,7 +108,7 @@ def predict(model, test: SplitTensors, config: dict, device: torch.device, class
                    "rationale": rationales[i] if rationales is not None else None,
                    "reference": list(batch["rationales"][i])}
             if answers is not None:
-                rec["answer"] = answers[i]  # the MLLM's whole generated text, parsed into `prediction`
+                rec.update(_mllm_record(mllm, i))
             if probs is not None:
                 top = probs[i].topk(min(TOPK, probs.shape[1]))
                 rec["topk"] = [[int(c), round(float(p), 6)] for p, c in zip(top.values, top.indices)]
@@ -151,7 +154,10 @@ def write_evaluation(run_dir: Path, identity: dict, split_name: str, model, meth
     metrics.update(text_block)
     metrics["notes"] = notes
     size = model.classifier.image_size if model.classifier is not None else config_image_size(config)
-    metrics.update(_efficiency_block(model, method, size, device, ev))
+    candidates = prediction.candidates
+    if method.kind == "mllm":
+        _add_mllm_metrics(metrics, method, records, num_classes, model.sdtg, candidates)
+    metrics.update(_efficiency_block(model, method, size, device, ev, candidates))
     metrics["scorer_versions"] = dict(text_metrics.scorer_versions())
 
     write_text(run_dir / "predictions.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
@@ -174,6 +180,99 @@ def _fmt(x) -> str:
 
 def config_image_size(config: dict) -> int:
     return image_size_for(config, None)
+
+
+# ---------------------------------------------------------------- MLLM baselines (docs/metrics.md)
+def closed_set_protocol(method) -> str:
+    eos = " + EOS" if answer_has_eos(method) else ""
+    return (f"closed-set: argmax over the classes of log p(' the answer is <class>.'{eos} | visual prefix, prompt), "
+            "summed over those tokens")
+
+
+GENERATE_PROTOCOL = "generate-and-parse: decode (evaluate.decoding), parse the class after 'the answer is'"
+
+
+def answer_has_eos(method) -> bool:
+    """llava_vqa's training target ends with EOS after the answer; Fine-tune-CoT's goes on ' because …'."""
+    return method.mllm_target == "answer"
+
+
+def _mllm_batch(sdtg, method, images, candidates: list[str], class_names: list[str], ev: dict) -> dict:
+    """Generated text (parsed: the paper's protocol) and closed-set scores of every class for one batch."""
+    answers = sdtg.generate(images, None, None, **_decoding(ev))
+    total, mean = (t.cpu() for t in sdtg.score_candidates(images, None, None, candidates,
+                                                          eos=answer_has_eos(method)))
+    top = total.topk(min(TOPK, total.shape[1]), dim=1)
+    return {"answers": answers, "parsed": [parse_answer(t, class_names) for t in answers],
+            "closed": top.indices[:, 0].tolist(), "closed_norm": mean.argmax(1).tolist(),
+            "topk": [[[int(c), round(float(v), 4), round(float(mean[r, c]), 4)] for v, c in zip(vals, idx)]
+                     for r, (vals, idx) in enumerate(zip(top.values, top.indices))]}
+
+
+def _mllm_record(mllm: dict, i: int) -> dict:
+    """predictions.jsonl fields of an MLLM sample; `prediction` itself is the closed-set argmax."""
+    return {"answer": mllm["answers"][i],                 # the whole generated text
+            "prediction_generate": mllm["parsed"][i],     # its parsed class, -1 when it names none
+            "prediction_closed_norm": mllm["closed_norm"][i],
+            "closed_topk": mllm["topk"][i]}               # [class, sum log-prob, mean log-prob], best first
+
+
+def _add_mllm_metrics(metrics: dict, method, records: list[dict], num_classes: int, sdtg,
+                      candidates: list[str]) -> None:
+    """The closed-set protocol's name, its length-normalised accuracy and a note when candidates were
+    truncated (as their training targets were); the `generate` block: generate-and-parse scored over
+    all test samples (unparsed = wrong), null when nothing parsed."""
+    labels = np.asarray([r["label"] for r in records])
+    metrics["classification_protocol"] = closed_set_protocol(method)
+    full = sdtg.tokenizer([" " + c for c in candidates], add_special_tokens=False)["input_ids"]
+    n_cut = sum(1 for ids in full if len(ids) > sdtg.max_rationale_tokens)
+    metrics["n_candidates_truncated"] = n_cut
+    if n_cut:
+        kept = [tuple(ids) for ids in sdtg.target_ids(candidates, eos=False)]
+        clash = sum(1 for ids in kept if kept.count(ids) > 1)
+        metrics["notes"]["closed_set"] = (
+            f"{n_cut} of {len(candidates)} answer candidates exceed sdtg.max_rationale_tokens="
+            f"{sdtg.max_rationale_tokens} and are scored truncated, as they were trained; "
+            f"{clash} classes share their truncated tokens with another and cannot be told apart")
+    metrics["accuracy_closed_norm"] = (float((labels == np.asarray([r["prediction_closed_norm"] for r in records]))
+                                             .mean()) if len(records) else None)
+    parsed = [r["prediction_generate"] for r in records]
+    n_parsed = sum(1 for p in parsed if p >= 0)
+    block = {"protocol": GENERATE_PROTOCOL, "n": len(records), "n_parsed": n_parsed,
+             "n_unanswered": len(records) - n_parsed}
+    if n_parsed:
+        scores = _classification_block(labels.tolist(), parsed, num_classes)
+        block.update({k: scores[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")})
+    else:
+        note = f"no parseable answer in {len(records)} test samples"
+        block.update(accuracy=None, precision_macro=None, recall_macro=None, f1_macro=None, note=note)
+        metrics["notes"]["generate"] = note
+    metrics["generate"] = block
+
+
+def mllm_latency_fn(sdtg, image: torch.Tensor, new_tokens: int):
+    """What MLLM latency times: prefill of [BOS] V prompt for one image, then greedy decoding of
+    exactly `new_tokens` tokens (EOS suppressed until then)."""
+    def run():
+        sdtg.generate(image, None, None, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    return run
+
+
+def _mllm_efficiency(sdtg, method, candidates: list[str], size: int, device, lat: dict) -> dict:
+    """Parameters of encoder + projections + LM; latency of answering one image (mllm_latency_fn) with
+    as many new tokens as the longest answer candidate has (EOS included where training wrote one)."""
+    eos = answer_has_eos(method)
+    new_tokens = max(len(s) for s in sdtg.target_ids(candidates, eos=eos))
+    x = torch.rand(1, 3, size, size, device=device)
+    use_bf16 = device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        timing = efficiency.measure_latency(mllm_latency_fn(sdtg, x, new_tokens), lat["warmup"], lat["repeats"],
+                                            device)
+    protocol = (f"batch 1: prefill (visual prefix + prompt) + greedy decoding of {new_tokens} new tokens "
+                f"(the longest 'the answer is <class>.'{' + EOS' if eos else ''})")
+    return {"params": efficiency.count_parameters(sdtg), "latency_ms": timing["latency_ms"], "fps": timing["fps"],
+            "latency_device": str(device), "latency_protocol": protocol, "latency_new_tokens": new_tokens,
+            "latency_bf16": use_bf16}
 
 
 def _decoding(ev: dict) -> dict:
@@ -243,18 +342,11 @@ def _text_block(method, scores: dict | None, sims: list[float]) -> dict:
     return out
 
 
-def _efficiency_block(model, method, size: int, device, ev: dict) -> dict:
-    """Classifier alone at batch 1 without decoding (paper Table 5); MLLMs: encoder + one LM forward."""
+def _efficiency_block(model, method, size: int, device, ev: dict, candidates: list[str] | None = None) -> dict:
+    """Classifier alone at batch 1 without decoding (paper Table 5); MLLMs: prefill + answer decoding."""
     lat = ev["latency"]
     if method.kind == "mllm":
-        params = efficiency.count_parameters(model.sdtg)
-        x = torch.rand(1, 3, size, size, device=device)
-
-        def forward():
-            with torch.no_grad():
-                model.sdtg.prefix(x, None, None)
-
-        timing = efficiency.measure_latency(forward, lat["warmup"], lat["repeats"], device)
+        return _mllm_efficiency(model.sdtg, method, candidates, size, device, lat)
     else:
         params = efficiency.count_parameters(model.classifier)
         timing = efficiency.latency_of_classifier(model.classifier, size, device, lat["warmup"], lat["repeats"],

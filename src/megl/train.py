@@ -106,9 +106,14 @@ def cam_grid(classifier, image_size: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- losses of one batch
+def mllm_answer(class_name: str) -> str:
+    """The answer sentence of the MLLM baselines; also the closed-set candidates at evaluation."""
+    return f"the answer is {class_name.replace('_', ' ')}."
+
+
 def mllm_target(method: Method, class_name: str, rationale: str) -> str:
     """What the MLLM baselines learn to write: the answer, then (Fine-tune-CoT) the rationale."""
-    answer = f"the answer is {class_name.replace('_', ' ')}."
+    answer = mllm_answer(class_name)
     return answer if method.mllm_target == "answer" else f"{answer} because {rationale}"
 
 

@@ -118,6 +118,36 @@ class SDTG(nn.Module):
             pieces.append(emb(self.prompt_ids.to(v.device)).expand(b, -1, -1))
         return torch.cat(pieces, dim=1)
 
+    # ------------------------------------------------------------------ sequence layout
+    def target_ids(self, texts: list[str], eos: bool = True) -> list[list[int]]:
+        """Token ids of each target text as the LM reads it after the prompt: ' ' + text (stripped),
+        truncated to max_rationale_tokens, then EOS (unless eos=False)."""
+        ids = self.tokenizer([" " + t.strip() for t in texts], add_special_tokens=False)["input_ids"]
+        tail = [self.tokenizer.eos_token_id] if eos else []
+        return [s[:self.max_rationale_tokens] + tail for s in ids]
+
+    def _sequence(self, context: torch.Tensor, ids: list[list[int]]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The one layout of training and scoring: row r = context[r] then ids[r], right-padded.
+
+        Returns (inputs_embeds B×(L0+W)×H, attention_mask B×(L0+W), labels B×(L0+W)); labels are the
+        target ids and -100 on the context and on padding (HF causal-LM convention: position t's
+        logits predict labels[t + 1])."""
+        b, l0, _ = context.shape
+        if b != len(ids):
+            raise MEGLError(f"SDTG: batch of {b} but {len(ids)} target texts")
+        width = max(len(s) for s in ids)
+        target = torch.full((b, width), self.tokenizer.pad_token_id, dtype=torch.long, device=context.device)
+        tmask = torch.zeros((b, width), dtype=torch.long, device=context.device)
+        for r, s in enumerate(ids):
+            target[r, :len(s)] = torch.tensor(s, dtype=torch.long, device=context.device)
+            tmask[r, :len(s)] = 1
+        embeds = torch.cat([context, self.lm.get_input_embeddings()(target)], dim=1)
+        attention = torch.cat([torch.ones((b, l0), dtype=torch.long, device=context.device), tmask], dim=1)
+        labels = torch.cat([torch.full((b, l0), IGNORE, dtype=torch.long, device=context.device),
+                            target.masked_fill(tmask == 0, IGNORE)], dim=1)
+        return embeds, attention, labels
+
     # ------------------------------------------------------------------ training
     def loss(self, images: torch.Tensor | None, saliency: torch.Tensor | None, tokens: torch.Tensor | None,
              rationales: list[str]) -> torch.Tensor:
@@ -125,34 +155,72 @@ class SDTG(nn.Module):
         v = self.prefix(images, saliency, tokens)
         if v.shape[0] != len(rationales):
             raise MEGLError(f"SDTG.loss: batch of {v.shape[0]} but {len(rationales)} target texts")
-        context = self._context(v)
-        b, l0, _ = context.shape
-        ids = self.tokenizer([" " + t.strip() for t in rationales], add_special_tokens=False)["input_ids"]
-        ids = [s[:self.max_rationale_tokens] + [self.tokenizer.eos_token_id] for s in ids]
-        width = max(len(s) for s in ids)
-        target = torch.full((b, width), self.tokenizer.pad_token_id, dtype=torch.long, device=v.device)
-        tmask = torch.zeros((b, width), dtype=torch.long, device=v.device)
-        for r, s in enumerate(ids):
-            target[r, :len(s)] = torch.tensor(s, device=v.device)
-            tmask[r, :len(s)] = 1
-        embeds = torch.cat([context, self.lm.get_input_embeddings()(target)], dim=1)
-        attention = torch.cat([torch.ones((b, l0), dtype=torch.long, device=v.device), tmask], dim=1)
-        labels = torch.cat([torch.full((b, l0), IGNORE, dtype=torch.long, device=v.device),
-                            target.masked_fill(tmask == 0, IGNORE)], dim=1)
+        embeds, attention, labels = self._sequence(self._context(v), self.target_ids(rationales))
         return self.lm(inputs_embeds=embeds, attention_mask=attention, labels=labels).loss
+
+    # ------------------------------------------------------------------ closed-set scoring
+    @torch.no_grad()
+    def score_candidates(self, images: torch.Tensor | None, saliency: torch.Tensor | None,
+                         tokens: torch.Tensor | None, candidates: list[str], eos: bool = True,
+                         max_sequences: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-likelihood of each candidate text given each sample's context (docs/sdtg.md).
+
+        Same layout as `loss` ([BOS] V prompt ' '+candidate [EOS]); returns (sum, mean), both
+        B×K float32 on the prefix's device: the sum of the candidate's token log-probs (EOS
+        included when eos=True) and that sum divided by its token count (length-normalised).
+        V is computed once per sample; the LM runs on at most `max_sequences` (sample, candidate)
+        rows at a time, and only the target positions' logits are kept.
+        """
+        if not candidates:
+            raise MEGLError("SDTG.score_candidates: no candidates")
+        was_training = self.training
+        self.eval()
+        try:
+            context = self._context(self.prefix(images, saliency, tokens))
+            b, l0, _ = context.shape
+            ids = self.target_ids(candidates, eos=eos)
+            if any(not s for s in ids):
+                raise MEGLError("SDTG.score_candidates: a candidate has no tokens (empty text and eos=False)")
+            k = len(ids)
+            chunk = max(1, int(max_sequences) // b)
+            total = torch.empty((b, k), dtype=torch.float32, device=context.device)
+            for start in range(0, k, chunk):
+                sub = ids[start:start + chunk]
+                kk = len(sub)
+                # row r: sample r // kk, candidate start + r % kk
+                embeds, attention, labels = self._sequence(context.repeat_interleave(kk, dim=0), sub * b)
+                width = labels.shape[1] - l0
+                logits = self._logits(embeds, attention, keep=width + 1)[:, :-1].float()  # predict targets
+                target = labels[:, l0:]
+                logp = logits.log_softmax(-1).gather(-1, target.clamp_min(0)[..., None])[..., 0]
+                total[:, start:start + kk] = logp.masked_fill(target == IGNORE, 0.0).sum(1).view(b, kk)
+        finally:
+            self.train(was_training)
+        lengths = torch.tensor([len(s) for s in ids], dtype=torch.float32, device=total.device)
+        return total, total / lengths
+
+    def _logits(self, embeds: torch.Tensor, attention: torch.Tensor, keep: int) -> torch.Tensor:
+        """The LM's logits at the last `keep` positions (HF `logits_to_keep` where the LM accepts it)."""
+        try:
+            logits = self.lm(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=keep).logits
+        except TypeError:  # an LM whose forward has no logits_to_keep: compute all, keep the tail
+            logits = self.lm(inputs_embeds=embeds, attention_mask=attention).logits
+        return logits[:, -keep:]
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None, saliency: torch.Tensor | None, tokens: torch.Tensor | None,
-                 max_new_tokens: int, num_beams: int = 1) -> list[str]:
-        """Decode one text per sample (greedy, or beam search with num_beams > 1; no sampling)."""
+                 max_new_tokens: int, num_beams: int = 1, min_new_tokens: int = 0) -> list[str]:
+        """Decode one text per sample (greedy, or beam search with num_beams > 1; no sampling).
+        min_new_tokens = max_new_tokens forces a fixed decode length (EOS suppressed until then)."""
         was_training = self.training
         self.eval()
         try:
             context = self._context(self.prefix(images, saliency, tokens))
             b, l0, _ = context.shape
             config = GenerationConfig(
-                max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), do_sample=False,
+                max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens) or None,
+                num_beams=int(num_beams), do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
                 bos_token_id=self.tokenizer.bos_token_id,
             )

@@ -17,7 +17,11 @@ CLASSIFICATION_KEYS: tuple[str, ...] = ("accuracy", "precision_macro", "recall_m
 VISUAL_KEYS: tuple[str, ...] = ("miou", "saliency_auprc")
 TEXT_KEYS: tuple[str, ...] = ("bleu4", "meteor", "rouge_l", "cider", "spice", "clipscore")
 EFFICIENCY_KEYS: tuple[str, ...] = ("params", "latency_ms", "fps")
-OPTIONAL_KEYS: tuple[str, ...] = ("miou_all", "saliency_auprc_all")
+OPTIONAL_KEYS: tuple[str, ...] = ("miou_all", "saliency_auprc_all", "accuracy_closed_norm", "generate_accuracy",
+                                  "generate_n_parsed")
+# Optional keys that sit in a block of metrics.json (MLLM runs): column -> (block, key).
+NESTED_KEYS: dict[str, tuple[str, str]] = {"generate_accuracy": ("generate", "accuracy"),
+                                           "generate_n_parsed": ("generate", "n_parsed")}
 # Keys every metrics.json must carry (the value may be null except for the classification keys).
 REQUIRED_KEYS: tuple[str, ...] = (
     CLASSIFICATION_KEYS + VISUAL_KEYS + TEXT_KEYS + EFFICIENCY_KEYS + ("n_test",)
@@ -42,6 +46,14 @@ def _number_or_none(path: Path, key: str, value: Any, nullable: bool) -> float |
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(path, f"field '{key}' is {value!r}; a number is required")
     return float(value)
+
+
+def _optional_value(record: Mapping[str, Any], key: str) -> Any:
+    if key in NESTED_KEYS:
+        block, sub = NESTED_KEYS[key]
+        value = record.get(block)
+        return value.get(sub) if isinstance(value, dict) else None
+    return record.get(key)
 
 
 def _check_path_matches(path: Path, run: Mapping[str, Any]) -> None:
@@ -90,7 +102,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
             raise _fail(path, f"missing key '{key}'")
         row[key] = _number_or_none(path, key, record[key], nullable=key not in CLASSIFICATION_KEYS)
     for key in OPTIONAL_KEYS:
-        row[key] = _number_or_none(path, key, record.get(key), nullable=True)
+        row[key] = _number_or_none(path, key, _optional_value(record, key), nullable=True)
     notes = record.get("notes")
     row["notes"] = None if notes in (None, "", {}) else json.dumps(notes, sort_keys=True)
     row["path"] = str(path)

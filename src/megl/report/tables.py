@@ -191,7 +191,31 @@ def table2(summary: pd.DataFrame) -> pd.DataFrame:
     mllm = out["Backbone"] == BACKBONE_NAMES[MLLM_BACKBONE]
     for m in ("mIoU", "Saliency AUPRC"):
         out.loc[mllm & out[m].str.startswith("n/a"), m] = "n/a (no saliency map)"
+    rows = summary[summary["method"].isin(TABLE2_METHODS)]
+    out.insert(4, GENERATE_COLUMN, [generate_accuracy_cell(r) for _, r in rows.iterrows()])
     return out
+
+
+# ---------------------------------------------------------------- MLLM generate-and-parse column
+GENERATE_COLUMN = "Accuracy (generate-and-parse)"
+
+
+def generate_accuracy_cell(row: pd.Series) -> str:
+    """MLLM rows: the paper's generate-and-parse accuracy beside the closed-set `Accuracy` column,
+    with how many answers parsed; `no parseable answer (0/N)` when none did; `-` for classifiers."""
+    if row["backbone"] != MLLM_BACKBONE:
+        return "-"
+    if row["n_runs"] == 0:
+        return "missing"
+    n_reported = int(row.get("generate_n_parsed_n", 0) or 0)
+    if n_reported == 0:
+        return "n/a (not reported)"
+    parsed = int(round(row["generate_n_parsed_mean"] * n_reported))
+    total = int(round(row["n_test_mean"] * n_reported))
+    if parsed == 0:
+        return f"no parseable answer (0/{total})"
+    text = cell(row, "generate_accuracy") if int(row.get("generate_accuracy_n", 0) or 0) else "n/a"
+    return f"{text}, parsed {parsed}/{total}"
 
 
 def table3(summary: pd.DataFrame, methods: Sequence[str] = TABLE3_METHODS) -> pd.DataFrame:
