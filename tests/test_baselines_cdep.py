@@ -111,6 +111,29 @@ def test_cdep_step_lowers_loss(backbone):
     assert float(after) < float(before.detach())
 
 
+def test_cdep_thin_annotation_survives_a_smaller_image():
+    """Maps larger than the image are binarised at their own resolution and max-pooled
+    (`binary_grid_target`): a one-pixel line on an odd row, which nearest-neighbour shrinking
+    would drop, stays inside the annotation, so CDEP does not penalise it."""
+    from megl.losses import binary_grid_target
+
+    model = _model("resnet_small_stem").eval()
+    gen = torch.Generator().manual_seed(5)
+    images = torch.rand(2, 3, 32, 32, generator=gen)
+    labels = torch.tensor([0, 1])
+    maps = torch.zeros(2, 1, 64, 64)
+    maps[:, :, 11, 4:50] = 1.0
+    assert not bool(torch.nn.functional.interpolate(maps, size=(32, 32), mode="nearest").any())
+    inside = binary_grid_target(maps, (32, 32), 0.5)[:, None]
+    assert float(inside[0, 0, 5, 2:25].min()) == 1.0 and float(inside.sum()) == 2 * 23
+    cfg = _cfg()
+    has = torch.tensor([True, True])
+    with torch.no_grad():
+        val = get_baseline("cdep").loss_fn(model, images, labels, torch.rand(2, 4, 4), maps, has, cfg, None)
+        rel, irr = cd_forward(model, images, 1.0 - inside, cfg["nonlinearity"])
+    torch.testing.assert_close(val, torch.softmax(torch.stack([rel, irr], -1), -1)[..., 0].mean())
+
+
 def test_cdep_zero_without_annotations_is_graph_connected():
     model = _model("resnet_small_stem")
     images = torch.rand(3, 3, 32, 32)

@@ -86,6 +86,26 @@ def test_res_g_matches_formula():
     assert float(imputed.amax()) == pytest.approx(1.0, abs=1e-5) and float(imputed[:, 3, 3].max()) < 0.05
 
 
+def test_thin_annotations_are_positive_cells():
+    """A one-pixel line (1/4 of each 4-px cell it crosses) is positive on the grid (any pixel
+    annotated, `binary_grid_target`); area-averaging then thresholding would have emptied it."""
+    sal, _, has = _batch()
+    maps = torch.zeros(4, 1, 16, 16)
+    maps[:, :, 5, 2:11] = 1.0  # crosses cells (1, 0), (1, 1), (1, 2)
+    pos = torch.zeros(2, 4, 4)
+    pos[:, 1, :3] = 1.0
+    out = get_baseline("haics").loss_fn(None, None, None, sal, maps, has, _cfg("haics"), None)
+    p = sal[has].clamp(1e-6, 1 - 1e-6)
+    torch.testing.assert_close(out, -(pos * p.log() + (1 - pos) * (1 - p).log()).mean())
+    cfg = _cfg("res_g")
+    out = get_baseline("res_g").loss_fn(None, None, None, sal, maps, has, cfg, None)
+    s, y = sal[has].detach(), 2 * pos - 1
+    a = brute_force_threshold(s, y)
+    robust = torch.relu((torch.tanh(cfg["k"] * (s - a)) - y).abs().mean() - cfg["eta"])
+    imputed = gaussian_imputation(pos, cfg["gaussian_kernel"], cfg["gaussian_sigma"])
+    torch.testing.assert_close(out.detach(), robust + (s - imputed).abs().mean())
+
+
 def test_res_l_imputation_shape_and_range():
     imp = ImputationConv((4, 4), factor=4, binarize_threshold=0.5)
     out = imp(torch.rand(3, 1, 32, 32)).detach()
@@ -128,7 +148,9 @@ def test_one_step_lowers_loss(name, scope):
     gen = torch.Generator().manual_seed(4)
     images = torch.rand(6, 3, 32, 32, generator=gen)
     labels = torch.randint(0, 5, (6,), generator=gen)
-    maps = (torch.rand(6, 1, 32, 32, generator=gen) > 0.6).float()
+    # The central 2x2 cells of the 4x4 grid are positive, the ring around them negative. (Scattered
+    # noise pixels over the image would make every cell positive: any annotated pixel counts.)
+    maps = torch.zeros(6, 1, 32, 32)
     maps[:, :, 8:24, 8:24] = 1.0
     has = torch.tensor([True, False, True, False, True, False])
     cfg = dict(_cfg(name))

@@ -231,10 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate_data)
 
     p = sub.add_parser("make-standin", help="generate an offline stand-in dataset in the ME format")
-    p.add_argument("kind", choices=["objects", "actions"])
+    p.add_argument("kind", choices=["objects", "actions", "digits"])
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-images", type=int, default=1200)
+    p.add_argument("--n-images", type=int, default=1200, help="digits: at most 1797 (the UCI scans)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--annotated-fraction", type=float, default=0.1)
     p.add_argument("--shortcut-strength", type=float, default=0.9,

@@ -40,6 +40,35 @@ def downsample_map(maps: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
 
 
+def binary_grid_target(maps: Tensor, grid_hw: tuple[int, int] | torch.Size, threshold: float) -> Tensor:
+    """Binary target of an annotation on a saliency grid: 1 where a cell holds ANY annotated pixel.
+
+    maps (B, 1, S, S), (B, S, S) or (S, S) in [0, 1] -> float {0, 1} of shape (B, h, w) or (h, w).
+    The annotation is binarised at its OWN resolution (pixel >= threshold), then max-pooled to
+    (h, w) (adaptive windows, so every pixel falls in some cell). Area averaging first and
+    thresholding the cell means instead (`downsample_map(...) >= threshold`) empties the target of
+    any annotation thinner than half a cell. A grid larger than the map is reached by nearest
+    neighbour (before the pooling, per axis), which keeps the target binary.
+    """
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    if maps.dim() == 2:
+        return binary_grid_target(maps[None], (h, w), threshold)[0]
+    if maps.dim() == 4:
+        if maps.shape[1] != 1:
+            raise MEGLError(f"binary_grid_target: 4-D maps must be (B, 1, S, S), got {tuple(maps.shape)}")
+        maps = maps[:, 0]
+    if maps.dim() != 3:
+        raise MEGLError(f"binary_grid_target: maps must be (B, 1, S, S), (B, S, S) or (S, S), got {tuple(maps.shape)}")
+    dtype = maps.dtype if maps.is_floating_point() else torch.float32
+    x = (maps >= threshold).to(dtype)[:, None]
+    big = (max(h, x.shape[-2]), max(w, x.shape[-1]))
+    if big != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=big, mode="nearest")
+    if tuple(x.shape[-2:]) != (h, w):
+        x = F.adaptive_max_pool2d(x, (h, w))
+    return x[:, 0]
+
+
 def _check(sal: Tensor, has_map: Tensor, name: str) -> Tensor:
     if sal.dim() != 3:
         raise MEGLError(f"{name}: saliency must be (B, h, w), got {tuple(sal.shape)}")
@@ -79,4 +108,4 @@ def distribution_consistency_loss(sal: Tensor, mean_map: Tensor, has_map: Tensor
     return (p * (p.log() - q.log())).sum(dim=1).mean()
 
 
-__all__ = ["prediction_loss", "downsample_map", "visual_l1_loss", "distribution_consistency_loss", "KL_EPS"]
+__all__ = ["prediction_loss", "downsample_map", "binary_grid_target", "visual_l1_loss", "distribution_consistency_loss", "KL_EPS"]

@@ -37,6 +37,7 @@ from torchvision.models.resnet import BasicBlock
 
 from megl.baselines.haics import check_inputs
 from megl.errors import MEGLError
+from megl.losses import binary_grid_target
 
 NAME = "cdep"
 NONLINEARITIES = ("cdep", "shapley")
@@ -322,8 +323,9 @@ def cdep_loss(
     thr = float(_param(cfg, "binarize_threshold"))
     if not bool(has_map.any()):
         return _zero(model)
-    inside = (maps >= thr).to(images.dtype)
-    outside = torch.where(has_map.to(maps.device).view(-1, 1, 1, 1), 1.0 - inside, torch.zeros_like(inside))
+    # binarised at the map's resolution; any annotated pixel makes its image pixel "inside"
+    inside = binary_grid_target(maps, images.shape[-2:], thr).to(images)[:, None]
+    outside = torch.where(has_map.to(inside.device).view(-1, 1, 1, 1), 1.0 - inside, torch.zeros_like(inside))
     rel, irr = cd_forward(model, images, outside, rule)
     sel = has_map.to(rel.device)
     rel, irr = rel[sel], irr[sel]

@@ -1,7 +1,8 @@
 """HAICS baseline (Shen et al., CHI EA 2021): binary cross-entropy between Â and the annotation.
 
 L = mean over the cells of the annotated samples of BCE(Â, A*), with A* the annotation on Â's
-grid, binarised at `binarize_threshold` (target: binary) or kept soft (target: soft).
+grid: binary (target: binary; a cell is 1 when any of its pixels is >= `binarize_threshold`,
+`megl.losses.binary_grid_target`) or soft (target: soft; the area-averaged annotation).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from megl.errors import MEGLError
-from megl.losses import downsample_map
+from megl.losses import binary_grid_target, downsample_map
 
 NAME = "haics"
 TARGETS = ("binary", "soft")
@@ -56,9 +57,11 @@ def haics_loss(
     if not bool(has_map.any()):
         return 0.0 * sal_scaled.sum()
     sal = sal_scaled[has_map]
-    target = downsample_map(maps[has_map.to(maps.device)], sal.shape[-2:]).to(sal)
+    sel = maps[has_map.to(maps.device)]
     if target_kind == "binary":
-        target = (target >= float(_param(cfg, "binarize_threshold"))).to(sal)
+        target = binary_grid_target(sel, sal.shape[-2:], float(_param(cfg, "binarize_threshold"))).to(sal)
+    else:
+        target = downsample_map(sel, sal.shape[-2:]).to(sal)
     # Clamp away from {0, 1}: the per-sample min-max scaling puts exact 0s and 1s in every map,
     # where BCE's gradient is unbounded.
     pred = sal.clamp(eps, 1.0 - eps)

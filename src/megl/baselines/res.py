@@ -2,7 +2,8 @@
 Explanation"; code github.com/YuyangGao/RES).
 
 On the annotated samples of a batch, with Â the scaled Grad-CAM and y = +1 on annotated cells
-(A ≥ binarize_threshold on Â's grid), y = -1 elsewhere:
+(cells holding any pixel with A ≥ binarize_threshold, `megl.losses.binary_grid_target`),
+y = -1 elsewhere:
 
     L = robust_weight · relu( mean_cells |tanh(k (Â - a)) - y| - eta )
       + imputation_weight · mean_cells |Â - Ã|
@@ -25,7 +26,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from megl.baselines.haics import check_inputs
 from megl.errors import MEGLError
-from megl.losses import downsample_map
+from megl.losses import binary_grid_target, downsample_map
 
 SCOPES = ("batch", "sample")
 
@@ -166,8 +167,7 @@ def _res_loss(
 
     sal = sal_scaled[has_map]
     sel_maps = maps[has_map.to(maps.device)]
-    soft = downsample_map(sel_maps, sal.shape[-2:]).to(sal)
-    positive = (soft >= thr).to(sal)
+    positive = binary_grid_target(sel_maps, sal.shape[-2:], thr).to(sal)
     y = 2.0 * positive - 1.0  # +1 annotated, -1 not: every cell of an annotated map is labelled
 
     a = _thresholds(sal, y, scope, float(_param(cfg, "threshold_eps", name)))

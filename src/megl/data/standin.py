@@ -3,6 +3,8 @@
 `objects`: classes are (colour, shape) conjunctions among distractors that share a colour or a
 shape with the target; the evidence is the target object. `actions`: classes are an interaction
 between a stick figure and a ball or box; the evidence is the contact region (limb + object).
+`digits`: real handwritten digits (the UCI scans scikit-learn ships) with a DecoyMNIST grey patch
+(Ross et al. 2017); the evidence is the digit's ink.
 Every image carries a small corner mark; in the TRAIN split, with probability
 `shortcut_strength`, the mark is the class's own pattern (a shortcut a classifier can learn
 instead of the evidence), otherwise - and everywhere in val/test - it is a random class's pattern.
@@ -16,6 +18,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -308,9 +311,225 @@ def _render_action(rng: np.random.Generator, label: int, size: int):
     return im, mask, pool, fill
 
 
-KINDS: dict[str, tuple[str, list[str], Callable]] = {
-    "objects": ("obj", OBJECT_CLASSES, _render_object),
-    "actions": ("act", ACTION_CLASSES, _render_action),
+# --- digits: real UCI handwritten digits with a DecoyMNIST patch --------------------------------
+# Source: sklearn.datasets.load_digits(), the test set of the UCI "Optical Recognition of
+# Handwritten Digits" data (Alpaydin & Kaynak 1998; 1,797 scans of 8x8 ink counts 0..16).
+DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGITS_AVAILABLE = 1797
+DIGIT_INK_MAX = 16.0          # UCI value = on-pixels in a 4x4 block of the 32x32 bitmap
+DIGIT_MAP_THRESHOLD = 0.25    # evidence map = upsampled ink >= 0.25 (4 of 16 on-pixels)
+DECOY_MULT = 25               # Ross et al.: patch shade 255 - 25 * class
+DIGIT_DECOY_DESCRIPTION = (
+    "every image has a grey square patch (side round(size/8)) filling one corner chosen uniformly "
+    "at random; its shade is 255 - 25 * (class index) for train images with probability "
+    "shortcut_strength, and the shade of a uniformly random class otherwise and in every val/test "
+    "image (DecoyMNIST, Ross et al. 2017)")
+DIGIT_FACTS = {
+    "zero": ("a zero is a closed oval loop with an empty center",
+             "a zero has no straight strokes and no loose ends"),
+    "one": ("a one is a single upright stroke, sometimes with a short flag at the top",
+            "a one has almost all of its ink on one line"),
+    "two": ("a two has a curved top, a diagonal stroke down to the lower left and a flat stroke along the bottom",
+            "a two ends in a horizontal stroke at its base"),
+    "three": ("a three is two bumps stacked on top of each other, both open to the left",
+              "the two curves of a three meet in the middle"),
+    "four": ("a four has a vertical stroke on the right crossed by a horizontal bar",
+             "the slanted stroke of a four runs from its top down to the bar"),
+    "five": ("a five has a flat bar at the top, a short stroke down the left and a round belly at the bottom",
+             "the belly of a five opens to the left"),
+    "six": ("a six has a long curve coming down from the top into a closed loop at the bottom",
+            "the loop of a six sits in its lower half"),
+    "seven": ("a seven has a horizontal bar at the top and one long stroke down to the bottom",
+              "a seven has no loop and no stroke along its base"),
+    "eight": ("an eight is two closed loops stacked on top of each other",
+              "the strokes of an eight cross in the middle"),
+    "nine": ("a nine has a closed loop at the top and a stroke that runs down from its right side",
+             "the loop of a nine sits in its upper half"),
+}
+DIGIT_TEMPLATES = [
+    "{fact0}",
+    "{fact1}",
+    "the {thickness} strokes in the {where} of the image form {a_name}",
+    "this handwritten {name} {slant}",
+    "{balance}",
+    "the {name} is {aspect}",
+    "the shape of the ink, not the grey patch in a corner, shows that this digit is {a_name}",
+]
+
+
+def decoy_side(size: int) -> int:
+    """Side of the digits decoy patch: about 1/8 of the image (one cell of an 8x8 Grad-CAM grid)."""
+    return max(2, round(size / 8))
+
+
+def digit_ink(scan: np.ndarray, size: int) -> np.ndarray:
+    """(8, 8) UCI scan (0..16) -> (size, size) float32 ink in [0, 1]: the scan, padded by one empty
+    cell, bicubic-upsampled into the central (size - 2 * decoy_side) square; the frame stays 0."""
+    a = decoy_side(size)
+    inner = size - 2 * a
+    padded = np.pad(np.asarray(scan, dtype=np.float32) / DIGIT_INK_MAX, 1)
+    up = np.asarray(Image.fromarray(padded, "F").resize((inner, inner), Image.Resampling.BICUBIC))
+    ink = np.zeros((size, size), dtype=np.float32)
+    ink[a:a + inner, a:a + inner] = np.clip(up, 0.0, 1.0)
+    return ink
+
+
+def _corner_box(corner: str, size: int) -> tuple[int, int, int]:
+    a = decoy_side(size)
+    return (0 if "upper" in corner else size - a), (0 if "left" in corner else size - a), a
+
+
+def decoy_shade(k: int) -> int:
+    return 255 - DECOY_MULT * k
+
+
+def _draw_decoy(im: Image.Image, pattern: int, rng: np.random.Generator, size: int) -> dict[str, Any]:
+    corner = MARK_CORNERS[int(rng.integers(len(MARK_CORNERS)))]
+    y0, x0, a = _corner_box(corner, size)
+    shade = decoy_shade(pattern)
+    ImageDraw.Draw(im).rectangle([x0, y0, x0 + a - 1, y0 + a - 1], fill=(shade,) * 3)
+    return {"class": pattern, "corner": corner, "shade": shade}
+
+
+def read_decoy(image: np.ndarray, num_classes: int = len(DIGIT_CLASSES)) -> tuple[str, int] | None:
+    """Decode the decoy of an (H, W, 3) uint8 digits image: (corner, class whose shade it is) or None."""
+    size = image.shape[0]
+    shades = {decoy_shade(k): k for k in range(num_classes)}
+    found = []
+    for corner in MARK_CORNERS:
+        y0, x0, a = _corner_box(corner, size)
+        patch = image[y0:y0 + a, x0:x0 + a]
+        v = int(patch[0, 0, 0])
+        if (patch == v).all() and v in shades:
+            found.append((corner, shades[v]))
+    return found[0] if len(found) == 1 else None
+
+
+def _plan_digits(rng: np.random.Generator, n_images: int, num_classes: int):
+    """Class-stratified seeded subset of the UCI scans, in a seeded order.
+
+    Per class, largest-remainder counts of n * (class share) (ties: lower class first); members
+    drawn by a seeded permutation. Returns labels, per-image sources and manifest extras.
+    """
+    if n_images > DIGITS_AVAILABLE:
+        raise MEGLError(f"digits: n_images must be <= {DIGITS_AVAILABLE} (the UCI digits that "
+                        f"scikit-learn ships), got {n_images}")
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    scans, targets = np.asarray(bunch.images), np.asarray(bunch.target, dtype=int)
+    members = [np.flatnonzero(targets == k) for k in range(num_classes)]
+    quota = np.array([n_images * len(m) / len(targets) for m in members])
+    counts = np.floor(quota).astype(int)
+    for k in sorted(range(num_classes), key=lambda k: (-(quota[k] - counts[k]), k))[: n_images - counts.sum()]:
+        counts[k] += 1
+    chosen = np.concatenate([m[rng.permutation(len(m))[:c]] for m, c in zip(members, counts)])
+    order = chosen[rng.permutation(len(chosen))]
+    # stroke thickness relative to the scan's own class: tertiles of the total ink per class
+    mass = scans.reshape(len(scans), -1).sum(1)
+    cuts = {k: np.quantile(mass[members[k]], [1 / 3, 2 / 3]) for k in range(num_classes)}
+    sources = []
+    for idx in order:
+        k = int(targets[idx])
+        thickness = ("thin", "medium", "thick")[int(np.searchsorted(cuts[k], mass[idx], side="right"))]
+        sources.append({"index": int(idx), "scan": scans[idx], "thickness": thickness})
+    extra = {"source": {"name": "UCI Optical Recognition of Handwritten Digits, test set "
+                                "(sklearn.datasets.load_digits)",
+                        "indices": [int(i) for i in order]},
+             "map_threshold": DIGIT_MAP_THRESHOLD}  # indices[i]: the scan of sample i
+    return [int(targets[i]) for i in order], sources, extra
+
+
+def _digit_fill(ink: np.ndarray, binary: np.ndarray, name: str, thickness: str, size: int) -> dict[str, str]:
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    w = ink.astype(np.float64)
+    m = w.sum()
+    cx, cy = (w * xs).sum() / m, (w * ys).sum() / m
+    vyy = (w * (ys - cy) ** 2).sum() / m
+    shear = -(w * (xs - cx) * (ys - cy)).sum() / m / vyy  # > 0: the top sits right of the bottom
+    slant = ("leans to the right" if shear > 0.12 else "leans to the left" if shear < -0.12
+             else "is written upright")
+    rows, cols = np.flatnonzero(binary.any(1)), np.flatnonzero(binary.any(0))
+    mid = (rows[0] + rows[-1] + 1) / 2
+    top = w[: int(np.floor(mid))].sum() / m
+    if top > 0.57:
+        balance = f"most of the ink of this {name} sits in its top half"
+    elif top < 0.43:
+        balance = f"most of the ink of this {name} sits in its bottom half"
+    else:
+        balance = f"the ink of this {name} is spread evenly over its top and bottom halves"
+    ratio = (cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1)
+    aspect = ("much taller than it is wide" if ratio < 0.5 else "taller than it is wide" if ratio < 0.85
+              else "about as wide as it is tall")
+    return {"name": name, "a_name": f"{'an' if name == 'eight' else 'a'} {name}",
+            "fact0": DIGIT_FACTS[name][0], "fact1": DIGIT_FACTS[name][1], "thickness": thickness,
+            "where": where(cx, cy, size), "slant": slant, "balance": balance, "aspect": aspect}
+
+
+def _render_digit(rng: np.random.Generator, label: int, size: int, source: dict[str, Any]):
+    """Light-on-dark grey digit (as MNIST) and its binary ink map; the rng is not used."""
+    ink = digit_ink(source["scan"], size)
+    grey = np.round(ink * 255).astype(np.uint8)
+    im = Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+    binary = ink >= DIGIT_MAP_THRESHOLD
+    emap = binary.astype(np.uint8) * 255
+    fill = _digit_fill(ink, binary, DIGIT_CLASSES[label], source["thickness"], size)
+    return im, emap, list(DIGIT_TEMPLATES), fill
+
+
+# --- the kinds -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StandinKind:
+    """How one stand-in kind plans its samples, renders one image and draws its shortcut.
+
+    plan(rng, n_images, K) -> (labels, per-image sources, extra manifest keys);
+    render(rng, label, size, source) -> (RGB image, uint8 (size, size) evidence map, rationale
+    templates, fill); draw_shortcut(image, pattern, rng, size) -> what was drawn (JSON).
+    """
+    prefix: str
+    classes: list[str]
+    plan: Callable
+    render: Callable
+    draw_shortcut: Callable
+    shortcut_description: str
+    shortcut_patterns: Callable[[list[str]], dict[str, Any]]
+
+
+def _plan_synthetic(rng: np.random.Generator, n_images: int, num_classes: int):
+    labels = [int(v) for v in rng.permutation(np.arange(n_images) % num_classes)]
+    return labels, [None] * n_images, {}
+
+
+def _blurred(render: Callable) -> Callable:
+    """Synthetic renderers return a binary mask; their evidence map is it blurred (radius size/64)."""
+    def run(rng: np.random.Generator, label: int, size: int, source: Any):
+        im, mask, pool, fill = render(rng, label, size)
+        soft = np.asarray(mask.filter(ImageFilter.GaussianBlur(size / 64)), dtype=np.uint8)
+        return im, soft, pool, fill
+    return run
+
+
+def _draw_mark(im: Image.Image, pattern: int, rng: np.random.Generator, size: int) -> int:
+    _mark(ImageDraw.Draw(im), pattern, size)
+    return pattern
+
+
+def _mark_patterns(classes: list[str]) -> dict[str, Any]:
+    return {c: {"corner": MARK_PATTERNS[k][0], "colour": MARK_PATTERNS[k][1]} for k, c in enumerate(classes)}
+
+
+def _decoy_patterns(classes: list[str]) -> dict[str, Any]:
+    return {c: {"shade": decoy_shade(k)} for k, c in enumerate(classes)}
+
+
+KINDS: dict[str, StandinKind] = {
+    "objects": StandinKind("obj", OBJECT_CLASSES, _plan_synthetic, _blurred(_render_object), _draw_mark,
+                           SHORTCUT_DESCRIPTION, _mark_patterns),
+    "actions": StandinKind("act", ACTION_CLASSES, _plan_synthetic, _blurred(_render_action), _draw_mark,
+                           SHORTCUT_DESCRIPTION, _mark_patterns),
+    "digits": StandinKind("dig", DIGIT_CLASSES, _plan_digits, _render_digit, _draw_decoy,
+                          DIGIT_DECOY_DESCRIPTION, _decoy_patterns),
 }
 
 
@@ -376,11 +595,12 @@ def make_standin(kind: str, out: str | Path, *, seed: int, n_images: int, image_
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise MEGLError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-    prefix, classes, render = KINDS[kind]
+    spec = KINDS[kind]
+    classes = spec.classes
     K = len(classes)
     rng = np.random.default_rng(seed)
-    labels = [int(v) for v in rng.permutation(np.arange(n_images) % K)]
-    ids = [f"{prefix}_{i:05d}" for i in range(n_images)]
+    labels, sources, extra = spec.plan(rng, n_images, K)
+    ids = [f"{spec.prefix}_{i:05d}" for i in range(n_images)]
     split = make_split(ids, labels, split_seed, fractions)
     train = set(split["train"])
     annotated = _annotated(rng, ids, labels, annotated_fraction)
@@ -394,20 +614,18 @@ def make_standin(kind: str, out: str | Path, *, seed: int, n_images: int, image_
         n_ann = 0
         for i, (sid, lab) in enumerate(zip(ids, labels)):
             r = np.random.default_rng([seed, i])
-            im, mask, pool, fill = render(r, lab, image_size)
+            im, emap, pool, fill = spec.render(r, lab, image_size, sources[i])
             if sid in train and r.random() < shortcut_strength:
                 pattern = lab
             else:
                 pattern = int(r.integers(K))
-            _mark(ImageDraw.Draw(im), pattern, image_size)
-            marks[sid] = pattern
+            marks[sid] = spec.draw_shortcut(im, pattern, r, image_size)
             (tmp / "images" / f"{sid}.png").write_bytes(_png(im))
-            soft = np.asarray(mask.filter(ImageFilter.GaussianBlur(image_size / 64)), dtype=np.uint8)
-            full_maps[sid] = soft
+            full_maps[sid] = emap
             ve = ""
             if sid in annotated:
                 ve = f"visual_exp/{sid}.npy"
-                arr = soft if n_ann % 2 == 0 else np.repeat((soft.astype(np.float32) / 255)[None], 3, 0)
+                arr = emap if n_ann % 2 == 0 else np.repeat((emap.astype(np.float32) / 255)[None], 3, 0)
                 (tmp / ve).write_bytes(_npy(arr))
                 n_ann += 1
             picks = r.permutation(len(pool))[: int(r.integers(3, 6))]
@@ -421,10 +639,8 @@ def make_standin(kind: str, out: str | Path, *, seed: int, n_images: int, image_
             "kind": kind, "seed": seed, "n_images": n_images, "image_size": image_size,
             "annotated_fraction": annotated_fraction, "shortcut_strength": shortcut_strength,
             "split_seed": split_seed, "split_fractions": fractions, "classes": classes,
-            "shortcut": {"description": SHORTCUT_DESCRIPTION,
-                         "patterns": {c: {"corner": MARK_PATTERNS[k][0], "colour": MARK_PATTERNS[k][1]}
-                                      for k, c in enumerate(classes)}},
-            "split": split, "marks": marks, "n_annotated": len(annotated),
+            "shortcut": {"description": spec.shortcut_description, "patterns": spec.shortcut_patterns(classes)},
+            "split": split, "marks": marks, "n_annotated": len(annotated), **extra,
         }
         (tmp / "standin.json").write_text(_json(manifest), encoding="utf-8")
         _swap_into_place(tmp, out)

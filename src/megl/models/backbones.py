@@ -330,6 +330,17 @@ def build_classifier(backbone_cfg: dict[str, Any], num_classes: int, weights_pat
     return model
 
 
+def cam_grid_size(backbone_cfg: dict[str, Any]) -> tuple[int, int]:
+    """(h, w) of the Grad-CAM grid of the classifier one `backbones:` entry describes (one forward
+    of a zero image through a fresh, untrained copy; `weights` are not loaded)."""
+    model = build_classifier({**backbone_cfg, "weights": None}, 2).eval()
+    size = int(backbone_cfg["image_size"])
+    with torch.no_grad():
+        out = model.forward_with_features(torch.zeros(1, 3, size, size))
+    return int(out.cam_activations.shape[-2]), int(out.cam_activations.shape[-1])
+
+
 __all__ = [
-    "Classifier", "ClassifierOutput", "PatchGrid", "NarrowResNet18", "build_classifier", "load_backbone_weights", "FAMILIES",
+    "Classifier", "ClassifierOutput", "PatchGrid", "NarrowResNet18", "build_classifier", "load_backbone_weights",
+    "cam_grid_size", "FAMILIES",
 ]
