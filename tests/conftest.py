@@ -29,9 +29,12 @@ def make_tiny_config() -> dict:
     full = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     cfg["baselines"] = copy.deepcopy(full["baselines"])  # smoke.yaml has no baseline section
     cfg["datasets"]["objects"]["standin"].update(n_images=TINY_N_IMAGES, image_size=TINY_IMAGE_SIZE)
-    cfg["backbones"]["resnet18"].update(widths=[8, 8, 16, 16], image_size=TINY_IMAGE_SIZE)
+    # trained from scratch here (weights: null, nothing frozen); tests/test_cell.py pretrains a tiny trunk
+    cfg["backbones"]["resnet18"].update(widths=[8, 8, 16, 16], image_size=TINY_IMAGE_SIZE, weights=None,
+                                        frozen_stages=0)
     cfg["backbones"]["vit_b_16"].update(image_size=TINY_IMAGE_SIZE, patch_size=8, hidden_dim=16, num_layers=1,
-                                        num_heads=2, mlp_dim=32)
+                                        num_heads=2, mlp_dim=32, weights=None, frozen_stages=0)
+    cfg["pretrain"].update(n_images=40, epochs=1, batch_size=16)
     cfg["vision_encoder"]["tiny"].update(hidden_size=16, num_layers=1, num_heads=2, patch_size=8,
                                          projection_dim=16, epochs=1, batch_size=32)
     cfg["lm"]["tiny"].update(hidden_size=16, num_layers=1, num_heads=2, vocab_size=300, epochs=1)

@@ -46,8 +46,7 @@ def evaluated(tiny_data, tmp_path_factory):
     config = copy.deepcopy(tiny_data.config)
     run = tmp_path_factory.mktemp("eval") / "baseline"
     train_run(config, dataset="objects", backbone="resnet18", method="baseline", seed=0, run_dir=run,
-              data_root=tiny_data.root, split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained,
-              progress=False)
+              data_root=tiny_data.root, split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained)
     metrics = evaluate_run(config, run, tiny_data.root, tiny_data.split, tiny_data.pretrained)
     return run, metrics, config
 

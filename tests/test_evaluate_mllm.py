@@ -26,8 +26,7 @@ def llava_run(tiny_data, tmp_path_factory):
     config = copy.deepcopy(tiny_data.config)
     run = tmp_path_factory.mktemp("mllm") / "llava_vqa"
     train_run(config, dataset="objects", backbone=MLLM_BACKBONE, method="llava_vqa", seed=0, run_dir=run,
-              data_root=tiny_data.root, split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained,
-              progress=False)
+              data_root=tiny_data.root, split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained)
     return run, config
 
 

@@ -50,7 +50,7 @@ def train(tiny_data, config, method, run_dir, *, seed=0, backbone=None, **kw) ->
     backbone = backbone or (MLLM_BACKBONE if METHODS[method].kind == "mllm" else "resnet18")
     return train_run(config, dataset="objects", backbone=backbone, method=method, seed=seed, run_dir=run_dir,
                      data_root=tiny_data.root, split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained,
-                     progress=False, **kw)
+                     **kw)
 
 
 def evaluate(tiny_data, config, run_dir) -> dict:
@@ -236,13 +236,13 @@ def test_unknown_names_are_refused(tiny_data, tiny_config, tmp_path, capsys, fie
     args = {"dataset": "objects", "backbone": "resnet18", "method": "baseline", field: value}
     with pytest.raises(MEGLError, match=valid) as err:
         train_run(tiny_config, seed=0, run_dir=tmp_path / "r", data_root=tiny_data.root,
-                  split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained, progress=False, **args)
+                  split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained, **args)
     assert value in str(err.value)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config), encoding="utf-8")
     argv = ["train", "--config", str(config_path), "--seed", "0", "--data-root", str(tiny_data.root),
             "--split", str(tiny_data.split), "--pretrained", str(tiny_data.pretrained),
-            "--run-dir", str(tmp_path / "r"), "--no-progress"] + [x for k, v in args.items() for x in (f"--{k}", v)]
+            "--run-dir", str(tmp_path / "r")] + [x for k, v in args.items() for x in (f"--{k}", v)]
     assert cli_main(argv) == 2
     err_text = capsys.readouterr().err
     assert value in err_text and valid in err_text

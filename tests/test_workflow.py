@@ -13,6 +13,7 @@ import pytest
 from megl.bench.workflow import copy_repo, snakemake_cmd, tool_env
 
 SMOKE_RUNS = 8  # config/smoke.yaml: 1 dataset x 2 backbones x 2 methods x 2 seeds
+SMOKE_CELLS = 4  # one run_cell job per (dataset, backbone, method); it trains both seeds
 
 
 def snakemake(cwd: Path, *args: str, check: bool = True) -> str:
@@ -46,7 +47,7 @@ def test_lint_is_clean(repo_copy):
 
 def test_slurm_profile_dry_run(repo_copy):
     jobs = planned_jobs(repo_copy, "--profile", "profiles/slurm", "--jobs", "1", "--configfile", "config/smoke.yaml")
-    assert sum(rule == "train" for rule, _ in jobs) == SMOKE_RUNS
+    assert sum(rule == "run_cell" for rule, _ in jobs) == SMOKE_CELLS
 
 
 # ------------------------------------------------------------------ one real smoke run, then questions
@@ -95,7 +96,8 @@ def _edit(path: Path, old: str, new: str) -> str:
 @pytest.mark.slow
 def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
     config = smoke_run / "config" / "smoke.yaml"
-    original = _edit(config, "  lambda_t: 0.1", "  lambda_t: 0.2")  # MEGL's text weight; baseline ignores it
+    # MEGL's text-weight grid; the baseline has no text weight
+    original = _edit(config, "    lambda_t: [0.1, 1.0]", "    lambda_t: [0.2, 1.0]")
     try:
         jobs = planned_jobs(smoke_run, "--configfile", "config/smoke.yaml")
     finally:
@@ -105,9 +107,8 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
         per_rule.setdefault(rule, []).append(wildcards)
     # the manuscript PDF is a target only where latexmk is installed (workflow/rules/common.smk)
     pdf = ["paper_pdf"] if shutil.which("latexmk") else []
-    assert sorted(per_rule) == sorted(["all", "evaluate", "figures", "paper_inputs", "tables", "train", *pdf]), per_rule
-    assert len(per_rule["train"]) == 4 and {w["method"] for w in per_rule["train"]} == {"megl"}
-    assert len(per_rule["evaluate"]) == 4 and {w["method"] for w in per_rule["evaluate"]} == {"megl"}
+    assert sorted(per_rule) == sorted(["all", "figures", "paper_inputs", "run_cell", "tables", *pdf]), per_rule
+    assert len(per_rule["run_cell"]) == 2 and {w["method"] for w in per_rule["run_cell"]} == {"megl"}
 
     # a method outside the smoke matrix: nothing to re-run
     _edit(config, "  haics:\n    weight: 0.1", "  haics:\n    weight: 0.3")

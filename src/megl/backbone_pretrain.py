@@ -38,16 +38,17 @@ def source_images(n_images: int, image_size: int, seed: int) -> tuple[torch.Tens
     images, labels = [], []
     for i in range(n_images):
         kind = ("objects", "actions")[i % 2]
-        _, classes, render = KINDS[kind]
+        spec = KINDS[kind]
         rng = np.random.default_rng([seed, i])
-        target = int(rng.integers(len(classes)))
-        im, _, _, _ = render(rng, target, image_size)
+        target = int(rng.integers(len(spec.classes)))
+        im, _, _, _ = spec.render(rng, target, image_size, None)
         images.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
         labels.append(_source_label(kind, target))
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
 
-def pretrain_backbone(backbone_cfg: dict, pretrain_cfg: dict, out: Path, report_path: Path | None = None) -> dict:
+def pretrain_backbone(backbone_cfg: dict, pretrain_cfg: dict, out: Path, report_path: Path | None = None,
+                      device: torch.device = torch.device("cpu")) -> dict:
     """Train the whole classifier on the source task and save it (head included; fine-tuning drops
     the head). Returns the report: source-task accuracy on a held-out fifth, losses per epoch."""
     seed = int(pretrain_cfg["seed"])
@@ -58,7 +59,8 @@ def pretrain_backbone(backbone_cfg: dict, pretrain_cfg: dict, out: Path, report_
     n_val = len(images) // 5
     train_x, train_y, val_x, val_y = images[n_val:], labels[n_val:], images[:n_val], labels[:n_val]
     cfg = {**backbone_cfg, "weights": None, "frozen_stages": 0}
-    model = build_classifier(cfg, len(SOURCE_CLASSES))
+    model = build_classifier(cfg, len(SOURCE_CLASSES)).to(device)
+    use_bf16 = device.type == "cuda"
     epochs, bs = int(pretrain_cfg["epochs"]), int(pretrain_cfg["batch_size"])
     opt = torch.optim.AdamW(model.parameters(), lr=float(pretrain_cfg["lr"]), weight_decay=0.05)
     steps = epochs * (len(train_x) // bs)
@@ -75,21 +77,22 @@ def pretrain_backbone(backbone_cfg: dict, pretrain_cfg: dict, out: Path, report_
             if pretrain_cfg.get("flip", True):  # horizontal flips: the source labels are mirror-invariant
                 flip = torch.rand(len(idx), generator=generator) < 0.5
                 x[flip] = x[flip].flip(-1)
-            loss = F.cross_entropy(model(x), train_y[idx])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                loss = F.cross_entropy(model(x.to(device)).float(), train_y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += float(loss.detach())
         losses.append(round(total / max(1, len(train_x) // bs), 4))
         log.info("pretrain %s epoch %d/%d: loss %.4f", backbone_cfg["family"], epoch + 1, epochs, losses[-1])
     model.train(False)
     with torch.no_grad():
-        val_acc = float((model(val_x.float().div(255.0)).argmax(1) == val_y).float().mean())
+        val_acc = float((model(val_x.float().div(255.0).to(device)).argmax(1).cpu() == val_y).float().mean())
     from safetensors.torch import save_file
 
     with atomic_path(out, suffix=".safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in model.net.state_dict().items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}, str(tmp))
     report = {"classes": SOURCE_CLASSES, "n_train": len(train_x), "n_val": n_val, "epochs": epochs,
               "losses": losses, "source_val_accuracy": round(val_acc, 4), "seconds": round(time.time() - started, 1)}
     log.info("pretrain %s: source val accuracy %.4f in %.0f s", backbone_cfg["family"], val_acc, report["seconds"])

@@ -34,25 +34,12 @@ from megl.train import (backbone_entry, class_names_of, finish_run, fit, image_s
                         resolve_device, set_determinism, write_run_record)
 
 log = logging.getLogger(__name__)
-GRID_KEYS = {"lambda_v": "train.lambda_v", "lambda_t": "train.lambda_t"}
-
-
-def guidance_keys(method: Method) -> list[str]:
-    """The dotted config keys of the weights that put this method's guidance into the loss."""
-    keys = []
-    if method.visual_loss == "l1" or method.consistency:
-        keys.append("train.lambda_v")
-    if method.textual:
-        keys.append("train.lambda_t")
-    if method.visual_loss not in (None, "l1"):
-        keys.append(f"baselines.{method.visual_loss}.weight")
-    return keys
 
 
 def guidance_grid(config: dict, method: Method) -> list[dict[str, float]]:
     """The candidate settings of the method's guidance weights (empty when it has none)."""
     grid = config["selection"]["grid"]
-    keys = guidance_keys(method)
+    keys = method.guidance_keys
     values = {k: grid["lambda_v"] if k == "train.lambda_v" else grid["lambda_t"] if k == "train.lambda_t"
               else grid["weight"] for k in keys}
     n = {len(v) for v in values.values()}

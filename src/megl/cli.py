@@ -112,8 +112,10 @@ def cmd_pretrain_backbone(args) -> int:
     if args.backbone not in config["backbones"]:
         raise MEGLError(f"unknown backbone {args.backbone!r}; valid backbones: {', '.join(config['backbones'])}")
     torch_threads(config)
+    from megl.train import resolve_device
+
     pretrain_backbone(config["backbones"][args.backbone], config["pretrain"], Path(args.out),
-                      _path(args.report))
+                      _path(args.report), resolve_device(config["device"]))
     return 0
 
 

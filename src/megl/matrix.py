@@ -65,8 +65,19 @@ def training_config(config: dict, method: str, backbone: str) -> dict:
         "backbone": bb,
         "pretrain": config.get("pretrain") if backbone != MLLM_BACKBONE and bb.get("weights") == "source" else None,
         "baseline": config.get("baselines", {}).get(m.visual_loss),
-        "selection": config.get("selection"),
+        "selection": _selection_of(config, m),
         "seeds": list(config["matrix"]["seeds"]),
         "evaluate": config.get("evaluate"),
         "text": {k: config[k] for k in ("sdtg", "lm", "vision_encoder")} if m.writes_text else None,
     }
+
+
+def _selection_of(config: dict, method) -> dict | None:
+    """The selection settings this method's cell reads: only the grids of its own guidance weights."""
+    keys = method.guidance_keys
+    if not keys:
+        return None
+    sel = config["selection"]
+    grids = {"train.lambda_v": "lambda_v", "train.lambda_t": "lambda_t"}
+    return {"seed": sel["seed"], "metric": sel["metric"],
+            "grid": {grids.get(k, "weight"): sel["grid"][grids.get(k, "weight")] for k in keys}}

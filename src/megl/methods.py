@@ -34,6 +34,19 @@ class Method:
                 or self.saliency_path == "grad")
 
     @property
+    def guidance_keys(self) -> list[str]:
+        """Dotted config keys of the weights that put this method's guidance into the loss: what the
+        validation-split selection (megl.cell) chooses for it. Empty for the plain classifier and MLLMs."""
+        keys = []
+        if self.visual_loss == "l1" or self.consistency:
+            keys.append("train.lambda_v")
+        if self.textual:
+            keys.append("train.lambda_t")
+        if self.visual_loss not in (None, "l1"):
+            keys.append(f"baselines.{self.visual_loss}.weight")
+        return keys
+
+    @property
     def writes_text(self) -> bool:
         return self.textual or self.kind == "mllm"
 

@@ -85,6 +85,7 @@ def run(config: dict, device: torch.device, quick: bool) -> dict:
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                     "latency": {}, "train_step": {}, "errors": {}}
     for name, cfg in config["backbones"].items():
+        cfg = {**cfg, "weights": None, "frozen_stages": 0}  # the architecture's speed: random weights, all trained
         for section, fn, args in (("latency", _latency, (warmup, repeats)), ("train_step", _train_step, (batch, steps))):
             try:
                 report[section][name] = fn(cfg, device, *args)
