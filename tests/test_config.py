@@ -210,3 +210,17 @@ def test_every_schema_key_is_documented() -> None:
     undocumented = [p for p in sorted(schema_paths(load_schema()))
                     if p not in documented and not any(d.startswith(p + ".") for d in documented)]
     assert not undocumented, f"schema keys missing from config/README.md: {undocumented}"
+
+
+def test_control_config_is_the_default_without_shortcuts() -> None:
+    """config/control.yaml (the no-shortcut control) differs from config/config.yaml only where it must."""
+    default, control = (yaml.safe_load((CONFIG_DIR / name).read_text()) for name in ("config.yaml", "control.yaml"))
+    assert control["results_dir"] == "results/control"
+    assert control["matrix"]["methods"] == ["baseline"] and control["matrix"]["mllm_methods"] == []
+    for name, entry in control["datasets"].items():
+        assert entry["standin"]["shortcut_strength"] == 0.0
+        entry["standin"]["shortcut_strength"] = default["datasets"][name]["standin"]["shortcut_strength"]
+    for key in ("methods", "mllm_methods"):
+        control["matrix"][key] = default["matrix"][key]
+    del control["results_dir"]
+    assert control == default

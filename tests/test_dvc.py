@@ -51,30 +51,28 @@ def test_dvc_and_snakemake_enumerate_the_same_runs(tmp_path, config):
     stages = dvc(repo, "stage", "list", "--name-only").split()
 
     planned = planned_jobs(repo, "--forceall")  # Snakemake's own plan for config/config.yaml
-    snake_runs = sorted(Run(w["dataset"], w["backbone"], w["method"], int(w["seed"]))
-                        for rule, w in planned if rule == "train")
-    assert snake_runs == sorted(enumerate_runs(config))
-    jobs = {rule: sorted(tuple(sorted(w.items())) for r, w in planned if r == rule) for rule in ("train", "evaluate")}
-    assert jobs["evaluate"] == jobs["train"]
+    cells = sorted((w["dataset"], w["backbone"], w["method"]) for rule, w in planned if rule == "run_cell")
+    runs = sorted(enumerate_runs(config))
+    assert cells == sorted({(r.dataset, r.backbone, r.method) for r in runs})
 
-    train_names = sorted(s for s in stages if s.startswith(("train@", "train_mllm@")))
-    assert train_names == sorted(r.dvc_stage for r in snake_runs)
-    eval_names = sorted(s for s in stages if s.startswith(("evaluate@", "evaluate_mllm@")))
-    assert eval_names == sorted(n.replace("train", "evaluate", 1) for n in train_names)
+    cell_names = sorted(s for s in stages if s.startswith(("cell@", "cell_mllm@")))
+    assert cell_names == sorted({r.dvc_stage for r in runs})
     datasets = config["matrix"]["datasets"]
     for step in ("validate_data", "split", "pretrain_encoder"):
         assert sorted(s for s in stages if s.startswith(f"{step}@")) == sorted(f"{step}@{d}" for d in datasets)
-    assert {"tables", "figures"} <= set(stages)
+    assert sorted(s for s in stages if s.startswith("cache_features@")) == sorted(
+        f"cache_features@{d}-{b}" for d in datasets for b in config["matrix"]["backbones"])
+    assert {"tables", "figures", "summarize"} <= set(stages)
     if not config["matrix"].get("mllm_methods"):  # an empty list expands to no stage, without error
-        assert not any(s.startswith(("train_mllm", "evaluate_mllm")) for s in stages)
+        assert not any(s.startswith("cell_mllm") for s in stages)
     else:
-        assert "train_mllm@objects-llava_vqa-0" in stages
+        assert "cell_mllm@objects-llava_vqa" in stages
 
 
 def test_dvc_stage_names_are_readable(tmp_path):
     stages = dvc(dvc_copy(tmp_path / "repo", load("config.yaml")), "stage", "list", "--name-only").split()
-    assert "train@objects-resnet18-megl-0" in stages and "evaluate@actions-vit_b_16-baseline-2" in stages
-    assert "make_standin@objects" in stages
+    assert "cell@objects-resnet18-megl" in stages and "cell@digits-vit_b_16-baseline" in stages
+    assert "make_standin@objects" in stages and "pretrain_backbone@resnet18" in stages
 
 
 @pytest.mark.slow
@@ -92,7 +90,9 @@ def test_dvc_repro_smoke_from_a_fresh_copy(tmp_path):
     assert "up to date" in dvc(repo, "status")
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}
     files = {path: entry["data"] for rev in shown.values() for path, entry in rev["data"].items()}
-    assert len(files) == SMOKE_RUNS and all("accuracy" in m for m in files.values())
+    # one aggregated file per dataset x backbone (megl summarize), each with every method's accuracy
+    assert sorted(Path(p).name for p in files) == ["objects_resnet18.json", "objects_vit_b_16.json"]
+    assert all(m["baseline"]["accuracy"]["n"] == 2 for m in files.values())
     # DVC stays inside its own root: nothing of Snakemake's paths appears
-    assert not (repo / "results" / "runs").exists() and not (repo / "data" / "standin").exists()
+    assert not (repo / "results" / "runs").exists() and not (repo / "results" / "standin").exists()
     assert not any((repo / "figures").iterdir())

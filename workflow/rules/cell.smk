@@ -11,6 +11,8 @@ rule pretrain_backbone:
         megl=MEGL,
         config_file=CONFIG_FILE,
         settings=lambda w: {"backbone": config["backbones"][w.backbone], "pretrain": config["pretrain"]},
+    benchmark:
+        f"{RESULTS}/benchmarks/backbones/{{backbone}}.tsv"
     log:
         f"{RESULTS}/logs/backbones/{{backbone}}.log",
     threads: 1
@@ -35,6 +37,8 @@ rule cache_features:
         config_file=CONFIG_FILE,
         weights_arg=lambda w, input: f"--backbone-weights {input.weights}" if input.weights else "",
         settings=lambda w: config["backbones"][w.backbone],
+    benchmark:
+        f"{RESULTS}/benchmarks/features/{{dataset}}/{{backbone}}.tsv"
     log:
         f"{RESULTS}/logs/features/{{dataset}}/{{backbone}}.log",
     threads: 1
@@ -70,6 +74,8 @@ rule run_cell:
         runs_root=lambda w: f"{RESULTS}/runs/{w.dataset}/{w.backbone}/{w.method}",
         optional=cell_optional_args,
         run_config=cell_config,  # what this cell's runs read: another method's knob does not re-run it
+    benchmark:
+        f"{RESULTS}/benchmarks/cells/{{dataset}}/{{backbone}}/{{method}}.tsv"
     log:
         f"{RESULTS}/logs/cells/{{dataset}}/{{backbone}}/{{method}}.log",
     threads: config["train"]["num_threads"]

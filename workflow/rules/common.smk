@@ -39,7 +39,7 @@ if {"baseline", "megl"} <= set(config["matrix"]["methods"]):
 
 
 def report_outputs():
-    outputs = TABLES + FIGURES + ["paper/generated/.inputs_done"]
+    outputs = TABLES + FIGURES + ["paper/generated/.inputs_done", f"{RESULTS}/metrics"]
     if shutil.which("latexmk"):
         outputs.append("paper/main.pdf")
     return outputs
@@ -52,7 +52,7 @@ def gpu_prefix(wildcards, resources):
 
 def data_root(dataset):
     source = config["datasets"][dataset]["source"]
-    return f"data/standin/{dataset}" if source == "standin" else f"data/official/{dataset}"
+    return f"{RESULTS}/standin/{dataset}" if source == "standin" else f"data/official/{dataset}"
 
 
 def run_folder(run):

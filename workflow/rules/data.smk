@@ -3,12 +3,14 @@
 
 rule make_standin:
     output:
-        directory("data/standin/{dataset}"),
+        directory(f"{RESULTS}/standin/{{dataset}}"),
     params:
         megl=MEGL,
         kind=lambda w: config["datasets"][w.dataset]["standin"]["kind"],
         knobs=lambda w: config["datasets"][w.dataset]["standin"],
         split=config["split"],
+    benchmark:
+        f"{RESULTS}/benchmarks/data/{{dataset}}_standin.tsv"
     log:
         f"{RESULTS}/logs/data/{{dataset}}_standin.log",
     resources:
@@ -30,6 +32,8 @@ rule unpack_official:
         directory("data/official/{dataset}"),
     params:
         megl=MEGL,
+    benchmark:
+        f"{RESULTS}/benchmarks/data/{{dataset}}_unpack.tsv"
     log:
         f"{RESULTS}/logs/data/{{dataset}}_unpack.log",
     resources:
@@ -47,6 +51,8 @@ rule validate_data:
         f"{RESULTS}/data/{{dataset}}/validation.json",
     params:
         megl=MEGL,
+    benchmark:
+        f"{RESULTS}/benchmarks/data/{{dataset}}_validate.tsv"
     log:
         f"{RESULTS}/logs/data/{{dataset}}_validate.log",
     resources:
@@ -66,6 +72,8 @@ rule split:
     params:
         megl=MEGL,
         split=config["split"],
+    benchmark:
+        f"{RESULTS}/benchmarks/data/{{dataset}}_split.tsv"
     log:
         f"{RESULTS}/logs/data/{{dataset}}_split.log",
     resources:

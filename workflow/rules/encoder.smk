@@ -12,6 +12,8 @@ rule pretrain_encoder:
         megl=MEGL,
         config_file=CONFIG_FILE,
         text_models={"vision_encoder": config["vision_encoder"], "lm": config["lm"]},
+    benchmark:
+        f"{RESULTS}/benchmarks/encoders/{{dataset}}.tsv"
     log:
         f"{RESULTS}/logs/encoders/{{dataset}}.log",
     threads: 1

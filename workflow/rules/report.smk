@@ -18,6 +18,8 @@ rule tables:
         megl=MEGL,
         results=lambda w, input: subpath(input.metrics[0], ancestor=6),  # <results>/runs/d/b/m/seedN/metrics.json
         out=subpath(output[0], parent=True),
+    benchmark:
+        f"{RESULTS}/benchmarks/report/tables.tsv"
     log:
         f"{RESULTS}/logs/report/tables.log",
     resources:
@@ -44,6 +46,8 @@ rule figures:
         megl=MEGL,
         results=lambda w, input: subpath(input.metrics[0], ancestor=6),  # <results>/runs/d/b/m/seedN/metrics.json
         out=subpath(output[0], parent=True),
+    benchmark:
+        f"{RESULTS}/benchmarks/report/figures.tsv"
     log:
         f"{RESULTS}/logs/report/figures.log",
     resources:
@@ -63,6 +67,8 @@ rule paper_inputs:
     params:
         megl=MEGL,
         tables=lambda w, input: subpath(input[0], parent=True),
+    benchmark:
+        f"{RESULTS}/benchmarks/report/paper_inputs.tsv"
     log:
         f"{RESULTS}/logs/report/paper_inputs.log",
     conda:
@@ -80,9 +86,32 @@ rule paper_pdf:
     params:
         megl=MEGL,
         tables=f"{RESULTS}/tables",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/paper_pdf.tsv"
     log:
         f"{RESULTS}/logs/report/paper_pdf.log",
     conda:
         CONDA_ENV
     shell:
         "{params.megl} paper --tables {params.tables} --figures figures --out paper/generated --pdf > {log} 2>&1"
+
+
+rule summarize:
+    input:
+        metrics=all_metrics(),
+    output:
+        directory(f"{RESULTS}/metrics"),
+    params:
+        config_file=CONFIG_FILE,
+        megl=MEGL,
+        results=lambda w, input: subpath(input.metrics[0], ancestor=6),  # <results>/runs/d/b/m/seedN/metrics.json
+    benchmark:
+        f"{RESULTS}/benchmarks/report/summarize.tsv"
+    log:
+        f"{RESULTS}/logs/report/summarize.log",
+    resources:
+        mem_mb=2000,
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.megl} summarize --config {params.config_file} --results {params.results} --out {output} > {log} 2>&1"

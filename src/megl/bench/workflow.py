@@ -4,9 +4,13 @@
     python -m megl.bench.workflow --out results/bench/workflow.json --full   # + the embedded default
 
 Fields (seconds unless named otherwise): smoke_s (config/smoke.yaml end to end, --cores 2),
-smoke_cores1_s (the same with --cores 1), cores2_speedup (smoke_cores1_s / smoke_s), full_default_s
-(config/config.yaml end to end, --cores all; only with --full, it takes a while), plus the machine.
-docs/workflow.md says how to read them.
+smoke_cores1_s (the same with --cores 1), cores2_speedup (smoke_cores1_s / smoke_s); with --full:
+full_default_s (config/config.yaml end to end, --cores 2, as `make reproduce` runs it on this machine),
+full_rules (per rule: jobs, summed wall s, max RSS MB, from Snakemake's `benchmark:` files),
+full_job_seconds (all jobs' wall summed), full_parallelism (full_job_seconds / full_default_s: how much of
+the 2 cores the DAG keeps busy; the --cores 1 run of the full default would take that long again and is
+not repeated), startup_s (one job's interpreter + imports, measured here) and startup_share (startup of
+every job over full_job_seconds). docs/benchmarks.md says how to read them.
 """
 from __future__ import annotations
 
@@ -49,8 +53,9 @@ def snakemake_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", *args]
 
 
-def time_snakemake(configfile: str, cores: str, workdir: Path) -> float:
-    """Seconds of one complete `snakemake --configfile X --cores N` in a fresh copy below `workdir`."""
+def time_snakemake(configfile: str, cores: str, workdir: Path, keep: bool = False) -> tuple[float, Path]:
+    """Seconds of one complete `snakemake --configfile X --cores N` in a fresh copy below `workdir`
+    (and the copy, when `keep`)."""
     parent = Path(tempfile.mkdtemp(prefix="megl-bench-", dir=workdir))
     copy = copy_repo(parent / "repo")
     start = time.perf_counter()
@@ -60,8 +65,51 @@ def time_snakemake(configfile: str, cores: str, workdir: Path) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"snakemake --configfile {configfile} --cores {cores} failed in {copy}:\n"
                          f"{proc.stderr[-4000:]}")
-    shutil.rmtree(parent, ignore_errors=True)
-    return round(elapsed, 2)
+    if not keep:
+        shutil.rmtree(parent, ignore_errors=True)
+    return round(elapsed, 2), copy
+
+
+def rule_breakdown(results: Path) -> dict[str, dict]:
+    """Per rule (the folder under results/benchmarks/): jobs, summed wall seconds, max RSS in MB."""
+    import csv
+
+    rules: dict[str, dict] = {}
+    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
+        rule = tsv.relative_to(results / "benchmarks").parts[0]
+        with open(tsv, encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        entry = rules.setdefault(rule, {"jobs": 0, "wall_s": 0.0, "max_rss_mb": 0.0})
+        for row in rows:
+            entry["jobs"] += 1
+            entry["wall_s"] = round(entry["wall_s"] + float(row["s"]), 2)
+            rss = row.get("max_rss", "-")
+            if rss not in ("-", "", "NA"):
+                entry["max_rss_mb"] = max(entry["max_rss_mb"], round(float(rss), 1))
+    return rules
+
+
+def startup_seconds(repeats: int = 3) -> dict[str, float]:
+    """Median wall time of a bare job start: the interpreter plus the imports of a cell job (torch,
+    the package), and the extra of transformers + peft that text-writing cells pay."""
+    def timed(code: str) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, env=tool_env())
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    base = timed("import megl.cli, megl.cell")
+    text = timed("import megl.cli, megl.cell, transformers, peft")
+    return {"job_s": round(base, 2), "text_job_s": round(text, 2)}
+
+
+def startup_share(rules: dict[str, dict], startup: dict[str, float]) -> float:
+    """Start-up seconds of every job (text jobs counted at the base cost: a lower bound) over all job seconds."""
+    jobs = sum(r["jobs"] for r in rules.values())
+    total = sum(r["wall_s"] for r in rules.values())
+    return round(jobs * startup["job_s"] / total, 4) if total else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,15 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     workdir = Path(args.workdir or tempfile.gettempdir())
-    smoke_2 = time_snakemake("config/smoke.yaml", "2", workdir)
-    smoke_1 = time_snakemake("config/smoke.yaml", "1", workdir)
+    smoke_2, _ = time_snakemake("config/smoke.yaml", "2", workdir)
+    smoke_1, _ = time_snakemake("config/smoke.yaml", "1", workdir)
     result = {
         "smoke_s": smoke_2,
         "smoke_cores1_s": smoke_1,
         "cores2_speedup": round(smoke_1 / smoke_2, 3),
-        "full_default_s": time_snakemake("config/config.yaml", "all", workdir) if args.full else None,
+        "full_default_s": None,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
+    if args.full:
+        full_s, copy = time_snakemake("config/config.yaml", "2", workdir, keep=True)
+        rules = rule_breakdown(copy / "results")
+        startup = startup_seconds()
+        job_seconds = round(sum(r["wall_s"] for r in rules.values()), 1)
+        result.update(full_default_s=full_s, full_rules=rules, full_job_seconds=job_seconds,
+                      full_parallelism=round(job_seconds / full_s, 3), startup_s=startup,
+                      startup_share=startup_share(rules, startup))
+        shutil.rmtree(copy.parent, ignore_errors=True)
     write_json(args.out, result)
     print(result)
     return 0
