@@ -7,9 +7,11 @@
 #   tools/local_slurm.sh down     # stops exactly the daemons `up` started (PIDs recorded in $STATE/pids)
 #
 # Everything lives in one state folder ($MEGL_SLURM_DIR, default /tmp/megl-slurm-$USER): slurm.conf,
-# gres.conf, a private munge key and socket, spool/state folders, logs, PID files. Nothing is written
-# to /etc, and a munged or Slurm already running on this machine is left alone (ours uses its own
-# socket and the ports below). The cluster: no accounting database (sacct fails, as on many small
+# gres.conf, a private munge key and socket, spool/state folders, logs, PID files. One thing outside
+# it: /etc/slurm/slurm.conf becomes a link to our slurm.conf (only where no slurm.conf exists; `down`
+# removes the link). It has to: snakemake-executor-plugin-slurm-jobstep drops SLURM_CONF from the
+# environment of the `srun` it starts inside each job, so srun only finds Slurm's default path.
+# A munged already running on this machine is left alone (ours uses its own socket). The cluster: no accounting database (sacct fails, as on many small
 # clusters), proctrack/linuxproc, no cgroups, one node `localhost` (127.0.0.1) with this machine's
 # CPUs and memory and a fake GRES `gpu:2` (links to /dev/null: jobs can ask for GPUs and be
 # scheduled, nothing more). slurmctld's job-completion records go to $STATE/jobcomp.txt.
@@ -20,6 +22,7 @@ CTLD_PORT="${MEGL_SLURM_CTLD_PORT:-6817}"
 SLURMD_PORT="${MEGL_SLURM_SLURMD_PORT:-6818}"
 CONF="$STATE/slurm.conf"
 PIDS="$STATE/pids"
+ETC_CONF=/etc/slurm/slurm.conf
 
 die() { echo "local_slurm: $*" >&2; exit 1; }
 
@@ -125,6 +128,10 @@ up() {
     write_config
     : >"$PIDS"
     export SLURM_CONF="$CONF"
+    if [ "$(readlink "$ETC_CONF" 2>/dev/null)" != "$CONF" ]; then
+        [ -e "$ETC_CONF" ] && die "$ETC_CONF exists already (a real Slurm set-up?); not touching it"
+        mkdir -p "$(dirname "$ETC_CONF")" && ln -s "$CONF" "$ETC_CONF"
+    fi
 
     munged --force --socket="$STATE/munge/munge.socket" --key-file="$STATE/munge/munge.key" \
         --pid-file="$STATE/munge/munged.pid" --log-file="$STATE/log/munged.log" \
@@ -163,6 +170,7 @@ down() {
         stopped=$((stopped + 1))
     done
     rm -f "$PIDS"
+    [ "$(readlink "$ETC_CONF" 2>/dev/null)" = "$CONF" ] && rm -f "$ETC_CONF"
     [ -n "$quiet" ] || echo "local_slurm: down ($stopped daemons stopped)"
 }
 
