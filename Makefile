@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-fast reproduce bench lint clean-results
+.PHONY: venv test test-fast reproduce bench lint clean-results cluster-up cluster-down test-cluster
 
 venv: $(STAMP)
 
@@ -40,6 +40,18 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
+
+# A one-node Slurm on localhost (tools/local_slurm.sh; apt-installs slurm-wlm + munge if missing), the
+# smoke workflow through profiles/slurm on it, then stop exactly the daemons cluster-up started:
+#   make cluster-up && make test-cluster && make cluster-down
+cluster-up:
+	tools/local_slurm.sh up
+
+cluster-down:
+	tools/local_slurm.sh down
+
+test-cluster: $(STAMP)
+	$(shell tools/local_slurm.sh env) && MEGL_REQUIRE_CLUSTER=1 $(PY) -m pytest -p no:cacheprovider -rs -s tests/test_cluster.py
 
 clean-results:
 	rm -rf results/runs results/tables results/encoders figures/*.png figures/*.pdf
