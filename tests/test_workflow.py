@@ -46,7 +46,8 @@ def test_lint_is_clean(repo_copy):
 
 
 def test_slurm_profile_dry_run(repo_copy):
-    jobs = planned_jobs(repo_copy, "--profile", "profiles/slurm", "--jobs", "1", "--configfile", "config/smoke.yaml")
+    jobs = planned_jobs(repo_copy, "--workflow-profile", "none", "--profile", "profiles/slurm", "--jobs", "1",
+                        "--configfile", "config/smoke.yaml")
     assert sum(rule == "run_cell" for rule, _ in jobs) == SMOKE_CELLS
 
 
