@@ -27,8 +27,8 @@ def gen(accuracy, n_parsed, n=40):
             "n": n, "n_parsed": n_parsed, "n_unanswered": n - n_parsed}
 
 
-MATRIX = {"datasets": ["objects"], "backbones": ["resnet18"], "methods": ["llava_vqa", "finetune_cot", "megl"],
-          "seeds": [0, 1]}
+MATRIX = {"datasets": ["objects"], "backbones": ["resnet18"], "methods": ["megl"],
+          "mllm_methods": ["llava_vqa", "finetune_cot"], "seeds": [0, 1]}
 
 
 @pytest.fixture()

@@ -333,7 +333,7 @@ def build_classifier(backbone_cfg: dict[str, Any], num_classes: int, weights_pat
 def cam_grid_size(backbone_cfg: dict[str, Any]) -> tuple[int, int]:
     """(h, w) of the Grad-CAM grid of the classifier one `backbones:` entry describes (one forward
     of a zero image through a fresh, untrained copy; `weights` are not loaded)."""
-    model = build_classifier({**backbone_cfg, "weights": None}, 2).eval()
+    model = build_classifier({**backbone_cfg, "weights": None, "frozen_stages": 0}, 2).eval()
     size = int(backbone_cfg["image_size"])
     with torch.no_grad():
         out = model.forward_with_features(torch.zeros(1, 3, size, size))
