@@ -128,3 +128,28 @@ def test_unguided_method_skips_selection_and_writes_every_seed(tiny_data, frozen
             assert (folder / name).is_file(), folder / name
         assert json.loads((folder / "run.json").read_text())["run"]["seed"] == seed
     assert not list(Path(tmp_path).rglob("*.tmp*"))
+
+
+def test_text_loss_reads_only_the_first_k_samples(tiny_data, tiny_config):
+    """train.text_batch_size = k: L_textual is SDTG's loss on the batch's first k samples, whatever the rest say."""
+    from megl.data.split import read_split
+    from megl.data.tensors import decode_split
+    from megl.train import batch_losses, build_run_model
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg["train"]["text_batch_size"] = 3
+    data = read_dataset(tiny_data.root)
+    train = decode_split(data, read_split(tiny_data.split, data)["train"], 32, with_full_maps=False)
+    torch.manual_seed(0)
+    model = build_run_model(cfg, get_method("megl_text_only"), cfg["backbones"]["resnet18"], data.num_classes,
+                            tiny_data.pretrained)
+    model.train(False)
+    batch = train.batch(torch.arange(8), torch.device("cpu"))
+    rationales = [r[0] for r in batch["rationales"]]
+    a = batch_losses(model, batch, cfg["train"], None, cfg["baselines"], rationales)["loss_textual"]
+    other = rationales[:3] + ["something else entirely"] * 5
+    b = batch_losses(model, batch, cfg["train"], None, cfg["baselines"], other)["loss_textual"]
+    assert float(a) == pytest.approx(float(b))
+    cfg["train"]["text_batch_size"] = None
+    c = batch_losses(model, batch, cfg["train"], None, cfg["baselines"], other)["loss_textual"]
+    assert float(c) != pytest.approx(float(a))

@@ -56,6 +56,7 @@ def training_config(config: dict, method: str, backbone: str) -> dict:
     train = dict(config["train"])
     if not m.textual:
         train.pop("lambda_t", None)
+        train.pop("text_batch_size", None)
     if m.visual_loss != "l1" and not m.consistency:
         train.pop("lambda_v", None)
     bb = config["backbones"] if backbone == MLLM_BACKBONE else config["backbones"][backbone]

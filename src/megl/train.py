@@ -160,7 +160,9 @@ def batch_losses(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch.
     if method.textual:
         text_saliency = {"grad": saliency, "detached": None if saliency is None else saliency.detach(),
                          "none": None}[method.saliency_path]
-        terms["loss_textual"] = model.sdtg.loss(images, text_saliency, out.tokens, rationales)
+        k = cfg_train.get("text_batch_size") or len(rationales)  # L_textual on the first k of the (shuffled) batch
+        terms["loss_textual"] = model.sdtg.loss(images[:k], None if text_saliency is None else text_saliency[:k],
+                                                out.tokens[:k], rationales[:k])
         total = total + cfg_train["lambda_t"] * terms["loss_textual"]
     terms["loss"] = total
     return terms
