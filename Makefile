@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-fast reproduce bench lint clean-results
+.PHONY: venv test test-fast reproduce bench lint unlock clean-results
 
 venv: $(STAMP)
 
@@ -40,6 +40,11 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
+
+# After a kill -9 the rerun stops with "Directory cannot be locked": clear the stale lock (only
+# when no Snakemake process is still running in this folder).
+unlock: $(STAMP)
+	$(VENV)/bin/snakemake --unlock
 
 clean-results:
 	rm -rf results/runs results/tables results/encoders figures/*.png figures/*.pdf

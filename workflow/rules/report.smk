@@ -81,6 +81,7 @@ rule paper_pdf:
     input:
         "paper/generated/.inputs_done",
         "paper/main.tex",
+        ancient(PREFLIGHT),  # latexmk checked first (with --pdf) when the PDF is asked for
     output:
         "paper/main.pdf",
     params:

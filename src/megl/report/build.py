@@ -5,7 +5,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from megl.errors import MEGLError
+from megl.errors import MEGLError, RunFailure
 from megl.io import write_bytes
 from megl.matrix import enumerate_runs
 from megl.report import claims as claims_mod
@@ -96,5 +96,5 @@ def build_pdf(paper_dir: Path) -> int:
     proc = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "main.tex"],
                           cwd=paper_dir, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise MEGLError(f"{paper_dir}/main.tex: latexmk failed:\n{proc.stdout[-2000:]}")
+        raise RunFailure(f"{paper_dir}/main.tex: latexmk failed:\n{proc.stdout[-2000:]}")
     return 0
