@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-fast reproduce bench lint unlock clean-results
+.PHONY: venv test test-fast reproduce bench lint unlock lab clean-results
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
+
+# JupyterLab on the reviewer's notebook (MEGL_RESULTS, MEGL_CONFIG: what it reads; see the notebook).
+# As root (a container): make lab LAB_ARGS=--allow-root; on a remote machine add --no-browser.
+LAB_ARGS ?=
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/review.ipynb $(LAB_ARGS)
 
 # After a kill -9 the rerun stops with "Directory cannot be locked": clear the stale lock (only
 # when no Snakemake process is still running in this folder).
