@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-fast reproduce bench lint unlock lab clean-results
+.PHONY: venv test test-fast reproduce report bench lint unlock lab clean-results
 
 venv: $(STAMP)
 
@@ -33,6 +33,12 @@ test-fast: $(STAMP)
 
 reproduce: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/default --cores $(CORES)
+
+# The Snakemake HTML report of a finished run (make reproduce first): every table and figure with
+# its caption (workflow/report/*.rst). Another config: make report SNAKE_ARGS="--configfile config/smoke.yaml"
+SNAKE_ARGS ?=
+report: $(STAMP)
+	$(VENV)/bin/snakemake --profile profiles/default $(SNAKE_ARGS) --report report.html
 
 bench: $(STAMP)
 	$(PY) -m megl.bench.train_step --out results/bench/train_step.json
