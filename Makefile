@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-fast reproduce bench lint clean-results cluster-up cluster-down test-cluster
+.PHONY: venv test test-fast reproduce report bench lint unlock lab clean-results cluster-up cluster-down test-cluster
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ test-fast: $(STAMP)
 reproduce: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/default --cores $(CORES)
 
+# The Snakemake HTML report of a finished run (make reproduce first): every table and figure with
+# its caption (workflow/report/*.rst). Another config: make report SNAKE_ARGS="--configfile config/smoke.yaml"
+SNAKE_ARGS ?=
+report: $(STAMP)
+	$(VENV)/bin/snakemake --profile profiles/default $(SNAKE_ARGS) --report report.html
+
 bench: $(STAMP)
 	$(PY) -m megl.bench.train_step --out results/bench/train_step.json
 	$(PY) -m megl.bench.workflow --out results/bench/workflow.json
@@ -53,5 +59,16 @@ cluster-down:
 test-cluster: $(STAMP)
 	$(shell tools/local_slurm.sh env) && MEGL_REQUIRE_CLUSTER=1 $(PY) -m pytest -p no:cacheprovider -rs -s tests/test_cluster.py
 
+# JupyterLab on the reviewer's notebook (MEGL_RESULTS, MEGL_CONFIG: what it reads; see the notebook).
+# As root (a container): make lab LAB_ARGS=--allow-root; on a remote machine add --no-browser.
+LAB_ARGS ?=
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/review.ipynb $(LAB_ARGS)
+
+# After a kill -9 the rerun stops with "Directory cannot be locked": clear the stale lock (only
+# when no Snakemake process is still running in this folder).
+unlock: $(STAMP)
+	$(VENV)/bin/snakemake --unlock
+
 clean-results:
-	rm -rf results/runs results/tables results/encoders figures/*.png figures/*.pdf
+	rm -rf results/standin results/data results/backbones results/features results/encoders results/selection results/runs results/metrics results/tables results/logs results/benchmarks results/dvc results/control paper/generated/* figures/*.png figures/*.pdf report.html

@@ -11,3 +11,4 @@ rule all:
 
 localrules:
     all,
+    preflight,

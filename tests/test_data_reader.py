@@ -13,7 +13,7 @@ from PIL import Image
 from megl.data.annotations import MEData, read_dataset, load_image, load_map
 from megl.data.dataset import MEDataset, collate, load_full_maps, mean_annotation_map
 from megl.data.fetch import GDRIVE_IDS, fetch_official, unpack_official
-from megl.errors import DataError, MEGLError
+from megl.errors import DataError, MEGLError, RunFailure
 
 H = W = 20
 
@@ -184,14 +184,13 @@ def test_unpack_rejects_escaping_members(tmp_path: Path, bad: str) -> None:
     assert not (tmp_path / "out" / "unpacked").exists()
 
 
-def test_fetch_without_ids_explains_manual_route(tmp_path: Path) -> None:
-    assert GDRIVE_IDS["objects"] is None  # the authors publish no id for it
-    with pytest.raises(MEGLError) as e:
-        fetch_official("objects", tmp_path / "data" / "raw")
-    msg = str(e.value)
-    assert "data/raw/Object_Classification.zip" in msg and "dvc add" in msg
-    (tmp_path / "Action_Classification.zip").write_bytes(b"x")
-    assert fetch_official("actions", tmp_path) == tmp_path / "Action_Classification.zip"
+def test_fetch_uses_the_authors_ids_and_keeps_a_present_zip(tmp_path: Path) -> None:
+    # the ids of the authors' README (github.com/TnTerry/MEGL, branch llava), both datasets
+    assert GDRIVE_IDS == {"objects": "1SybY478ZMaTUhOWCGQIYPSKbSx-dUJfE",
+                          "actions": "1V_kah3MZuHG7UUyPAlg27M1kjnil-uPI"}
+    for dataset, name in (("objects", "Object_Classification.zip"), ("actions", "Action_Classification.zip")):
+        (tmp_path / name).write_bytes(b"x")
+        assert fetch_official(dataset, tmp_path) == tmp_path / name  # no download when present
 
 
 def test_fetch_offline_explains_manual_route(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,8 +203,12 @@ def test_fetch_offline_explains_manual_route(tmp_path: Path, monkeypatch: pytest
         raise ConnectionError("no route to host")
 
     monkeypatch.setattr(gdown, "download", no_network)
-    with pytest.raises(MEGLError) as e:
-        fetch_official("actions", tmp_path / "data" / "raw")
-    assert calls == [GDRIVE_IDS["actions"]]
-    assert "ConnectionError" in str(e.value) and "data/raw/Action_Classification.zip" in str(e.value)
-    assert not any((tmp_path / "data" / "raw").glob("*"))  # nothing half-written
+    for dataset, name in (("objects", "Object_Classification.zip"), ("actions", "Action_Classification.zip")):
+        with pytest.raises(RunFailure) as e:  # a runtime failure: exit 1
+            fetch_official(dataset, tmp_path / "data" / "raw")
+        assert calls[-1] == GDRIVE_IDS[dataset]
+        msg = str(e.value)
+        assert "ConnectionError" in msg and f"data/raw/{name}" in msg and "dvc add" in msg
+        assert "TnTerry/MEGL" in msg and GDRIVE_IDS[dataset] in msg  # where the id comes from
+        assert not any((tmp_path / "data" / "raw").glob("*"))  # nothing half-written
+    assert calls == [GDRIVE_IDS["objects"], GDRIVE_IDS["actions"]]

@@ -1,10 +1,12 @@
-"""The review notebook executes headless on a synthetic results tree."""
+"""The review notebook executes headless on a synthetic results tree: two methods seed by seed, the
+claims with their CIs, one run's qualitative examples."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
@@ -23,13 +25,20 @@ def _write_runs(root: Path) -> None:
                 rec.update(accuracy=0.6 + 0.1 * k + 0.01 * seed, n_test=100,
                            run={"dataset": "objects", "backbone": backbone, "method": method, "seed": seed})
                 (run / "metrics.json").write_text(json.dumps(rec))
+                ids = np.array(["s1", "s2"])
+                np.savez(run / "saliency.npz", ids=ids, images=np.random.rand(2, 3, 8, 8).astype("float32"),
+                         gt=np.random.rand(2, 8, 8), saliency=np.random.rand(2, 8, 8))
+                (run / "predictions.jsonl").write_text("".join(
+                    json.dumps({"id": i, "label": 0, "prediction": 1, "rationale": "a red ball", "reference": ["x"]})
+                    + "\n" for i in ids))
 
 
 @pytest.mark.slow
 def test_review_notebook_runs(tmp_path, monkeypatch):
     _write_runs(tmp_path)
     monkeypatch.setenv("MEGL_RESULTS", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MEGL_CONFIG", str(NOTEBOOK.parents[1] / "config" / "smoke.yaml"))
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: figures become outputs
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=180, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
@@ -38,3 +47,8 @@ def test_review_notebook_runs(tmp_path, monkeypatch):
     text = json.dumps([o.get("data", {}).get("text/plain", "") for o in outputs])
     assert "12 runs" in json.dumps([o.get("text", "") for o in outputs])
     assert "holds" in text                         # megl beats baseline by 0.1 on every seed
+    assert "objects (stand-in)" in text and "ResNet18-narrow" in text  # honest labels from the config
+    assert "ci_low" in text and "C1" in text       # the claims with their CIs
+    assert "a red ball" in text                    # one run's qualitative examples (rationales)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3                        # seed-by-seed plot, claim CIs, qualitative grid

@@ -117,3 +117,47 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
         assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml") == []
     finally:
         config.write_text(original)
+
+
+REPORT_FIGURES = ("accuracy", "miou", "ablation", "training", "forest", "qualitative")
+REPORT_TABLES = ("table2", "table3", "table4", "table5", "paper_vs_ours", "claims")
+
+
+def _caption_title(stem: str) -> str:
+    """The bold first phrase of a caption file, e.g. 'Test accuracy per method.'"""
+    text = (Path(__file__).resolve().parents[1] / "workflow" / "report" / f"{stem}.rst").read_text()
+    return re.match(r"\*\*(.+?)\*\*", text).group(1)
+
+
+def check_report(repo: Path) -> Path:
+    """`make report`'s command on a finished run: every figure and table of the DAG, each with its own
+    caption, and the stand-in marking; returns the report."""
+    snakemake(repo, "--configfile", "config/smoke.yaml", "--report", "report.html")
+    html = (repo / "report.html").read_text(errors="replace")
+    for stem in REPORT_FIGURES:
+        assert f"{stem}.png" in html, f"figure {stem} missing from the report"
+    for stem in REPORT_TABLES:
+        assert f"{stem}.md" in html, f"table {stem} missing from the report"
+    for stem in REPORT_FIGURES + REPORT_TABLES:
+        title = _caption_title(stem)
+        assert title in html or json.dumps(title)[1:-1] in html, f"caption of {stem} missing: {title!r}"
+    assert "stand-in" in html
+    return repo / "report.html"
+
+
+@pytest.mark.slow
+def test_report_holds_every_figure_and_table_with_its_caption(smoke_run):
+    report = check_report(smoke_run)
+    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+                    None)
+    if chromium is None:
+        pytest.skip("Chromium not installed (apt-get install chromium): the report was built and checked, "
+                    "but not rendered headless")
+    shot = smoke_run / "results" / "report_screenshot.png"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                           "--v=0", f"--screenshot={shot}", "--window-size=1280,2000", report.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shot.stat().st_size > 10_000
+    errors = [line for line in proc.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
+    assert not errors, errors

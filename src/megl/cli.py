@@ -212,6 +212,28 @@ def cmd_compare(args) -> int:
     return 1 if args.strict and bad else 0
 
 
+def cmd_preflight(args) -> int:
+    from megl.io import write_json
+    from megl.preflight import preflight
+
+    report = preflight(_config(args), pdf=args.pdf)
+    found = ", ".join(f"{tool}: {report[tool]}" for tool in ("java", "latexmk") if tool in report)
+    print(f"preflight ok ({found or 'no external tool needed'})")
+    if args.out:
+        write_json(args.out, report)
+    return 0
+
+
+EPILOG = """exit status:
+  0  success
+  1  runtime failure: a tool that is not installed, a failed download or build, a check
+     that found a difference (compare --strict), or an unexpected error (with its traceback)
+  2  usage or bad input: a bad argument, config, dataset, name or file (e.g. a truncated
+     model.safetensors), or a refused operation (e.g. a finished run without --force)
+
+Run `megl COMMAND --help` for the arguments of one command."""
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="config/config.yaml", help="workflow config (default: %(default)s)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -223,149 +245,180 @@ def _add_backbone_weights(p: argparse.ArgumentParser) -> None:
                                               "overrides backbones.<name>.weights")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megl", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_fractions(p: argparse.ArgumentParser) -> None:
+    for name, default in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
+        p.add_argument(f"--{name}", type=float, default=default,
+                       help=f"fraction of the images in the {name} split (default: %(default)s)")
 
-    p = sub.add_parser("validate-data", help="check a dataset in the official ME format")
-    p.add_argument("dir")
+
+def _add_data(p: argparse.ArgumentParser, split_help: str = "split file (megl split)") -> None:
+    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
+    p.add_argument("--split", required=True, help=split_help)
+
+
+PRETRAINED_HELP = "folder of the pretrained text models (megl pretrain-encoder); needed by text-writing methods"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from megl import __version__
+
+    parser = argparse.ArgumentParser(prog="megl", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("validate-data", "check a dataset in the official ME format")
+    p.add_argument("dir", help="dataset folder (exp_annotation.json, images/, maps); never modified")
     p.add_argument("--summary-json", help="also write the summary here")
     p.set_defaults(func=cmd_validate_data)
 
-    p = sub.add_parser("make-standin", help="generate an offline stand-in dataset in the ME format")
-    p.add_argument("kind", choices=["objects", "actions", "digits"])
-    p.add_argument("out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-images", type=int, default=1200, help="digits: at most 1797 (the UCI scans)")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--annotated-fraction", type=float, default=0.1)
+    p = command("make-standin", "generate an offline stand-in dataset in the ME format")
+    p.add_argument("kind", choices=["objects", "actions", "digits"], help="which stand-in generator")
+    p.add_argument("out", help="folder to write the dataset to")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    p.add_argument("--n-images", type=int, default=1200,
+                   help="number of images (default: %(default)s); digits: at most 1797 (the UCI scans)")
+    p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: %(default)s)")
+    p.add_argument("--annotated-fraction", type=float, default=0.1,
+                   help="share of samples whose map is listed in exp_annotation.json (default: %(default)s)")
     p.add_argument("--shortcut-strength", type=float, default=0.9,
-                   help="P(a training image carries its class's shortcut mark); 0 disables")
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--train", type=float, default=0.7)
-    p.add_argument("--val", type=float, default=0.1)
-    p.add_argument("--test", type=float, default=0.2)
-    p.add_argument("--overwrite", action="store_true")
+                   help="P(a training image carries its class's shortcut mark); 0 disables (default: %(default)s)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the split the shortcut is planted on (default: %(default)s)")
+    _add_fractions(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     p.set_defaults(func=cmd_make_standin)
 
-    p = sub.add_parser("split", help="seeded per-image stratified train/val/test split")
-    p.add_argument("dir")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=float, default=0.7)
-    p.add_argument("--val", type=float, default=0.1)
-    p.add_argument("--test", type=float, default=0.2)
+    p = command("split", "seeded per-image stratified train/val/test split")
+    p.add_argument("dir", help="dataset folder in the official ME format")
+    p.add_argument("--out", required=True, help="split file to write (JSON)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    _add_fractions(p)
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("methods", help="print the method registry")
+    p = command("methods", "print the method registry")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("pretrain-encoder", help="train the tokenizer, tiny CLIP and tiny LM (embedded default)")
+    p = command("preflight", "check the external tools the workflow needs (Java; latexmk with --pdf)")
     _add_config(p)
-    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
-    p.add_argument("--split", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--pdf", action="store_true", help="the manuscript PDF is asked for: check latexmk too")
+    p.add_argument("--out", help="also write what was found (JSON) here")
+    p.set_defaults(func=cmd_preflight)
+
+    p = command("pretrain-encoder", "train the tokenizer, tiny CLIP and tiny LM (embedded default)")
+    _add_config(p)
+    _add_data(p)
+    p.add_argument("--out", required=True, help="folder to write the text models to")
     p.set_defaults(func=cmd_pretrain_encoder)
 
-    p = sub.add_parser("train", help="train one run (dataset, backbone, method, seed)")
+    p = command("train", "train one run (dataset, backbone, method, seed)")
     _add_config(p)
-    for name in ("dataset", "backbone", "method"):
-        p.add_argument(f"--{name}", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
-    p.add_argument("--split", required=True)
-    p.add_argument("--pretrained", help="folder of the pretrained text models (tiny encoder/LM)")
+    p.add_argument("--dataset", required=True, help="key of config datasets (e.g. objects)")
+    p.add_argument("--backbone", required=True, help="key of config backbones (e.g. resnet18; mllm for MLLM methods)")
+    p.add_argument("--method", required=True, help="method name (megl methods lists them)")
+    p.add_argument("--seed", type=int, required=True, help="training seed")
+    _add_data(p)
+    p.add_argument("--pretrained", help=PRETRAINED_HELP)
     _add_backbone_weights(p)
     p.add_argument("--run-dir", required=True, help="folder the run's files are written to")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
-    p.add_argument("--force", action="store_true", help="overwrite a finished run")
+    p.add_argument("--force", action="store_true",
+                   help="train from scratch, replacing a finished run or an unreadable checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a trained run on the test split: metrics.json")
+    p = command("evaluate", "score a trained run on the test split: metrics.json")
     _add_config(p)
-    p.add_argument("run_dir")
-    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
-    p.add_argument("--split", required=True)
-    p.add_argument("--pretrained", help="folder of the pretrained text models (tiny encoder/LM)")
+    p.add_argument("run_dir", help="the run's folder (model.safetensors, run.json from megl train)")
+    _add_data(p)
+    p.add_argument("--pretrained", help=PRETRAINED_HELP)
     _add_backbone_weights(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("pretrain-backbone", help="pretrain one small backbone on the source stand-in task")
+    p = command("pretrain-backbone", "pretrain one small backbone on the source stand-in task")
     _add_config(p)
     p.add_argument("--backbone", required=True, help="key of config backbones (e.g. resnet18)")
     p.add_argument("--out", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--report", help="also write the pretraining report (JSON) here")
     p.set_defaults(func=cmd_pretrain_backbone)
 
-    p = sub.add_parser("cache-features", help="decode a dataset once and cache the frozen trunk's features")
+    p = command("cache-features", "decode a dataset once and cache the frozen trunk's features")
     _add_config(p)
-    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
-    p.add_argument("--split", required=True, help="split file (megl split)")
+    _add_data(p)
     p.add_argument("--backbone", required=True, help="key of config backbones")
     _add_backbone_weights(p)
     p.add_argument("--out", required=True, help="cache file to write (.safetensors)")
     p.set_defaults(func=cmd_cache_features)
 
-    p = sub.add_parser("run-cell", help="select the guidance weight on val, then train and evaluate every seed")
+    p = command("run-cell", "select the guidance weight on val, then train and evaluate every seed")
     _add_config(p)
     for name in ("dataset", "backbone", "method"):
         p.add_argument(f"--{name}", required=True, help=f"the cell's {name}")
     p.add_argument("--seeds", type=int, nargs="*", help="seeds to run (default: matrix.seeds)")
     p.add_argument("--runs-root", required=True, help="folder of the cell's runs (seed<N>/ below it)")
     p.add_argument("--selection-out", required=True, help="where the selection record (JSON) is written")
-    p.add_argument("--data-root", required=True, help="dataset folder in the official ME format")
-    p.add_argument("--split", required=True, help="split file (megl split)")
+    _add_data(p)
     p.add_argument("--cache", help="feature cache of this dataset and backbone (megl cache-features)")
-    p.add_argument("--pretrained", help="folder of the pretrained text models (tiny encoder/LM)")
+    p.add_argument("--pretrained", help=PRETRAINED_HELP)
     _add_backbone_weights(p)
     p.set_defaults(func=cmd_run_cell)
 
-    p = sub.add_parser("tables", help="tables 2-5, paper-vs-ours and claims from every run's metrics")
+    p = command("tables", "tables 2-5, paper-vs-ours and claims from every run's metrics")
     _add_config(p)
     p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
-    p.add_argument("--out", default="results/tables")
-    p.add_argument("--published", default="config/published.yaml")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the claims' paired tests")
+    p.add_argument("--out", default="results/tables", help="folder for the .csv/.md/.tex tables (default: %(default)s)")
+    p.add_argument("--published", default="config/published.yaml",
+                   help="the paper's published numbers (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level of the claims' paired tests (default: %(default)s)")
     p.set_defaults(func=cmd_tables)
 
-    p = sub.add_parser("figures", help="seaborn figures (PNG + PDF) from every run")
+    p = command("figures", "seaborn figures (PNG + PDF) from every run")
     _add_config(p)
-    p.add_argument("--results", default="results")
-    p.add_argument("--out", default="figures")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the forest plot's verdicts")
+    p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
+    p.add_argument("--out", default="figures", help="folder for the figures (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level of the forest plot's verdicts (default: %(default)s)")
     p.set_defaults(func=cmd_figures)
 
-    p = sub.add_parser("paper", help="copy tables and figures into paper/generated; build the PDF with --pdf")
-    p.add_argument("--tables", default="results/tables")
-    p.add_argument("--figures", default="figures")
-    p.add_argument("--out", default="paper/generated")
+    p = command("paper", "copy tables and figures into paper/generated; build the PDF with --pdf")
+    p.add_argument("--tables", default="results/tables", help="folder of the tables' .tex (default: %(default)s)")
+    p.add_argument("--figures", default="figures", help="folder of the figures' .pdf (default: %(default)s)")
+    p.add_argument("--out", default="paper/generated", help="the manuscript's input folder (default: %(default)s)")
     p.add_argument("--pdf", action="store_true", help="run latexmk when it is installed")
     p.set_defaults(func=cmd_paper)
 
-    p = sub.add_parser("unpack-data", help="unpack an official ME zip (DVC-tracked) into a dataset folder")
-    p.add_argument("zip")
-    p.add_argument("out")
+    p = command("unpack-data", "unpack an official ME zip (DVC-tracked) into a dataset folder")
+    p.add_argument("zip", help="the zip (e.g. data/raw/Object_Classification.zip)")
+    p.add_argument("out", help="folder to unpack into (left alone when it already holds the dataset)")
     p.set_defaults(func=cmd_unpack_data)
 
-    p = sub.add_parser("gpu-run", help="run a command holding one GPU slot (flock)")
-    p.add_argument("--n-gpus", type=int, default=None)
-    p.add_argument("--lock-dir")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p = command("gpu-run", "run a command holding one GPU slot (flock)")
+    p.add_argument("--n-gpus", type=int, default=None,
+                   help="GPU slots on this node (default $MEGL_N_GPUS, else 0 = no locking)")
+    p.add_argument("--lock-dir", help="folder of the per-GPU lock files (default $MEGL_GPU_LOCK_DIR, "
+                                      "else /tmp/megl-gpu-locks-$USER)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command to run, after --")
     p.set_defaults(func=cmd_gpu_run)
 
-    p = sub.add_parser("fetch-data", help="download the official ME zip (needs a network)")
-    p.add_argument("dataset", choices=["objects", "actions"])
-    p.add_argument("--dest", default="data/raw")
+    p = command("fetch-data", "download the official ME zip with gdown (needs a network)")
+    p.add_argument("dataset", choices=["objects", "actions"],
+                   help="objects: Object_Classification.zip; actions: Action_Classification.zip")
+    p.add_argument("--dest", default="data/raw", help="folder to put the zip in (default: %(default)s)")
     p.set_defaults(func=cmd_fetch_data)
 
-    p = sub.add_parser("summarize", help="headline metrics over seeds: one JSON per dataset × backbone "
-                                         "and a flat summary.csv (DVC metrics)")
+    p = command("summarize", "headline metrics over seeds: one JSON per dataset × backbone "
+                             "and a flat summary.csv (DVC metrics)")
     _add_config(p)
     p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for {dataset}_{backbone}.json and summary.csv")
     p.set_defaults(func=cmd_summarize)
 
-    p = sub.add_parser("compare", help="compare a summary.csv with a reference summary.csv, cell by cell")
+    p = command("compare", "compare a summary.csv with a reference summary.csv, cell by cell")
     p.add_argument("--reference", required=True, help="the reference summary.csv (e.g. a committed run)")
     p.add_argument("--summary", required=True, help="the new summary.csv to check against the reference")
     p.add_argument("--out", help="also write the Markdown table to this file")
@@ -385,10 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
-        return 2
+        return exc.exit_code
     except MEGLError as exc:
         print(f"megl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":

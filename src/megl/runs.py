@@ -78,10 +78,17 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
         save_file(state, str(tmp))
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
+def load_weights(path: Path, way_out: str = "retrain the run with `megl train ... --force`") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, truncated or corrupt file is one MEGLError line
+    naming the file and `way_out` (never a raw SafetensorError traceback)."""
     if not path.exists():
         raise MEGLError(f"{path}: no weights; train the run first")
-    return load_file(str(path))
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise MEGLError(f"{path}: unreadable weights, truncated or corrupt ({exc}); {way_out}") from None
 
 
 def environment_info() -> dict:

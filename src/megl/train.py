@@ -8,6 +8,7 @@ import csv
 import io
 import logging
 import math
+import pickle
 import random
 import time
 from pathlib import Path
@@ -355,9 +356,14 @@ def _save_checkpoint(run_dir: Path, model: RunModel, optimizer, epoch: int, log_
 
 
 def _load_checkpoint(run_dir: Path, model: RunModel, optimizer) -> tuple[int, list[dict]]:
+    way_out = "the checkpoint cannot be resumed; pass --force instead of --resume to retrain the run from scratch"
     meta = read_json(run_dir / CKPT_META)
-    model.load_saved_state(load_weights(run_dir / CKPT_WEIGHTS), str(run_dir / CKPT_WEIGHTS))
-    extra = torch.load(run_dir / CKPT_OPTIM, weights_only=True)
+    model.load_saved_state(load_weights(run_dir / CKPT_WEIGHTS, way_out), str(run_dir / CKPT_WEIGHTS))
+    try:
+        extra = torch.load(run_dir / CKPT_OPTIM, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise MEGLError(f"{run_dir / CKPT_OPTIM}: unreadable optimiser state, truncated or corrupt "
+                        f"({type(exc).__name__}); {way_out}") from None
     optimizer.load_state_dict(extra["optimizer"])
     torch.set_rng_state(extra["torch_rng"])
     with open(run_dir / "train_log.csv", encoding="utf-8", newline="") as fh:

@@ -38,8 +38,15 @@ if {"baseline", "megl"} <= set(config["matrix"]["methods"]):
     FIGURES += ["figures/qualitative.png", "figures/qualitative.pdf"]
 
 
+# Preflight (workflow/rules/preflight.smk): the tools the runs need, checked before any training.
+# The PDF is asked for when latexmk is installed (then it is a default target) or when named as a
+# target (the targets are not parsed yet when this file is read, hence the command line).
+PREFLIGHT = f"{RESULTS}/preflight.json"
+PDF_ASKED = bool(shutil.which("latexmk")) or any(str(a).endswith("paper/main.pdf") for a in sys.argv)
+
+
 def report_outputs():
-    outputs = TABLES + FIGURES + ["paper/generated/.inputs_done", f"{RESULTS}/metrics"]
+    outputs = [PREFLIGHT] + TABLES + FIGURES + ["paper/generated/.inputs_done", f"{RESULTS}/metrics"]
     if shutil.which("latexmk"):
         outputs.append("paper/main.pdf")
     return outputs

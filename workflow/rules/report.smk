@@ -8,7 +8,7 @@ rule tables:
         published="config/published.yaml",
     output:
         [
-            report(t, category="Tables", labels={"table": Path(t).name})
+            report(t, category="Tables", caption=f"../report/{Path(t).stem}.rst", labels={"table": Path(t).name})
             if t.endswith(".md")
             else t
             for t in TABLES
@@ -36,7 +36,7 @@ rule figures:
         metrics=all_metrics(),
     output:
         [
-            report(f, category="Figures", caption="../report/figures.rst")
+            report(f, category="Figures", caption=f"../report/{Path(f).stem}.rst", labels={"figure": Path(f).name})
             if f.endswith(".png")
             else f
             for f in FIGURES
@@ -81,6 +81,7 @@ rule paper_pdf:
     input:
         "paper/generated/.inputs_done",
         "paper/main.tex",
+        ancient(PREFLIGHT),  # latexmk checked first (with --pdf) when the PDF is asked for
     output:
         "paper/main.pdf",
     params:

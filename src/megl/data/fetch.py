@@ -1,4 +1,4 @@
-"""Getting the authors' ME datasets: download with gdown (if ids are known) and safe unpacking."""
+"""Getting the authors' ME datasets: download with gdown (the ids the authors publish) and safe unpacking."""
 from __future__ import annotations
 
 import os
@@ -9,21 +9,23 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from megl.data.annotations import ANNOTATION_FILE, unsafe_relpath
-from megl.errors import MEGLError
+from megl.errors import MEGLError, RunFailure
 from megl.io import atomic_path
 
 ZIP_NAMES = {"objects": "Object_Classification.zip", "actions": "Action_Classification.zip"}
 
-# Google Drive file ids of the two zips, as the authors' README (github.com/TnTerry/MEGL, "Dataset
-# Preparation") gives them: it names the Action_Classification id only. The Object_Classification
-# id is not published there and is not guessed; while None, fetch_official says how to place the
-# zip by hand.
-GDRIVE_IDS: dict[str, str | None] = {"objects": None, "actions": "1V_kah3MZuHG7UUyPAlg27M1kjnil-uPI"}
+# Google Drive file ids of the two zips, as the authors' README gives them in its dataset section
+# ("gdown 1V_kah3MZuHG7UUyPAlg27M1kjnil-uPI" for Action_Classification.zip, "gdown
+# 1SybY478ZMaTUhOWCGQIYPSKbSx-dUJfE" for Object_Classification.zip): README.md on the `llava`
+# branch of github.com/TnTerry/MEGL. Checked against that README's text; not guessed.
+GDRIVE_IDS: dict[str, str] = {"objects": "1SybY478ZMaTUhOWCGQIYPSKbSx-dUJfE",
+                              "actions": "1V_kah3MZuHG7UUyPAlg27M1kjnil-uPI"}
+GDRIVE_SOURCE = "README.md of github.com/TnTerry/MEGL, branch llava"
 
 
 def manual_instructions(dataset: str, dest_dir: Path) -> str:
     name = ZIP_NAMES[dataset]
-    return (f"download {name} from the link in the MEGL authors' README and place it at "
+    return (f"download {name} (Google Drive id {GDRIVE_IDS[dataset]}, {GDRIVE_SOURCE}) and place it at "
             f"{dest_dir / name} (e.g. data/raw/{name}); then run: dvc add data/raw/{name} && "
             f"git add data/raw/{name}.dvc data/raw/.gitignore, and set datasets.{dataset}.source: official "
             f"in the config")
@@ -37,21 +39,19 @@ def fetch_official(dataset: str, dest_dir: str | Path) -> Path:
     dest = dest_dir / ZIP_NAMES[dataset]
     if dest.is_file():
         return dest
-    file_id = GDRIVE_IDS.get(dataset)
-    if not file_id:
-        raise MEGLError(f"no Google Drive id recorded for {dataset} (megl.data.fetch.GDRIVE_IDS); "
-                        + manual_instructions(dataset, dest_dir))
+    file_id = GDRIVE_IDS[dataset]
     try:
         import gdown  # lazy: optional dependency, only for this download
     except ImportError:
-        raise MEGLError("gdown is not installed; " + manual_instructions(dataset, dest_dir)) from None
+        raise RunFailure("gdown is not installed (pip install gdown); " + manual_instructions(dataset, dest_dir)) from None
     try:
         with atomic_path(dest, suffix=".zip") as tmp:
             got = gdown.download(id=file_id, output=str(tmp), quiet=True)
             if not got or not zipfile.is_zipfile(tmp):
                 raise RuntimeError("download failed or did not return a zip file")
     except Exception as e:  # network, quota, HTML-instead-of-zip: all end in the same advice
-        raise MEGLError(f"download of {ZIP_NAMES[dataset]} failed ({type(e).__name__}: {e}); "
+        raise RunFailure(f"download of {ZIP_NAMES[dataset]} (Google Drive id {file_id}, from the "
+                         f"{GDRIVE_SOURCE}) failed ({type(e).__name__}: {e}); "
                         + manual_instructions(dataset, dest_dir)) from None
     return dest
 

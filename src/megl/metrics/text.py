@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megl.errors import MEGLError
+from megl.errors import MEGLError, RunFailure
 
 TEXT_KEYS = ("bleu4", "meteor", "rouge_l", "cider", "spice")
 JAVA_MISSING = "Java not found: install openjdk (apt-get install default-jre-headless) for the COCO caption scorers"
@@ -25,7 +25,7 @@ JAVA_MISSING = "Java not found: install openjdk (apt-get install default-jre-hea
 SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 
-class JavaMissingError(MEGLError):
+class JavaMissingError(RunFailure):
     """The COCO caption scorers need a Java runtime and none is on PATH."""
 
     def __init__(self) -> None:

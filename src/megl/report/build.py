@@ -5,12 +5,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from megl.errors import MEGLError
+from megl.errors import MEGLError, RunFailure
 from megl.io import write_bytes
 from megl.matrix import enumerate_runs
 from megl.report import claims as claims_mod
 from megl.report import figures, paper_vs_ours, tables
 from megl.report.collect import collect_runs, expected_runs
+from megl.report.labels import labels_from_config
 
 TABLE_STEMS = ["table2", "table3", "table4", "table5", "paper_vs_ours", "claims"]
 FIGURE_STEMS = ["accuracy", "miou", "ablation", "training", "forest"]
@@ -32,17 +33,20 @@ def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path:
     expected = expected_runs(config["matrix"])
     summary = tables.summarise(runs, expected)
     flags = standin_flags(config)
+    labels = labels_from_config(config)
     note = STANDIN_NOTE if any(flags.values()) else None
     out_dir = Path(out_dir)
     written = []
-    for stem, frame in (("table2", tables.table2(summary)), ("table3", tables.table3(summary)),
-                        ("table4", tables.table4(summary)), ("table5", tables.table5(summary))):
+    for stem, frame in (("table2", tables.table2(summary, labels=labels)),
+                        ("table3", tables.table3(summary, labels=labels)),
+                        ("table4", tables.table4(summary, labels=labels)),
+                        ("table5", tables.table5(summary, labels=labels))):
         written += tables.write_table(frame, out_dir / stem, caption=note)
     published = paper_vs_ours.load_published(published_path)
-    written += tables.write_table(paper_vs_ours.paper_vs_ours(summary, published, flags), out_dir / "paper_vs_ours",
-                                  caption=paper_vs_ours.caption(flags))
+    written += tables.write_table(paper_vs_ours.paper_vs_ours(summary, published, flags, labels),
+                                  out_dir / "paper_vs_ours", caption=paper_vs_ours.caption(flags, labels))
     claims = claims_mod.evaluate_claims(runs, alpha=alpha, expected=expected)
-    written += claims_mod.write_claims(claims, out_dir / "claims", alpha=alpha)
+    written += claims_mod.write_claims(claims, out_dir / "claims", alpha=alpha, labels=labels)
     return written
 
 
@@ -52,12 +56,13 @@ def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float =
     paths = [p for p in metrics_paths(config, results_dir) if p.exists()]
     runs = collect_runs(paths)
     out_dir = Path(out_dir)
-    written = figures.plot_metric_by_method(runs, "accuracy", out_dir / "accuracy")
-    written += figures.plot_metric_by_method(runs, "miou", out_dir / "miou")
-    written += figures.plot_ablation(runs, out_dir / "ablation")
+    labels = labels_from_config(config)
+    written = figures.plot_metric_by_method(runs, "accuracy", out_dir / "accuracy", labels=labels)
+    written += figures.plot_metric_by_method(runs, "miou", out_dir / "miou", labels=labels)
+    written += figures.plot_ablation(runs, out_dir / "ablation", labels=labels)
     claims = claims_mod.evaluate_claims(runs, alpha=alpha, expected=expected_runs(config["matrix"]))
     written += figures.plot_forest(claims, out_dir / "forest",
-                                   {cid: text for cid, (text, _) in claims_mod.CLAIMS.items()})
+                                   {cid: text for cid, (text, _) in claims_mod.CLAIMS.items()}, labels=labels)
     written += figures.plot_training_curves([p.parent / "train_log.csv" for p in paths], out_dir / "training")
     pair = qualitative_pair(config, results_dir)
     if pair is not None:
@@ -96,5 +101,5 @@ def build_pdf(paper_dir: Path) -> int:
     proc = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "main.tex"],
                           cwd=paper_dir, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise MEGLError(f"{paper_dir}/main.tex: latexmk failed:\n{proc.stdout[-2000:]}")
+        raise RunFailure(f"{paper_dir}/main.tex: latexmk failed:\n{proc.stdout[-2000:]}")
     return 0

@@ -20,8 +20,8 @@ from megl.io import write_text
 from megl.methods import ABLATIONS, VISUAL_BASELINES
 from megl.report.collect import MLLM_BACKBONE
 from megl.report.power import mde as min_detectable_effect
-from megl.report.tables import (BACKBONE_NAMES, DATASET_NAMES, fmt_number, method_label,
-                                to_latex, to_markdown)
+from megl.report.labels import Labels
+from megl.report.tables import fmt_number, method_label, to_latex, to_markdown
 
 # Saliency claims read `miou_all` (every test image's true map) where a cell has it, else `miou`.
 SALIENCY = "miou"
@@ -220,15 +220,16 @@ def claim_verdict(family: pd.DataFrame, alpha: float = 0.05) -> str:
     return "undecided"
 
 
-def claim_summary(claims: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+def claim_summary(claims: pd.DataFrame, alpha: float = 0.05, labels: Labels | None = None) -> pd.DataFrame:
     """Per (claim, dataset, backbone): the claim-level verdict (claim_verdict), the metric(s)
     compared and the count of comparisons per verdict."""
+    labels = labels or Labels()
     rows = []
     for (cid, dataset, backbone), g in claims.groupby(["claim", "dataset", "backbone"], sort=False):
         counts = g["verdict"].value_counts()
         rows.append({"Claim": cid, "Statement": CLAIMS[cid][0] if cid in CLAIMS else "",
-                     "Dataset": DATASET_NAMES.get(dataset, dataset),
-                     "Backbone": BACKBONE_NAMES.get(backbone, backbone),
+                     "Dataset": labels.dataset(dataset),
+                     "Backbone": labels.backbone(backbone),
                      "Metric": ", ".join(dict.fromkeys(g["metric"])),
                      "Verdict": claim_verdict(g, alpha),
                      "Comparisons (holds/fails/undecided)":
@@ -255,16 +256,18 @@ def _header(alpha: float) -> str:
         "runs report it, else mIoU over the annotated images (miou): the Metric column says which.")
 
 
-def write_claims(claims: pd.DataFrame, out_stem: str | Path, alpha: float = 0.05) -> list[Path]:
+def write_claims(claims: pd.DataFrame, out_stem: str | Path, alpha: float = 0.05,
+                 labels: Labels | None = None) -> list[Path]:
     """Write `<out_stem>.csv` (raw numbers), `<out_stem>.md` (summary, then every comparison) and
     `<out_stem>.tex` (the per-claim summary, for the manuscript)."""
     stem = Path(out_stem)
     csv_path, md_path, tex_path = (Path(f"{stem}{ext}") for ext in (".csv", ".md", ".tex"))
     write_text(csv_path, claims.to_csv(index=False))
+    labels = labels or Labels()
     detail = pd.DataFrame({
         "Claim": claims["claim"],
-        "Dataset": claims["dataset"].map(lambda d: DATASET_NAMES.get(d, d)),
-        "Backbone": claims["backbone"].map(lambda b: BACKBONE_NAMES.get(b, b)),
+        "Dataset": claims["dataset"].map(labels.dataset),
+        "Backbone": claims["backbone"].map(labels.backbone),
         "A > B": [f"{method_label(a)} > {method_label(b)}" for a, b in zip(claims["a"], claims["b"])],
         "Metric": claims["metric"],
         "Mean A": claims["mean_a"].map(_fmt), "Mean B": claims["mean_b"].map(_fmt),
@@ -275,7 +278,7 @@ def write_claims(claims: pd.DataFrame, out_stem: str | Path, alpha: float = 0.05
         "p (Holm)": claims["p_holm"].map(lambda x: _fmt(x, 3)),
         "n": claims["n"], "Verdict": claims["verdict"], "Note": claims["note"],
     })
-    summary = claim_summary(claims, alpha) if len(claims) else pd.DataFrame(columns=["Claim"])
+    summary = claim_summary(claims, alpha, labels) if len(claims) else pd.DataFrame(columns=["Claim"])
     text = "\n".join([
         "# Claims of the paper, checked on our runs",
         "",

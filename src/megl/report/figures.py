@@ -22,8 +22,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from megl.errors import MEGLError  # noqa: E402
 from megl.io import atomic_path  # noqa: E402
 from megl.methods import MLLM_BACKBONE  # noqa: E402
-from megl.report.tables import (BACKBONE_NAMES, DATASET_NAMES, METHOD_ORDER, METRIC_LABELS,  # noqa: E402
-                                TABLE4_METHODS, method_label)
+from megl.report.labels import Labels  # noqa: E402
+from megl.report.tables import METHOD_ORDER, METRIC_LABELS, TABLE4_METHODS, method_label  # noqa: E402
 
 COLUMN_WIDTH_IN = 3.3
 DPI = 200
@@ -47,13 +47,10 @@ def save_figure(fig: plt.Figure, out_stem: str | Path) -> list[Path]:
     return paths
 
 
-def _panel_label(dataset: str, backbone: str) -> str:
-    return f"{DATASET_NAMES.get(dataset, dataset)} / {BACKBONE_NAMES.get(backbone, backbone)}"
-
-
-def _with_labels(df: pd.DataFrame) -> pd.DataFrame:
+def _with_labels(df: pd.DataFrame, labels: Labels | None) -> pd.DataFrame:
+    labels = labels or Labels()
     out = df.copy()
-    out["panel"] = [_panel_label(d, b) for d, b in zip(out["dataset"], out["backbone"])]
+    out["panel"] = [labels.panel(d, b) for d, b in zip(out["dataset"], out["backbone"])]
     out["Method"] = out["method"].map(method_label)
     return out
 
@@ -65,7 +62,7 @@ def _method_order(methods: Sequence[str]) -> list[str]:
 
 
 def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
-                          methods: Sequence[str] | None = None) -> list[Path]:
+                          methods: Sequence[str] | None = None, labels: Labels | None = None) -> list[Path]:
     """Mean ± std over seeds (error bar) and every seed (dot) of `metric` per method; one panel
     per dataset × backbone. MLLM runs are included when they carry the metric."""
     _theme()
@@ -74,7 +71,7 @@ def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
         data = data[data["method"].isin(methods)]
     if data.empty:
         raise MEGLError(f"figure {out_stem}: no run has a value for '{metric}'")
-    data = _with_labels(data)
+    data = _with_labels(data, labels)
     order = _method_order(data["method"])
     panels = list(dict.fromkeys(data["panel"]))
     height = 0.16 * len(order) + 0.5
@@ -95,7 +92,7 @@ def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
 
 
 def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accuracy",
-                  methods: Sequence[str] = TABLE4_METHODS) -> list[Path]:
+                  methods: Sequence[str] = TABLE4_METHODS, labels: Labels | None = None) -> list[Path]:
     """Change of `metric` from full MEGL, paired by seed, for each variant and the baseline:
     bar = mean over seeds, dots = seeds; one panel per dataset × backbone."""
     _theme()
@@ -106,7 +103,7 @@ def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accurac
     if merged.empty:
         raise MEGLError(f"figure {out_stem}: no run pairs with full MEGL for '{metric}'")
     merged["delta"] = (merged[metric] - merged[f"{metric}_megl"]) * 100
-    merged = _with_labels(merged)
+    merged = _with_labels(merged, labels)
     order = _method_order(merged["method"])
     panels = list(dict.fromkeys(merged["panel"]))
     fig, axes = plt.subplots(len(panels), 1, figsize=(COLUMN_WIDTH_IN, (0.16 * len(order) + 0.5) * len(panels)),
@@ -127,7 +124,7 @@ VERDICT_COLORS = {"holds": "#1b7837", "fails": "#c51b7d", "undecided": "0.45"}
 
 
 def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
-                statements: dict[str, str] | None = None) -> list[Path]:
+                statements: dict[str, str] | None = None, labels: Labels | None = None) -> list[Path]:
     """Every comparison of megl.report.claims.evaluate_claims as its mean paired difference A − B
     with the 95 % CI (colour = verdict) over a grey ±MDE band (what the design can detect), a line
     at 0; one panel per claim, rows grouped by dataset × backbone. Comparisons without two paired
@@ -143,7 +140,7 @@ def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
     for ax, cid in zip(axes[:, 0], panels):
         sub = claims[claims["claim"] == cid].reset_index(drop=True)
         ys = np.arange(len(sub))[::-1]
-        groups = [_panel_label(d, b) for d, b in zip(sub["dataset"], sub["backbone"])]
+        groups = [(labels or Labels()).panel(d, b) for d, b in zip(sub["dataset"], sub["backbone"])]
         for y, group, r in zip(ys, groups, sub.itertuples(index=False)):
             if np.isfinite(r.mde):
                 ax.barh(y, 2 * r.mde, left=-r.mde, height=0.7, color="0.88", zorder=0)

@@ -9,8 +9,8 @@ import pandas as pd
 import yaml
 
 from megl.errors import MEGLError
-from megl.report.tables import (BACKBONE_NAMES, DATASET_NAMES, METRIC_LABELS, cell, fmt_number,
-                                method_label)
+from megl.report.labels import PAPER_DATASETS, Labels
+from megl.report.tables import METRIC_LABELS, cell, fmt_number, method_label
 
 STANDIN_CAPTION = "stand-in data: compare the shape (ordering, gaps), not the values"
 
@@ -54,18 +54,22 @@ LOWER_IS_BETTER = {"latency_ms", "params"}
 
 
 def paper_vs_ours(summary: pd.DataFrame, published: pd.DataFrame,
-                  standin: Mapping[str, bool],
-                  dataset_map: Mapping[str, str] = DATASET_NAMES) -> pd.DataFrame:
+                  standin: Mapping[str, bool], labels: Labels | None = None) -> pd.DataFrame:
     """One row per published cell that has a counterpart among our summary rows.
 
-    `standin` maps our dataset key to whether its config source is the stand-in generator.
+    `standin` maps our dataset key to whether its config source is the stand-in generator; our
+    dataset key is matched to the paper's dataset by megl.report.labels.PAPER_DATASETS (objects →
+    Object-ME, actions → Action-ME), and the Dataset and Backbone columns name OUR data and model
+    (`labels`, from the config: "objects (stand-in)", "ViT-tiny"); the Published column is the
+    paper's number on its own data and model.
     Columns: Table, Page, Dataset, Backbone, Method, Metric, Published, Ours, Data, and the ranks
     of the method within its (table, dataset, backbone, metric) group, published and ours, so the
     ordering can be compared even where values cannot. A published row with dataset None
     (Table 5) is matched to every dataset of ours.
     """
+    labels = labels or Labels()
     rows: list[dict[str, Any]] = []
-    for ours_ds, paper_ds in dataset_map.items():
+    for ours_ds, paper_ds in PAPER_DATASETS.items():
         pub = published[(published["dataset"] == paper_ds) | published["dataset"].isna()]
         for p in pub.itertuples(index=False):
             sel = summary[(summary["dataset"] == ours_ds) & (summary["backbone"] == p.backbone)
@@ -76,8 +80,8 @@ def paper_vs_ours(summary: pd.DataFrame, published: pd.DataFrame,
             row = sel.iloc[0]
             rows.append({
                 "Table": p.table.replace("table", ""), "Page": p.page,
-                "Dataset": f"{dataset_map[ours_ds]} ({ours_ds})",
-                "Backbone": BACKBONE_NAMES.get(p.backbone, p.backbone),
+                "Dataset": labels.dataset(ours_ds),
+                "Backbone": labels.backbone(p.backbone),
                 "Method": method_label(p.method), "Metric": METRIC_LABELS.get(p.metric, p.metric),
                 "Published": _fmt_published(p.metric, p.value),
                 "Ours": cell(row, p.metric),
@@ -99,10 +103,12 @@ def paper_vs_ours(summary: pd.DataFrame, published: pd.DataFrame,
     return out[cols].reset_index(drop=True)
 
 
-def caption(standin: Mapping[str, bool], dataset_map: Mapping[str, str] = DATASET_NAMES) -> str:
+def caption(standin: Mapping[str, bool], labels: Labels | None = None) -> str:
     """Caption line; names the stand-in datasets and says to compare shape, not values."""
-    base = "Published (arXiv 2411.13053v1) beside ours (mean ± sample std over seeds, n runs)."
-    fake = [f"{dataset_map.get(k, k)} ({k})" for k, v in standin.items() if v]
+    labels = labels or Labels()
+    base = ("Published (arXiv 2411.13053v1, on the paper's data and models) beside ours (mean ± sample "
+            "std over seeds, n runs; Dataset and Backbone name our data and model).")
+    fake = [labels.dataset(k) for k, v in standin.items() if v]
     if fake:
         return f"{base} {STANDIN_CAPTION} [{', '.join(fake)}]."
     return base

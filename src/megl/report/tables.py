@@ -12,11 +12,12 @@ import pandas as pd
 from megl.io import write_text
 from megl.methods import ABLATIONS, METHODS, MLLM_BACKBONE, MLLM_BASELINES, VISUAL_BASELINES
 from megl.report.collect import METRIC_KEYS, RUN_KEYS, TEXT_KEYS
+from megl.report.labels import Labels
 
 GROUP_KEYS: list[str] = ["dataset", "backbone", "method"]
 
-DATASET_NAMES: dict[str, str] = {"objects": "Object-ME", "actions": "Action-ME"}
-BACKBONE_NAMES: dict[str, str] = {"resnet18": "ResNet18", "vit_b_16": "ViT-B/16", MLLM_BACKBONE: "MLLM"}
+# Dataset and backbone display names come from the config (megl.report.labels.labels_from_config)
+# and are passed in; without them a key is shown as is, never as one of the paper's names.
 
 # Row order and table contents, from the method registry's groups.
 METHOD_ORDER: tuple[str, ...] = (*MLLM_BASELINES, *VISUAL_BASELINES, "megl", *ABLATIONS)
@@ -165,14 +166,13 @@ def cell(row: pd.Series, metric: str) -> str:
 
 
 def _display(summary: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str],
-             backbones: Sequence[str] | None = None) -> pd.DataFrame:
+             labels: Labels | None = None) -> pd.DataFrame:
+    labels = labels or Labels()
     sel = summary[summary["method"].isin(methods)]
-    if backbones is not None:
-        sel = sel[sel["backbone"].isin(backbones)]
     rows = []
     for _, row in sel.iterrows():
-        out = {"Dataset": DATASET_NAMES.get(row["dataset"], row["dataset"]),
-               "Backbone": BACKBONE_NAMES.get(row["backbone"], row["backbone"]),
+        out = {"Dataset": labels.dataset(row["dataset"]),
+               "Backbone": labels.backbone(row["backbone"]),
                "Method": method_label(row["method"])}
         for m in metrics:
             out[METRIC_LABELS[m]] = cell(row, m)
@@ -180,18 +180,18 @@ def _display(summary: pd.DataFrame, methods: Sequence[str], metrics: Sequence[st
     return pd.DataFrame(rows, columns=["Dataset", "Backbone", "Method"] + [METRIC_LABELS[m] for m in metrics])
 
 
-def table2(summary: pd.DataFrame) -> pd.DataFrame:
+def table2(summary: pd.DataFrame, labels: Labels | None = None) -> pd.DataFrame:
     """Classification and visual explanation: Acc, Prec, Rec, F1, mIoU (+ threshold-free AUPRC).
 
     MLLM rows (backbone 'MLLM') come first in each dataset, apart from the classifier rows;
     they have no saliency map, so their mIoU reads n/a.
     """
     metrics = ["accuracy", "precision_macro", "recall_macro", "f1_macro", "miou", "saliency_auprc"]
-    out = _display(summary, TABLE2_METHODS, metrics)
-    mllm = out["Backbone"] == BACKBONE_NAMES[MLLM_BACKBONE]
+    out = _display(summary, TABLE2_METHODS, metrics, labels)
+    rows = summary[summary["method"].isin(TABLE2_METHODS)]
+    mllm = (rows["backbone"] == MLLM_BACKBONE).to_numpy()
     for m in ("mIoU", "Saliency AUPRC"):
         out.loc[mllm & out[m].str.startswith("n/a"), m] = "n/a (no saliency map)"
-    rows = summary[summary["method"].isin(TABLE2_METHODS)]
     out.insert(4, GENERATE_COLUMN, [generate_accuracy_cell(r) for _, r in rows.iterrows()])
     return out
 
@@ -218,12 +218,13 @@ def generate_accuracy_cell(row: pd.Series) -> str:
     return f"{text}, parsed {parsed}/{total}"
 
 
-def table3(summary: pd.DataFrame, methods: Sequence[str] = TABLE3_METHODS) -> pd.DataFrame:
+def table3(summary: pd.DataFrame, methods: Sequence[str] = TABLE3_METHODS,
+           labels: Labels | None = None) -> pd.DataFrame:
     """Textual explanation quality: CLIPScore, BLEU-4, METEOR, ROUGE-L, SPICE, CIDEr.
 
     A scorer that could not run reads `n/a (reason)`, with the reason from the runs' notes.
     """
-    out = _display(summary, methods, ["clipscore", "bleu4", "meteor", "rouge_l", "spice", "cider"])
+    out = _display(summary, methods, ["clipscore", "bleu4", "meteor", "rouge_l", "spice", "cider"], labels)
     return out
 
 
@@ -233,16 +234,18 @@ def _delta_pp(a: float, b: float) -> str:
     return f"{(a - b) * 100:+.2f} pp"
 
 
-def table4(summary: pd.DataFrame, methods: Sequence[str] = TABLE4_METHODS) -> pd.DataFrame:
+def table4(summary: pd.DataFrame, methods: Sequence[str] = TABLE4_METHODS,
+           labels: Labels | None = None) -> pd.DataFrame:
     """Ablation: every MEGL variant and the baseline per dataset × backbone, accuracy and mIoU,
     each with the change of its mean from full MEGL in percentage points (the paper's column)."""
+    labels = labels or Labels()
     sel = summary[summary["method"].isin(methods) & (summary["backbone"] != MLLM_BACKBONE)]
     rows = []
     for (dataset, backbone), grp in sel.groupby(["dataset", "backbone"], sort=False):
         full = grp[grp["method"] == "megl"]
         for _, row in grp.iterrows():
-            out = {"Dataset": DATASET_NAMES.get(dataset, dataset),
-                   "Backbone": BACKBONE_NAMES.get(backbone, backbone),
+            out = {"Dataset": labels.dataset(dataset),
+                   "Backbone": labels.backbone(backbone),
                    "Method": method_label(row["method"])}
             for m in ("accuracy", "miou"):
                 out[METRIC_LABELS[m]] = cell(row, m)
@@ -254,9 +257,10 @@ def table4(summary: pd.DataFrame, methods: Sequence[str] = TABLE4_METHODS) -> pd
     return pd.DataFrame(rows, columns=cols)
 
 
-def table5(summary: pd.DataFrame, methods: Sequence[str] = TABLE5_METHODS) -> pd.DataFrame:
+def table5(summary: pd.DataFrame, methods: Sequence[str] = TABLE5_METHODS,
+           labels: Labels | None = None) -> pd.DataFrame:
     """Efficiency: parameters (millions), latency (ms) and FPS at batch 1."""
-    return _display(summary, methods, ["params", "latency_ms", "fps"])
+    return _display(summary, methods, ["params", "latency_ms", "fps"], labels)
 
 
 # ---------------------------------------------------------------- writers
