@@ -90,7 +90,7 @@ class Cell:
         self.device = resolve_device(config["device"])
         self.data = read_dataset(self.data_root)
         self.class_names = class_names_of(self.data)
-        self._trained: dict[tuple[str, int], tuple[dict, list[dict]]] = {}
+        self.trained: dict[tuple[str, int], tuple] = {}  # (overrides, seed) -> (model, log rows, seconds) of a selection candidate
 
     def splits(self, names: tuple[str, ...]) -> dict[str, SplitTensors]:
         """Decoded splits (with the trunk's cached features when a cache is given)."""
@@ -125,7 +125,7 @@ class Cell:
             score = validation_score(model, val, sel["metric"], self.device)
             record["candidates"].append({"overrides": overrides, f"val_{sel['metric']}": round(score, 6)})
             log.info("selection %s: %s -> val %s %.4f", self.method.name, overrides, sel["metric"], score)
-            self._trained[(repr(overrides), int(sel["seed"]))] = (model, rows, seconds)
+            self.trained[(repr(overrides), int(sel["seed"]))] = (model, rows, seconds)
             if best is None or score > best[0]:
                 best = (score, overrides)
         record["chosen"] = best[1]
@@ -155,7 +155,7 @@ def run_cell(config: dict, *, dataset: str, backbone: str, method: str, seeds: l
         identity = {"dataset": dataset, "backbone": backbone, "method": method, "seed": int(seed)}
         write_run_record(run_dir, run_config, identity, m, data_root, split_path, pretrained_dir,
                          backbone_weights, cell.device)
-        reuse = cell._trained.get((repr(selection["chosen"]), int(seed)))
+        reuse = cell.trained.get((repr(selection["chosen"]), int(seed)))
         model, rows, seconds = reuse if reuse else cell.train(run_config, int(seed), train, mean_map,
                                                               f"{method} seed{seed} ")
         finish_run(run_dir, model, identity, run_config["train"], rows, seconds)
