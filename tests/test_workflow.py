@@ -108,7 +108,7 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
         per_rule.setdefault(rule, []).append(wildcards)
     # the manuscript PDF is a target only where latexmk is installed (workflow/rules/common.smk)
     pdf = ["paper_pdf"] if shutil.which("latexmk") else []
-    assert sorted(per_rule) == sorted(["all", "figures", "paper_inputs", "run_cell", "tables", *pdf]), per_rule
+    assert sorted(per_rule) == sorted(["all", "figures", "paper_inputs", "run_cell", "summarize", "tables", *pdf]), per_rule
     assert len(per_rule["run_cell"]) == 2 and {w["method"] for w in per_rule["run_cell"]} == {"megl"}
 
     # a method outside the smoke matrix: nothing to re-run
