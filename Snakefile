@@ -9,6 +9,12 @@ rule all:
         report_outputs(),
 
 
+# Light steps run in the Snakemake process itself, also on a cluster: the aggregate target, the
+# preflight check, and the aggregation of finished runs (seconds each; an sbatch job would wait longer).
 localrules:
     all,
     preflight,
+    tables,
+    figures,
+    summarize,
+    paper_inputs,
