@@ -80,3 +80,26 @@ def tiny_data(tmp_path_factory) -> TinyData:
 def tiny_config(tiny_data) -> dict:
     """A fresh deep copy of the tiny config, free to modify in a test."""
     return copy.deepcopy(tiny_data.config)
+
+
+class Killed(RuntimeError):
+    """Raised by `kill_after_checkpoint` in place of a kill -9 right after an epoch's checkpoint."""
+
+
+@pytest.fixture
+def kill_after_checkpoint(monkeypatch):
+    """`arm()`: the next training dies right after writing an epoch's checkpoint (raises Killed), as a
+    kill -9 would leave it; `arm()` returns the function that restores the real checkpoint writer."""
+    import megl.train as train_mod
+
+    real_save = train_mod._save_checkpoint
+
+    def save_then_die(run_dir, model, optimizer, epoch, log_rows):
+        real_save(run_dir, model, optimizer, epoch, log_rows)
+        raise Killed(f"killed after epoch {epoch}")
+
+    def arm():
+        monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+        return lambda: monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+
+    return arm

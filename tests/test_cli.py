@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import megl
-import megl.train as train_mod
+from conftest import Killed
 from megl.cli import build_parser, main as cli_main
 from megl.errors import RunFailure
 from megl.preflight import INSTALL, preflight
@@ -142,27 +142,17 @@ def test_truncated_model_on_evaluate_names_the_file_and_force(tiny_data, tiny_co
     assert (run / "metrics.json").is_file()
 
 
-class Killed(RuntimeError):
-    pass
-
-
 def test_truncated_checkpoint_on_resume_names_the_file_and_force(tiny_data, tiny_config, tmp_path, capsys,
-                                                                  monkeypatch):
+                                                                  kill_after_checkpoint):
     tiny_config["train"]["epochs"] = 2
     run = tmp_path / "run"
     common = _cli_args(tiny_data, tiny_config, tmp_path)
     train = ["train", *common, "--dataset", "objects", "--backbone", "resnet18", "--method", "baseline",
              "--seed", "0", "--run-dir", str(run)]
-    real_save = train_mod._save_checkpoint
-
-    def save_then_die(run_dir, model, optimizer, epoch, log_rows):
-        real_save(run_dir, model, optimizer, epoch, log_rows)
-        raise Killed(f"killed after epoch {epoch}")
-
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+    restore = kill_after_checkpoint()
     with pytest.raises(Killed):
         cli_main(train)
-    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+    restore()
     _truncate(run / "checkpoint.safetensors")
     capsys.readouterr()
     assert cli_main([*train, "--resume"]) == 2

@@ -12,6 +12,8 @@ from megl.models.lm import apply_lora, build_tiny_lm
 from megl.models.sdtg import SDTG, mask_image, resample_tokens
 from megl.models.tokenizer import load_tokenizer, train_tokenizer
 
+from tiny_sdtg import CLIP_CFG, FEAT_DIM, LM_CFG, LORA, P, S
+
 torch.set_num_threads(1)
 
 TEXTS = [
@@ -21,10 +23,6 @@ TEXTS = [
     "a man rides a bicycle down the busy street",
     "the car is parked next to the house",
 ]
-CLIP_CFG = dict(hidden_size=32, num_layers=1, num_heads=2, patch_size=8, projection_dim=16)
-LM_CFG = dict(hidden_size=32, num_layers=1, num_heads=2)
-LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
-FEAT_DIM, P, S = 16, 4, 32
 
 
 @pytest.fixture(scope="module")

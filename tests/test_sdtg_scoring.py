@@ -16,6 +16,8 @@ from megl.models.sdtg import SDTG
 from megl.models.tokenizer import train_tokenizer
 from megl.train import mllm_answer
 
+from tiny_sdtg import CLIP_CFG, FEAT_DIM, LM_CFG, LORA, P, S
+
 torch.set_num_threads(1)
 
 TEXTS = [
@@ -27,10 +29,6 @@ TEXTS = [
 ]
 CLASSES = ["red_circle", "blue_square", "green_triangle", "yellow_star", "red_cross_with_a_long_name"]
 CANDIDATES = [mllm_answer(c) for c in CLASSES]
-CLIP_CFG = dict(hidden_size=32, num_layers=1, num_heads=2, patch_size=8, projection_dim=16)
-LM_CFG = dict(hidden_size=32, num_layers=1, num_heads=2)
-LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
-FEAT_DIM, P, S = 16, 4, 32
 
 
 @pytest.fixture(scope="module")

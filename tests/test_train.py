@@ -25,6 +25,7 @@ from megl.errors import MEGLError
 from megl.evaluate import evaluate_run
 from megl.methods import METHODS, MLLM_BACKBONE, get_method
 from megl.models.gradcam import saliency as saliency_map
+from conftest import Killed
 from megl.train import batch_losses, build_run_model, train_run
 
 torch.set_num_threads(1)
@@ -162,26 +163,16 @@ def test_same_seed_same_weights_and_metrics(tiny_data, tiny_config, tmp_path, me
 
 
 # ---------------------------------------------------------------- resume
-class Killed(RuntimeError):
-    pass
-
-
-def test_resume_after_kill_matches_uninterrupted(tiny_data, tiny_config, tmp_path, monkeypatch):
+def test_resume_after_kill_matches_uninterrupted(tiny_data, tiny_config, tmp_path, monkeypatch, kill_after_checkpoint):
     cfg = tiny_config
     cfg["train"]["epochs"] = 2
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(tiny_data, cfg, "megl", straight)
 
-    real_save = train_mod._save_checkpoint
-
-    def save_then_die(run_dir, model, optimizer, epoch, log_rows):
-        real_save(run_dir, model, optimizer, epoch, log_rows)
-        raise Killed(f"killed after epoch {epoch}")
-
-    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+    restore = kill_after_checkpoint()
     with pytest.raises(Killed):
         train(tiny_data, cfg, "megl", killed)
-    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+    restore()
     assert json.loads((killed / "checkpoint.json").read_text())["epoch"] == 1
     assert not (killed / "train_done.json").exists() and not (killed / "model.safetensors").exists()
 

@@ -240,6 +240,13 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="override a config key, dotted (e.g. train.epochs=1); repeatable")
 
 
+def _add_cell(p: argparse.ArgumentParser) -> None:
+    """--dataset, --backbone, --method: which cell of the run matrix (train and run-cell)."""
+    p.add_argument("--dataset", required=True, help="key of config datasets (e.g. objects)")
+    p.add_argument("--backbone", required=True, help="key of config backbones (e.g. resnet18; mllm for MLLM methods)")
+    p.add_argument("--method", required=True, help="method name (megl methods lists them)")
+
+
 def _add_backbone_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone-weights", help="pretrained trunk file (the pretrain-backbone step's output); "
                                               "overrides backbones.<name>.weights")
@@ -318,9 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "train one run (dataset, backbone, method, seed)")
     _add_config(p)
-    p.add_argument("--dataset", required=True, help="key of config datasets (e.g. objects)")
-    p.add_argument("--backbone", required=True, help="key of config backbones (e.g. resnet18; mllm for MLLM methods)")
-    p.add_argument("--method", required=True, help="method name (megl methods lists them)")
+    _add_cell(p)
     p.add_argument("--seed", type=int, required=True, help="training seed")
     _add_data(p)
     p.add_argument("--pretrained", help=PRETRAINED_HELP)
@@ -356,8 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run-cell", "select the guidance weight on val, then train and evaluate every seed")
     _add_config(p)
-    for name in ("dataset", "backbone", "method"):
-        p.add_argument(f"--{name}", required=True, help=f"the cell's {name}")
+    _add_cell(p)
     p.add_argument("--seeds", type=int, nargs="*", help="seeds to run (default: matrix.seeds)")
     p.add_argument("--runs-root", required=True, help="folder of the cell's runs (seed<N>/ below it)")
     p.add_argument("--selection-out", required=True, help="where the selection record (JSON) is written")
