@@ -76,15 +76,17 @@ def test_source_task_is_deterministic_and_not_the_target_classes():
     assert set(la.tolist()) <= set(range(7))
 
 
-def test_cell_runs_equal_the_single_run_commands(tiny_data, frozen_setup, tmp_path):
-    """Trained and evaluated inside the cell (cached features) or by `megl train` + `megl evaluate`
-    (features computed in the process): same weights, same metrics."""
+@pytest.mark.parametrize("method", ["megl_visual_only", "cdep"])
+def test_cell_runs_equal_the_single_run_commands(tiny_data, frozen_setup, tmp_path, method):
+    """Trained and evaluated inside the cell (cached features; CDEP's trunk decomposition computed
+    once and reused by every candidate and seed) or by `megl train` + `megl evaluate` (features
+    computed in the process): same weights, same metrics."""
     base, config, weights, cache = frozen_setup
-    selection = _cell(tiny_data, frozen_setup, "megl_visual_only", tmp_path / "cell", seeds=(1,))
+    selection = _cell(tiny_data, frozen_setup, method, tmp_path / "cell", seeds=(1,))
     assert selection["chosen"] and len(selection["candidates"]) == 2
     run_config = with_overrides(config, selection["chosen"])
     single = tmp_path / "single"
-    train_run(run_config, dataset="objects", backbone="resnet18", method="megl_visual_only", seed=1, run_dir=single,
+    train_run(run_config, dataset="objects", backbone="resnet18", method=method, seed=1, run_dir=single,
               data_root=tiny_data.root, split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained,
               backbone_weights=weights)
     evaluate_run(run_config, single, tiny_data.root, tiny_data.split, tiny_data.pretrained, weights)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import pickle
@@ -152,8 +153,11 @@ def batch_losses(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch.
         from megl.baselines import get_baseline
 
         cfg = baselines_cfg[method.visual_loss]
-        terms["loss_visual"] = get_baseline(method.visual_loss).loss_fn(
-            model.classifier, images, labels, saliency, batch["visual_map"], has_map, cfg, model.explanation_state)
+        baseline = get_baseline(method.visual_loss)
+        extra = {key: batch[key] for key in baseline.batch_keys if key in batch}
+        terms["loss_visual"] = baseline.loss_fn(
+            model.classifier, images, labels, saliency, batch["visual_map"], has_map, cfg, model.explanation_state,
+            **extra)
         total = total + cfg["weight"] * share_annotated * terms["loss_visual"]
     if method.consistency:
         terms["loss_dc"] = losses.distribution_consistency_loss(saliency, mean_map, has_map)
@@ -210,6 +214,7 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
     total, base_lr = per_epoch * epochs, float(cfg_train["lr"])
     use_bf16 = bool(cfg_train.get("amp_bf16", True)) and device.type == "cuda"
     rows = list(log_rows or [])
+    add_method_inputs(model, train, config, device)
     started = time.time()
     for epoch in range(start_epoch, epochs):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -238,6 +243,26 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rows)
     return rows
+
+
+def add_method_inputs(model: RunModel, split: SplitTensors, config: dict, device: torch.device) -> None:
+    """The per-sample inputs the method's baseline loss reads beside the batch (`Baseline.prepare`;
+    CDEP: the frozen trunk's decomposition), computed once per split and reused by every later
+    training on it with the same settings: they depend only on the frozen trunk, which every run of
+    a (dataset, backbone) loads from the same weights, and on the settings in the key."""
+    name = model.method.visual_loss
+    if name in (None, "l1"):
+        return
+    from megl.baselines import baseline_config, get_baseline
+
+    baseline = get_baseline(name)
+    if baseline.prepare is None:
+        return
+    cfg = baseline_config(config, name)
+    key = json.dumps({"baseline": name, **{k: v for k, v in cfg.items() if k != "weight"}}, sort_keys=True)
+    if split.extras_key != key:
+        split.extras = baseline.prepare(model.classifier, split, cfg, device)
+        split.extras_key = key
 
 
 def make_optimizer(model: RunModel, cfg_train: dict) -> torch.optim.Optimizer:

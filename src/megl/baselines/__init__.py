@@ -7,6 +7,10 @@ Every baseline has the same two functions, so the trainer treats them as sibling
             cfg, state) -> scalar            # unweighted; a graph-connected 0 without annotations
     make_state(cfg, grid_hw) -> nn.Module | None   # learnable parts (RES-L), for the optimiser
 
+and may have `prepare(classifier, split, cfg, device) -> {key: (N, ...) tensor}`: per-sample inputs
+computed once per training split, which batches then carry; `batch_keys` names the batch entries
+its loss_fn takes as keyword arguments (CDEP: the trunk's features and its decomposition).
+
 `cfg` is the method's entry of the config's `baselines:` mapping (config/config.yaml);
 its `weight` is the factor the trainer puts in front of the loss.
 """
@@ -19,6 +23,7 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from megl.baselines.cdep import cd_forward, cdep_loss
+from megl.baselines.cdep import prepare as _cdep_prepare
 from megl.baselines.cdep import make_state as _cdep_state
 from megl.baselines.haics import haics_loss
 from megl.baselines.haics import make_state as _haics_state
@@ -34,10 +39,12 @@ class Baseline:
     name: str
     loss_fn: LossFn
     make_state: StateFn
+    prepare: Callable[..., dict[str, Tensor]] | None = None
+    batch_keys: tuple[str, ...] = ()
 
 
 BASELINES: dict[str, Baseline] = {
-    "cdep": Baseline("cdep", cdep_loss, _cdep_state),
+    "cdep": Baseline("cdep", cdep_loss, _cdep_state, _cdep_prepare, ("features", "cd_trunk_rel")),
     "haics": Baseline("haics", haics_loss, _haics_state),
     "res_g": Baseline("res_g", res_g_loss, make_state_g),
     "res_l": Baseline("res_l", res_l_loss, make_state_l),

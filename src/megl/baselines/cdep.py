@@ -187,14 +187,19 @@ def _basic_block(p: Pair, blk: BasicBlock, rule: str) -> Pair:
     return _nonlinear(q[0] + skip[0], q[1] + skip[1], F.relu, rule)
 
 
-def _cd_resnet(net: nn.Module, p: Pair, rule: str) -> Pair:
-    p = _nonlinear(*_batchnorm(_conv(p, net.conv1), net.bn1), F.relu, rule)
-    p = _stem_pool(p, net.maxpool)
-    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-        for blk in layer:
-            if not isinstance(blk, BasicBlock):
-                raise MEGLError(f"cd_forward: only BasicBlock ResNets are supported, got {type(blk).__name__}")
-            p = _basic_block(p, blk, rule)
+def _cd_resnet_stage(net: nn.Module, p: Pair, k: int, rule: str) -> Pair:
+    """Stage k of `Classifier._run_stages`: 0 the stem, 1-4 layer1-layer4."""
+    if k == 0:
+        p = _nonlinear(*_batchnorm(_conv(p, net.conv1), net.bn1), F.relu, rule)
+        return _stem_pool(p, net.maxpool)
+    for blk in getattr(net, f"layer{k}"):
+        if not isinstance(blk, BasicBlock):
+            raise MEGLError(f"cd_forward: only BasicBlock ResNets are supported, got {type(blk).__name__}")
+        p = _basic_block(p, blk, rule)
+    return p
+
+
+def _cd_resnet_head(net: nn.Module, p: Pair, rule: str) -> Pair:
     p = _stem_pool(p, net.avgpool)
     return _linear((p[0].flatten(1), p[1].flatten(1)), net.fc)
 
@@ -240,25 +245,30 @@ def _mlp(p: Pair, mlp: nn.Module, rule: str) -> Pair:
     return p
 
 
-def _cd_vit(net: nn.Module, p: Pair, rule: str) -> Pair:
-    b = p[0].shape[0]
-    p = _conv(p, net.conv_proj)  # patch embedding
-    rel, irr = (t.flatten(2).transpose(1, 2) for t in p)  # (b, N, D), same as _process_input
-    zeros = rel.new_zeros(b, 1, rel.shape[-1])
-    rel, irr = torch.cat([zeros, rel], dim=1), torch.cat([zeros, irr], dim=1)
+def _cd_vit_stage(net: nn.Module, p: Pair, k: int, rule: str) -> Pair:
+    """Stage k of `Classifier._run_stages`: 0 the embedding, k >= 1 encoder block k."""
     enc = net.encoder
-    const = enc.pos_embedding + torch.cat(
-        [net.class_token, net.class_token.new_zeros(1, rel.shape[1] - 1, rel.shape[-1])], dim=1
-    )
-    p = split_bias(rel, irr, const)  # class token and position embedding are biases
-    p = _dropout(p, enc.dropout.p, enc.dropout.training)
-    for blk in enc.layers:
-        att = _attention(_layernorm(p, blk.ln_1), blk.self_attention)
-        att = _dropout(att, blk.dropout.p, blk.dropout.training)
-        p = (att[0] + p[0], att[1] + p[1])
-        mlp = _mlp(_layernorm(p, blk.ln_2), blk.mlp, rule)
-        p = (mlp[0] + p[0], mlp[1] + p[1])
-    p = _layernorm(p, enc.ln)
+    if k == 0:
+        b = p[0].shape[0]
+        p = _conv(p, net.conv_proj)  # patch embedding
+        rel, irr = (t.flatten(2).transpose(1, 2) for t in p)  # (b, N, D), same as _process_input
+        zeros = rel.new_zeros(b, 1, rel.shape[-1])
+        rel, irr = torch.cat([zeros, rel], dim=1), torch.cat([zeros, irr], dim=1)
+        const = enc.pos_embedding + torch.cat(
+            [net.class_token, net.class_token.new_zeros(1, rel.shape[1] - 1, rel.shape[-1])], dim=1
+        )
+        p = split_bias(rel, irr, const)  # class token and position embedding are biases
+        return _dropout(p, enc.dropout.p, enc.dropout.training)
+    blk = enc.layers[k - 1]
+    att = _attention(_layernorm(p, blk.ln_1), blk.self_attention)
+    att = _dropout(att, blk.dropout.p, blk.dropout.training)
+    p = (att[0] + p[0], att[1] + p[1])
+    mlp = _mlp(_layernorm(p, blk.ln_2), blk.mlp, rule)
+    return (mlp[0] + p[0], mlp[1] + p[1])
+
+
+def _cd_vit_head(net: nn.Module, p: Pair, rule: str) -> Pair:
+    p = _layernorm(p, net.encoder.ln)
     p = (p[0][:, 0], p[1][:, 0])
     for m in net.heads.children():
         if isinstance(m, nn.Linear):
@@ -270,15 +280,31 @@ def _cd_vit(net: nn.Module, p: Pair, rule: str) -> Pair:
     return p
 
 
+FAMILIES = {"resnet18": (_cd_resnet_stage, _cd_resnet_head), "vit_b_16": (_cd_vit_stage, _cd_vit_head)}
+
+
+def _cd_stages(classifier: nn.Module, p: Pair, start: int, stop: int | None, rule: str) -> Pair:
+    """CD through stages start..stop-1 (stop None: every stage, then the head) of a Classifier."""
+    family = getattr(classifier, "family", None)
+    if family not in FAMILIES:
+        raise MEGLError(f"cd_forward: unsupported classifier family {family!r}")
+    stage, head = FAMILIES[family]
+    for k in range(start, classifier.max_frozen_stages() + 1 if stop is None else stop):
+        p = stage(classifier.net, p, k, rule)
+    return head(classifier.net, p, rule) if stop is None else p
+
+
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-def cd_forward(classifier: nn.Module, images: Tensor, relevant_mask: Tensor, nonlinearity: str = "cdep") -> Pair:
+def cd_forward(classifier: nn.Module, images: Tensor, relevant_mask: Tensor, nonlinearity: str = "cdep",
+               stop: int | None = None) -> Pair:
     """Contextual decomposition of the logits of a `megl.models.backbones.Classifier`.
 
     images (B, 3, H, W) in [0, 1]; relevant_mask (B, 1, S, S) in [0, 1] (resized to H×W by
     nearest neighbour when S ≠ H). Returns (rel_logits, irr_logits), each (B, K), whose sum is
     the classifier's logits; differentiable, batched; BN uses batch statistics in train mode.
+    With `stop`, the decomposition of the output of the first `stop` stages instead.
     """
     if nonlinearity not in NONLINEARITIES:
         raise MEGLError(f"baselines.cdep.nonlinearity: {nonlinearity!r} not one of {', '.join(NONLINEARITIES)}")
@@ -290,13 +316,15 @@ def cd_forward(classifier: nn.Module, images: Tensor, relevant_mask: Tensor, non
     if mask.shape[-2:] != images.shape[-2:]:
         mask = F.interpolate(mask, size=images.shape[-2:], mode="nearest")
     x = classifier.normalize(images)
-    p = (mask * x, (1.0 - mask) * x)
-    family = getattr(classifier, "family", None)
-    if family == "resnet18":
-        return _cd_resnet(classifier.net, p, nonlinearity)
-    if family == "vit_b_16":
-        return _cd_vit(classifier.net, p, nonlinearity)
-    raise MEGLError(f"cd_forward: unsupported classifier family {family!r}")
+    return _cd_stages(classifier, (mask * x, (1.0 - mask) * x), 0, stop, nonlinearity)
+
+
+def cd_from_trunk(classifier: nn.Module, trunk_rel: Tensor, features: Tensor, nonlinearity: str = "cdep") -> Pair:
+    """CD of the logits from the frozen trunk's output: `features` (its forward output, as cached)
+    split as rel = `trunk_rel` (from `cd_forward(..., stop=classifier.frozen_stages)`) and
+    irr = features - rel. Exact: the frozen stages are fixed and in eval mode, so their decomposition
+    is a constant of the image and the mask; only the trainable stages run here, BN on the batch."""
+    return _cd_stages(classifier, (trunk_rel, features - trunk_rel), classifier.frozen_stages, None, nonlinearity)
 
 
 def cdep_loss(
@@ -308,11 +336,15 @@ def cdep_loss(
     has_map: Tensor,
     cfg: dict[str, Any],
     state: nn.Module | None = None,
+    features: Tensor | None = None,
+    cd_trunk_rel: Tensor | None = None,
 ) -> Tensor:
     """CDEP penalty of the region outside the annotation; a graph-connected 0 when none is annotated.
 
     CD runs on the whole batch (so train-mode BN sees the forward pass's batch) and the penalty
-    is averaged over the annotated samples only.
+    is averaged over the annotated samples only. With a frozen trunk, `features` (its output) and
+    `cd_trunk_rel` (from `prepare`) let CD start at the trainable stages: same value, no pass of
+    the trunk per step.
     """
     # Â is not used: CDEP decomposes the image. Shapes are checked against the images instead.
     has_map = check_inputs(images[:, 0], maps, has_map, NAME)
@@ -323,16 +355,45 @@ def cdep_loss(
     thr = float(_param(cfg, "binarize_threshold"))
     if not bool(has_map.any()):
         return _zero(model)
-    # binarised at the map's resolution; any annotated pixel makes its image pixel "inside"
-    inside = binary_grid_target(maps, images.shape[-2:], thr).to(images)[:, None]
-    outside = torch.where(has_map.to(inside.device).view(-1, 1, 1, 1), 1.0 - inside, torch.zeros_like(inside))
-    rel, irr = cd_forward(model, images, outside, rule)
+    if features is not None and cd_trunk_rel is not None and getattr(model, "frozen_stages", 0) > 0:
+        rel, irr = cd_from_trunk(model, cd_trunk_rel.to(features), features, rule)
+    else:
+        rel, irr = cd_forward(model, images, _outside(maps, has_map, images.shape[-2:], thr).to(images), rule)
     sel = has_map.to(rel.device)
     rel, irr = rel[sel], irr[sel]
     if classes == "target":
         idx = labels.to(rel.device)[sel].long().view(-1, 1)
         rel, irr = rel.gather(1, idx), irr.gather(1, idx)
     return torch.softmax(torch.stack([rel, irr], dim=-1), dim=-1)[..., 0].mean()
+
+
+def _outside(maps: Tensor, has_map: Tensor, size: tuple[int, int], thr: float) -> Tensor:
+    """(B, 1, H, W): 1 outside the binarised annotation of annotated samples, 0 elsewhere. The map is
+    binarised at its own resolution; any annotated pixel makes its image pixel "inside"."""
+    inside = binary_grid_target(maps, size, thr).float()[:, None]
+    return torch.where(has_map.to(inside.device).view(-1, 1, 1, 1), 1.0 - inside, torch.zeros_like(inside))
+
+
+TRUNK_CHUNK = 128  # images per trunk decomposition in `prepare` (fixed: results must not depend on it)
+
+
+def prepare(classifier: nn.Module, split: Any, cfg: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+    """Once per training split: the relevant part of the frozen trunk's output for every sample
+    (`cd_trunk_rel`; zeros where there is no map), so that `cdep_loss` decomposes only the trainable
+    stages. {} when nothing is frozen or the split carries no trunk features."""
+    if getattr(classifier, "frozen_stages", 0) == 0 or split.features is None:
+        return {}
+    rule, thr = _param(cfg, "nonlinearity"), float(_param(cfg, "binarize_threshold"))
+    rel = torch.zeros_like(split.features)
+    annotated = split.has_map.nonzero().flatten()
+    with torch.no_grad():
+        for start in range(0, len(annotated), TRUNK_CHUNK):
+            idx = annotated[start:start + TRUNK_CHUNK]
+            images = split.images[idx].to(device).float().div_(255.0)
+            outside = _outside(split.maps[idx].to(device), torch.ones(len(idx), dtype=torch.bool, device=device),
+                               images.shape[-2:], thr)
+            rel[idx] = cd_forward(classifier, images, outside, rule, stop=classifier.frozen_stages)[0].float().cpu()
+    return {"cd_trunk_rel": rel}
 
 
 def _zero(model: nn.Module) -> Tensor:
@@ -345,4 +406,4 @@ def make_state(cfg: dict[str, Any], grid_hw: tuple[int, int]) -> None:
     return None
 
 
-__all__ = ["cd_forward", "cdep_loss", "split_bias", "make_state"]
+__all__ = ["cd_forward", "cd_from_trunk", "cdep_loss", "prepare", "split_bias", "make_state"]

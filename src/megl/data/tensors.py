@@ -28,7 +28,8 @@ FEATURE_CHUNK = 128  # images per trunk forward when caching features (fixed: re
 class SplitTensors:
     """One split: images uint8 (N,3,S,S), labels (N,), has_map (N,), maps float (N,1,S,S; zeros
     where absent), full_maps float (N,1,S,S) or None, rationales, ids, and optionally the frozen
-    trunk's features (N, ...)."""
+    trunk's features (N, ...). `extras`: per-sample tensors a method's loss reads beside the batch,
+    computed in memory for this split (never cached to disk), tagged by `extras_key`."""
 
     ids: list[str]
     images: Tensor
@@ -38,6 +39,8 @@ class SplitTensors:
     full_maps: Tensor | None
     rationales: list[tuple[str, ...]]
     features: Tensor | None = field(default=None)
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    extras_key: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -53,6 +56,8 @@ class SplitTensors:
             out["full_map"] = self.full_maps[index].to(device)
         if self.features is not None:
             out["features"] = self.features[index].to(device)
+        for key, value in self.extras.items():
+            out[key] = value[index].to(device)
         return out
 
 
