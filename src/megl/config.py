@@ -4,10 +4,10 @@ The schema file is the same one Snakemake's `validate()` uses, so both read one 
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from megl.errors import MEGLError
@@ -19,9 +19,25 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
+def _import_jsonschema():
+    """jsonschema, imported without its optional `rfc3987_syntax` format check ("iri"): that module
+    builds a Lark grammar when imported, 1.5-2.5 s, which every megl job paid at start-up. The config
+    is validated without a format checker, so no check is lost. Where jsonschema is already imported
+    (e.g. by Snakemake), it is used as it is."""
+    if "jsonschema" not in sys.modules and "rfc3987_syntax" not in sys.modules:
+        sys.modules["rfc3987_syntax"] = None  # None in sys.modules: `import rfc3987_syntax` raises ImportError
+        try:
+            import jsonschema
+        finally:
+            del sys.modules["rfc3987_syntax"]
+    import jsonschema
+
+    return jsonschema
+
+
 def validate_config(config: dict, source: str = "<config>") -> dict:
     """Validate `config` in place (filling schema defaults); raise MEGLError naming each bad key."""
-    validator_cls = jsonschema.Draft202012Validator
+    validator_cls = _import_jsonschema().Draft202012Validator
     errors = sorted(validator_cls(load_schema()).iter_errors(config), key=lambda e: list(e.path))
     if errors:
         lines = [f"{source}: key {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]

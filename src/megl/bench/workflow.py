@@ -9,8 +9,8 @@ full_default_s (config/config.yaml end to end, --cores 2, as `make reproduce` ru
 full_rules (per rule: jobs, summed wall s, max RSS MB, from Snakemake's `benchmark:` files),
 full_job_seconds (all jobs' wall summed), full_parallelism (full_job_seconds / full_default_s: how much of
 the 2 cores the DAG keeps busy; the --cores 1 run of the full default would take that long again and is
-not repeated), startup_s (one job's interpreter + imports, measured here) and startup_share (startup of
-every job over full_job_seconds). docs/benchmarks.md says how to read them.
+not repeated), startup_s (one cell job's interpreter + imports, measured here: CELL_JOB_START) and
+startup_share (startup of every job over full_job_seconds). docs/benchmarks.md says how to read them.
 """
 from __future__ import annotations
 
@@ -89,9 +89,18 @@ def rule_breakdown(results: Path) -> dict[str, dict]:
     return rules
 
 
+# What a `megl run-cell` job does before it starts work: import the CLI and the cell with its training
+# and evaluation code (torch, torchvision, scikit-learn), then load and validate the config (yaml, jsonschema).
+CELL_JOB_START = ("import megl.cli, megl.cell\nfrom megl.config import load_config\n"
+                  f"load_config({str(REPO / 'config' / 'config.yaml')!r})")
+# What a text-writing cell imports on top, when it builds SDTG and the LM (megl.train.build_run_model).
+TEXT_CELL_IMPORTS = "import megl.models.lm, megl.models.sdtg, megl.pretrain, peft"
+
+
 def startup_seconds(repeats: int = 3) -> dict[str, float]:
-    """Median wall time of a bare job start: the interpreter plus the imports of a cell job (torch,
-    the package), and the extra of transformers + peft that text-writing cells pay."""
+    """Median wall time of a bare job start: the interpreter, the imports and the config of a cell job
+    (CELL_JOB_START), and the same with the text models' imports that text-writing cells pay on top
+    (TEXT_CELL_IMPORTS: transformers, peft)."""
     def timed(code: str) -> float:
         times = []
         for _ in range(repeats):
@@ -100,8 +109,8 @@ def startup_seconds(repeats: int = 3) -> dict[str, float]:
             times.append(time.perf_counter() - t0)
         return sorted(times)[len(times) // 2]
 
-    base = timed("import megl.cli, megl.cell")
-    text = timed("import megl.cli, megl.cell, transformers, peft")
+    base = timed(CELL_JOB_START)
+    text = timed(f"{CELL_JOB_START}\n{TEXT_CELL_IMPORTS}")
     return {"job_s": round(base, 2), "text_job_s": round(text, 2)}
 
 

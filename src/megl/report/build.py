@@ -1,4 +1,8 @@
-"""The report steps the DAG runs: tables (+ claims, paper-vs-ours), figures, manuscript inputs, PDF."""
+"""The report steps the DAG runs: tables (+ claims, paper-vs-ours), figures, manuscript inputs, PDF.
+
+The report modules are imported by the step that uses them: `megl tables` does not load matplotlib
+and seaborn, `megl paper` loads neither them nor pandas and scipy.
+"""
 from __future__ import annotations
 
 import shutil
@@ -8,9 +12,6 @@ from pathlib import Path
 from megl.errors import MEGLError, RunFailure
 from megl.io import write_bytes
 from megl.matrix import enumerate_runs
-from megl.report import claims as claims_mod
-from megl.report import figures, paper_vs_ours, tables
-from megl.report.collect import collect_runs, expected_runs
 from megl.report.labels import labels_from_config
 
 TABLE_STEMS = ["table2", "table3", "table4", "table5", "paper_vs_ours", "claims"]
@@ -29,6 +30,10 @@ def standin_flags(config: dict) -> dict[str, bool]:
 
 def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path: Path, alpha: float) -> list[Path]:
     """table2–5, paper_vs_ours and claims as CSV, Markdown and LaTeX."""
+    from megl.report import claims as claims_mod
+    from megl.report import paper_vs_ours, tables
+    from megl.report.collect import collect_runs, expected_runs
+
     runs = collect_runs([p for p in metrics_paths(config, results_dir) if p.exists()])
     expected = expected_runs(config["matrix"])
     summary = tables.summarise(runs, expected)
@@ -53,6 +58,10 @@ def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path:
 def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float = 0.05) -> list[Path]:
     """Accuracy and mIoU per method, the ablation chart, the claims' forest plot (verdicts at
     `alpha`), training curves, the qualitative grid."""
+    from megl.report import claims as claims_mod
+    from megl.report import figures
+    from megl.report.collect import collect_runs, expected_runs
+
     paths = [p for p in metrics_paths(config, results_dir) if p.exists()]
     runs = collect_runs(paths)
     out_dir = Path(out_dir)

@@ -1,0 +1,64 @@
+"""Start-up cost: every workflow job is one `megl` process, so a command must not import heavy libraries
+it does not use. Each check runs in a fresh interpreter and looks at `sys.modules`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT_LIBS = ["transformers", "peft", "tokenizers"]
+
+
+def loaded(code: str, names: list[str]) -> list[str]:
+    """Which of `names` are in sys.modules after running `code` in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([n for n in {names!r} if n in sys.modules]))"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cli_and_its_parser_import_no_heavy_library():
+    """`megl --help` and the parsing of any command load argparse and the package, nothing else."""
+    heavy = [*TEXT_LIBS, "pandas", "matplotlib", "seaborn", "scipy", "sklearn", "torch", "jsonschema"]
+    code = "import megl.cli\nmegl.cli.build_parser().parse_args(['methods'])"
+    assert loaded(code, heavy) == []
+
+
+def test_config_loads_without_the_slow_iri_format_module():
+    """jsonschema's optional rfc3987_syntax builds a grammar on import (seconds); the config is
+    validated without format checks, so megl.config keeps it out (and leaves no trace in sys.modules)."""
+    code = ("from megl.config import load_config\nload_config('config/config.yaml')\n"
+            "import sys\nassert 'rfc3987_syntax' not in sys.modules")
+    assert loaded(code, ["jsonschema", "rfc3987_syntax"]) == ["jsonschema"]
+
+
+def test_report_steps_import_only_what_they_draw_or_tabulate():
+    assert loaded("import megl.report.build", ["pandas", "scipy", "matplotlib", "seaborn", "statsmodels"]) == []
+    tables = loaded("from megl.report import build, claims, paper_vs_ours, tables", ["matplotlib", "seaborn"])
+    assert tables == []
+
+
+@pytest.mark.parametrize("method", ["haics", "megl_visual_only"])
+def test_a_visual_cell_never_imports_the_text_libraries(method):
+    """What `megl run-cell` imports for a non-text method, up to its model: the cell, training and
+    evaluation modules and the run model with its visual loss, but no transformers/peft."""
+    code = f"""
+import megl.cli, megl.cell, megl.evaluate, megl.train
+from megl.config import load_config
+from megl.methods import get_method
+from megl.train import build_run_model
+config = load_config("config/smoke.yaml")
+backbone = dict(config["backbones"]["resnet18"], weights=None, frozen_stages=0)
+model = build_run_model(config, get_method({method!r}), backbone, 3, None)
+assert model.classifier is not None and model.sdtg is None
+"""
+    assert loaded(code, TEXT_LIBS) == []
+
