@@ -88,6 +88,18 @@ def test_dvc_repro_smoke_from_a_fresh_copy(tmp_path):
     for stem in ("accuracy", "miou", "ablation", "training", "forest", "qualitative"):
         assert (root / "figures" / f"{stem}.png").stat().st_size > 1000
     assert "up to date" in dvc(repo, "status")
+    # code is an input (megl.codedeps): an edited losses.py changes the cell stages, not the stand-ins
+    losses = repo / "src" / "megl" / "losses.py"
+    original = losses.read_text()
+    losses.write_text(original + "\n# edited\n")
+    try:
+        changed = set(json.loads(dvc(repo, "status", "--json")))
+    finally:
+        losses.write_text(original)
+    assert {"cell@objects-resnet18-megl", "cell@objects-vit_b_16-baseline"} <= changed, changed
+    assert not {"make_standin@objects", "split@objects", "tables", "summarize"} & changed, changed
+    (repo / "README.md").write_text((repo / "README.md").read_text() + "\nedited\n")
+    assert "up to date" in dvc(repo, "status")
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}
     files = {path: entry["data"] for rev in shown.values() for path, entry in rev["data"].items()}
     # one aggregated file per dataset x backbone (megl summarize), each with every method's accuracy

@@ -3,6 +3,7 @@ repository, its report, and which jobs a changed hyperparameter re-runs (parsed 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -117,6 +118,40 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
         assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml") == []
     finally:
         config.write_text(original)
+
+
+def _append(path: Path, text: str):
+    """Edit `path` (append `text`); returns the function that restores its content and times."""
+    original, stat = path.read_bytes(), path.stat()
+    path.write_bytes(original + text.encode())
+
+    def restore():
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    return restore
+
+
+@pytest.mark.slow
+def test_editing_a_module_reruns_the_steps_that_import_it(smoke_run):
+    """Code is an input (megl.codedeps): an edited losses.py re-runs the cells that train with it and
+    the aggregation, not the stand-in generation or split; an edited doc re-runs nothing."""
+    restore = _append(smoke_run / "src" / "megl" / "losses.py", "\n# edited\n")
+    try:
+        jobs = planned_jobs(smoke_run, "--configfile", "config/smoke.yaml")
+    finally:
+        restore()
+    rules = {rule for rule, _ in jobs}
+    assert sum(rule == "run_cell" for rule, _ in jobs) == SMOKE_CELLS
+    assert {"run_cell", "tables", "figures", "summarize", "paper_inputs"} <= rules, rules
+    assert not rules & {"make_standin", "validate_data", "split", "preflight"}, rules
+
+    restores = [_append(smoke_run / doc, "\nedited\n") for doc in ("README.md", "docs/workflow.md")]
+    try:
+        assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml") == []
+    finally:
+        for restore in restores:
+            restore()
 
 
 REPORT_FIGURES = ("accuracy", "miou", "ablation", "training", "forest", "qualitative")

@@ -224,6 +224,35 @@ def cmd_preflight(args) -> int:
     return 0
 
 
+def cmd_code_deps(args) -> int:
+    from megl.codedeps import code_deps, command_handlers, update_dvc_yaml
+
+    if args.dvc_yaml:
+        path = Path(args.dvc_yaml)
+        text = path.read_text(encoding="utf-8")
+        fresh = update_dvc_yaml(text)
+        if fresh == text:
+            print(f"{path}: the code deps are up to date")
+            return 0
+        if not args.write:
+            print(f"{path}: the code deps are out of date; run megl code-deps --dvc-yaml {path} --write",
+                  file=sys.stderr)
+            return 1
+        path.write_text(fresh, encoding="utf-8")
+        print(f"{path}: code deps updated")
+        return 0
+    commands = args.commands or sorted(command_handlers())
+    try:
+        deps = {name: code_deps(name) for name in commands}
+    except KeyError as exc:
+        raise MEGLError(exc.args[0]) from None
+    for name, files in deps.items():
+        if len(commands) > 1:
+            print(f"{name}:")
+        print("\n".join(("  " if len(commands) > 1 else "") + f for f in files))
+    return 0
+
+
 EPILOG = """exit status:
   0  success
   1  runtime failure: a tool that is not installed, a failed download or build, a check
@@ -421,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for {dataset}_{backbone}.json and summary.csv")
     p.set_defaults(func=cmd_summarize)
+
+    p = command("code-deps", "the package files a megl command imports or reads (its workflow step's code inputs)")
+    p.add_argument("commands", nargs="*", metavar="COMMAND", help="megl commands (default: every command)")
+    p.add_argument("--dvc-yaml", help="instead: check the generated code deps of this dvc.yaml (exit 1 if stale)")
+    p.add_argument("--write", action="store_true", help="with --dvc-yaml: rewrite its stale code deps in place")
+    p.set_defaults(func=cmd_code_deps)
 
     p = command("compare", "compare a summary.csv with a reference summary.csv, cell by cell")
     p.add_argument("--reference", required=True, help="the reference summary.csv (e.g. a committed run)")

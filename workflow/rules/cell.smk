@@ -4,6 +4,8 @@
 
 
 rule pretrain_backbone:
+    input:
+        code=code_deps("pretrain-backbone"),
     output:
         weights=f"{RESULTS}/backbones/{{backbone}}.safetensors",
         report=f"{RESULTS}/backbones/{{backbone}}.json",
@@ -30,6 +32,7 @@ rule cache_features:
         data=lambda w: data_root(w.dataset),
         split=f"{RESULTS}/data/{{dataset}}/split.json",
         weights=lambda w: backbone_weights(w.backbone),
+        code=code_deps("cache-features"),
     output:
         f"{RESULTS}/features/{{dataset}}/{{backbone}}.safetensors",
     params:
@@ -54,6 +57,7 @@ rule cache_features:
 rule run_cell:
     input:
         unpack(cell_inputs),
+        code=code_deps("run-cell"),
     output:
         selection=f"{RESULTS}/selection/{{dataset}}/{{backbone}}/{{method}}.json",
         metrics=[

@@ -6,6 +6,7 @@ import sys
 
 from snakemake.settings.types import DeploymentMethod
 
+from megl.codedeps import code_deps as _code_deps
 from megl.config import validate_config
 from megl.matrix import enumerate_runs
 from megl.methods import MLLM_BACKBONE, get_method
@@ -43,6 +44,16 @@ if {"baseline", "megl"} <= set(config["matrix"]["methods"]):
 # target (the targets are not parsed yet when this file is read, hence the command line).
 PREFLIGHT = f"{RESULTS}/preflight.json"
 PDF_ASKED = bool(shutil.which("latexmk")) or any(str(a).endswith("paper/main.pdf") for a in sys.argv)
+
+
+# Code is an input: every rule that runs `megl COMMAND` takes the package files that command imports
+# or reads (megl.codedeps, static analysis), so editing one re-runs its steps and what follows them.
+_MEGL_SRC = os.path.relpath(os.path.join(workflow.basedir, "src", "megl"))
+
+
+def code_deps(command):
+    """The src/megl files `megl COMMAND` imports (transitively, lazy imports too) or reads."""
+    return _code_deps(command, root=_MEGL_SRC, prefix=_MEGL_SRC)
 
 
 def report_outputs():

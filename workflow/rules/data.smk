@@ -2,6 +2,8 @@
 
 
 rule make_standin:
+    input:
+        code=code_deps("make-standin"),
     output:
         directory(f"{RESULTS}/standin/{{dataset}}"),
     params:
@@ -27,7 +29,8 @@ rule make_standin:
 
 rule unpack_official:
     input:
-        lambda w: config["datasets"][w.dataset]["zip"],
+        zip=lambda w: config["datasets"][w.dataset]["zip"],
+        code=code_deps("unpack-data"),
     output:
         directory("data/official/{dataset}"),
     params:
@@ -41,12 +44,13 @@ rule unpack_official:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} unpack-data {input} {output} > {log} 2>&1"
+        "{params.megl} unpack-data {input.zip} {output} > {log} 2>&1"
 
 
 rule validate_data:
     input:
-        lambda w: data_root(w.dataset),
+        data=lambda w: data_root(w.dataset),
+        code=code_deps("validate-data"),
     output:
         f"{RESULTS}/data/{{dataset}}/validation.json",
     params:
@@ -60,13 +64,14 @@ rule validate_data:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} validate-data {input} --summary-json {output} > {log} 2>&1"
+        "{params.megl} validate-data {input.data} --summary-json {output} > {log} 2>&1"
 
 
 rule split:
     input:
         data=lambda w: data_root(w.dataset),
         validated=f"{RESULTS}/data/{{dataset}}/validation.json",
+        code=code_deps("split"),
     output:
         f"{RESULTS}/data/{{dataset}}/split.json",
     params:

@@ -6,6 +6,7 @@ rule pretrain_encoder:
     input:
         data=lambda w: data_root(w.dataset),
         split=f"{RESULTS}/data/{{dataset}}/split.json",
+        code=code_deps("pretrain-encoder"),
     output:
         directory(f"{RESULTS}/encoders/{{dataset}}"),
     params:

@@ -2,10 +2,13 @@
 # Java caption scorers) and latexmk (when the PDF is asked for). It depends on nothing and has the
 # highest priority, so the scheduler starts it before any other job, and a missing tool fails the
 # workflow within seconds with the install command, not at the first evaluation an hour later. No
-# other rule takes its output as input, so adding or re-running it never re-runs a result.
+# other rule takes its output as input, so adding or re-running it never re-runs a result. Its only
+# inputs are source files (its code), which no job makes: it still depends on no other job.
 
 
 rule preflight:
+    input:
+        code=code_deps("preflight"),
     output:
         PREFLIGHT,
     params:

@@ -6,6 +6,7 @@ rule tables:
     input:
         metrics=all_metrics(),
         published="config/published.yaml",
+        code=code_deps("tables"),
     output:
         [
             report(t, category="Tables", caption=f"../report/{Path(t).stem}.rst", labels={"table": Path(t).name})
@@ -34,6 +35,7 @@ rule tables:
 rule figures:
     input:
         metrics=all_metrics(),
+        code=code_deps("figures"),
     output:
         [
             report(f, category="Figures", caption=f"../report/{Path(f).stem}.rst", labels={"figure": Path(f).name})
@@ -62,6 +64,7 @@ rule paper_inputs:
     input:
         TABLES,
         FIGURES,
+        code=code_deps("paper"),
     output:
         touch("paper/generated/.inputs_done"),
     params:
@@ -82,6 +85,7 @@ rule paper_pdf:
         "paper/generated/.inputs_done",
         "paper/main.tex",
         ancient(PREFLIGHT),  # latexmk checked first (with --pdf) when the PDF is asked for
+        code=code_deps("paper"),
     output:
         "paper/main.pdf",
     params:
@@ -100,6 +104,7 @@ rule paper_pdf:
 rule summarize:
     input:
         metrics=all_metrics(),
+        code=code_deps("summarize"),
     output:
         directory(f"{RESULTS}/metrics"),
     params:
