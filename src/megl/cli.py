@@ -194,7 +194,8 @@ def cmd_paper(args) -> int:
 def cmd_summarize(args) -> int:
     from megl.report.summary import write_summary
 
-    paths = write_summary(_config(args), Path(args.results), Path(args.out))
+    paths = write_summary(_config(args), Path(args.results), Path(args.out),
+                          Path(args.plots) if args.plots else None)
     print(f"wrote {len(paths)} summary files to {args.out}")
     return 0
 
@@ -420,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for {dataset}_{backbone}.json and summary.csv")
+    p.add_argument("--plots", default=None,
+                   help="folder for the DVC plot data: loss/, accuracy/, miou/{dataset}_{backbone}.csv")
     p.set_defaults(func=cmd_summarize)
 
     p = command("compare", "compare a summary.csv with a reference summary.csv, cell by cell")
