@@ -1,5 +1,6 @@
 """dvc.yaml: the same runs as Snakemake (names read from `dvc stage list`, runs from Snakemake's own
-dry-run plan), and a whole `dvc repro` of the smoke config in a fresh copy of the repository."""
+dry-run plan), its top-level plots against what `megl summarize` writes, and a whole `dvc repro` of the
+smoke config in a fresh copy of the repository (then `dvc plots show`, `dvc exp run -S`, `dvc params diff`)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,11 @@ import yaml
 
 from megl.bench.workflow import copy_repo, tool_env
 from megl.matrix import Run, enumerate_runs
+from megl.report.summary import PLOT_ACCURACY, PLOT_DIRS, PLOT_LOSS, PLOT_MIOU, write_summary
+from test_report_summary import write_run
 from test_workflow import SMOKE_RUNS, planned_jobs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(cwd: Path, *cmd: str) -> str:
@@ -36,7 +41,7 @@ def dvc(repo: Path, *args: str) -> str:
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / name).read_text())
+    return yaml.safe_load((REPO / "config" / name).read_text())
 
 
 def with_mllm(config: dict) -> dict:
@@ -75,10 +80,67 @@ def test_dvc_stage_names_are_readable(tmp_path):
     assert "make_standin@objects" in stages and "pretrain_backbone@resnet18" in stages
 
 
-@pytest.mark.slow
-def test_dvc_repro_smoke_from_a_fresh_copy(tmp_path):
-    repo = dvc_copy(tmp_path / "repo", load("smoke.yaml"))
+def plotted(shown: dict, ignore: str | None = None) -> dict[str, list[dict]]:
+    """`dvc plots show/diff --json`: {plotted data file: its rows} (the figure images left out); fails
+    on any error DVC reports (but those of the plot `ignore`)."""
+    errors = [e for e in shown.get("errors", []) if e.get("name") != ignore]
+    assert not errors, errors
+    return {path: entry[0]["content"]["data"]["values"] for path, entry in shown["data"].items()
+            if entry and entry[0]["type"] == "vega"}
+
+
+def plot_files(config: dict) -> list[str]:
+    """What dvc.yaml's top-level plots must draw for `config`: one file per folder and cell."""
+    m = config["matrix"]
+    cells = [f"{d}_{b}" for d in m["datasets"] for b in m["backbones"]]
+    return sorted([f"results/dvc/plots/{kind}/{c}.csv" for kind in PLOT_DIRS for c in cells]
+                  + [f"results/dvc/plots/{PLOT_ACCURACY}/{d}_mllm.csv" for d in m["datasets"]
+                     if m.get("mllm_methods")])
+
+
+def test_dvc_plots_are_the_folders_summarize_writes():
+    """The plot folders and columns live in megl.report.summary; dvc.yaml names the same ones."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert "--plots ${dvc_root}/plots" in spec["stages"]["summarize"]["cmd"]
+    assert {"${dvc_root}/plots": {"cache": False}} in spec["stages"]["summarize"]["outs"]
+    plots = {k: v for entry in spec["plots"] for k, v in entry.items()}
+    assert sorted(plots) == sorted(f"${{dvc_root}}/plots/{kind}" for kind in PLOT_DIRS)
+    assert plots[f"${{dvc_root}}/plots/{PLOT_LOSS}"].items() >= {"x": "step", "y": "${matrix.methods}"}.items()
+    for kind in (PLOT_ACCURACY, PLOT_MIOU):
+        assert plots[f"${{dvc_root}}/plots/{kind}"].items() >= {"x": kind, "y": "method"}.items()
+
+
+def test_dvc_plots_show_draws_what_summarize_writes(tmp_path):
+    """Stand-in runs (metrics.json + train_log.csv) for the smoke matrix with both MLLM baselines,
+    `megl summarize`'s plot data, then `dvc plots show --json`: every declared plot, no error."""
+    config = with_mllm(load("smoke.yaml"))
+    repo = dvc_copy(tmp_path / "repo", config)
+    root = repo / "results" / "dvc"
+    for run in enumerate_runs(config):
+        write_run(root, run.backbone, run.method, run.seed, accuracy=0.5 + 0.1 * run.seed)
+        (root / run.path / "train_log.csv").write_text("epoch,step,loss\n0,0,2.0\n0,1,1.5\n1,2,1.0\n")
+    write_summary(config, root, root / "metrics", root / "plots")
+    # the figures stage's images (results/dvc/figures) are not made here
+    data = plotted(json.loads(dvc(repo, "plots", "show", "--json")), ignore="results/dvc/figures")
+    assert sorted(data) == plot_files(config)
+    loss = data["results/dvc/plots/loss/objects_resnet18.csv"]
+    assert {row["field"] for row in loss} == set(config["matrix"]["methods"])  # one line per method
+    assert sorted({float(row["dvc_inferred_y_value"]) for row in loss}) == [1.0, 1.5, 2.0]
+    acc = data["results/dvc/plots/accuracy/objects_mllm.csv"]
+    assert {row["method"]: float(row["accuracy"]) for row in acc} == {"llava_vqa": 0.55, "finetune_cot": 0.55}
+
+
+# ------------------------------------------------------------------ one real `dvc repro`, then questions
+@pytest.fixture(scope="module")
+def smoke_repro(tmp_path_factory) -> Path:
+    repo = dvc_copy(tmp_path_factory.mktemp("dvc") / "repo", load("smoke.yaml"))
     dvc(repo, "repro")
+    return repo
+
+
+@pytest.mark.slow
+def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
+    repo = smoke_repro
     root = repo / "results" / "dvc"
     metrics = sorted((root / "runs").glob("*/*/*/seed*/metrics.json"))
     assert len(metrics) == SMOKE_RUNS
@@ -97,3 +159,43 @@ def test_dvc_repro_smoke_from_a_fresh_copy(tmp_path):
     # DVC stays inside its own root: nothing of Snakemake's paths appears
     assert not (repo / "results" / "runs").exists() and not (repo / "results" / "standin").exists()
     assert not any((repo / "figures").iterdir())
+
+
+@pytest.mark.slow
+def test_dvc_plots_show_writes_every_declared_plot(smoke_repro, tmp_path):
+    out = tmp_path / "dvc_plots"
+    dvc(smoke_repro, "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    for path in plot_files(load("smoke.yaml")):
+        assert path in html, f"{path} missing from dvc plots show's HTML"
+    data = plotted(json.loads(dvc(smoke_repro, "plots", "show", "--json")))
+    assert sorted(data) == plot_files(load("smoke.yaml"))
+    loss = data["results/dvc/plots/loss/objects_resnet18.csv"]
+    for method in ("baseline", "megl"):  # a curve per method, with real numbers at every step
+        ys = [float(row["dvc_inferred_y_value"]) for row in loss if row["field"] == method]
+        assert len(ys) > 1 and all(y > 0 for y in ys), (method, ys)
+    for kind in (PLOT_ACCURACY, PLOT_MIOU):
+        rows = data[f"results/dvc/plots/{kind}/objects_vit_b_16.csv"]
+        assert sorted(r["method"] for r in rows) == ["baseline", "megl"]
+        assert all(0.0 <= float(r[kind]) <= 1.0 for r in rows)
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro, tmp_path):
+    """Commit the pipeline (dvc.lock), then try train.lr on one cell: only that cell re-runs, and
+    `dvc params diff` / `dvc exp show` / `dvc plots diff` see the experiment. Runs last (edits the copy)."""
+    repo = smoke_repro
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qm", "dvc repro")
+    old = load("smoke.yaml")["train"]["lr"]
+    new = old / 2
+    out = dvc(repo, "exp", "run", "-S", f"config/config.yaml:train.lr={new}", "cell@objects-resnet18-baseline")
+    assert "Running stage 'cell@objects-resnet18-baseline'" in out, out
+    assert "Running stage 'cell@objects-resnet18-megl'" not in out, out
+    diff = json.loads(dvc(repo, "params", "diff", "--json"))
+    assert diff["config/config.yaml"]["train.lr"] == {"old": old, "new": new}, diff
+    shown = json.loads(dvc(repo, "exp", "show", "--json"))
+    params = [exp["data"]["params"]["config/config.yaml"]["data"]["train"]["lr"]
+              for rev in shown for exp in (rev.get("experiments") or []) for exp in exp["revs"]]
+    assert new in params, shown
+    plotted(json.loads(dvc(repo, "plots", "diff", "HEAD", "--json")))  # workspace against HEAD, no error
