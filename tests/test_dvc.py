@@ -80,13 +80,16 @@ def test_dvc_stage_names_are_readable(tmp_path):
     assert "make_standin@objects" in stages and "pretrain_backbone@resnet18" in stages
 
 
-def plotted(shown: dict, ignore: str | None = None) -> dict[str, list[dict]]:
-    """`dvc plots show/diff --json`: {plotted data file: its rows} (the figure images left out); fails
-    on any error DVC reports (but those of the plot `ignore`)."""
-    errors = [e for e in shown.get("errors", []) if e.get("name") != ignore]
+FIGURES = "results/dvc/figures"  # the figures stage's `plots:` (images; its PDFs are not plottable)
+
+
+def plotted(shown: dict) -> dict[str, list[dict]]:
+    """`dvc plots show/diff --json`: {plotted data file: its rows (each with its `rev`)}; fails on any
+    error DVC reports, but those of the figures stage's folder (missing, or a PDF in it)."""
+    errors = [e for e in shown.get("errors", []) if not e.get("name", "").startswith(FIGURES)]
     assert not errors, errors
-    return {path: entry[0]["content"]["data"]["values"] for path, entry in shown["data"].items()
-            if entry and entry[0]["type"] == "vega"}
+    return {path: [row for entry in entries for row in entry["content"]["data"]["values"]]
+            for path, entries in shown["data"].items() if entries and entries[0]["type"] == "vega"}
 
 
 def plot_files(config: dict) -> list[str]:
@@ -102,7 +105,8 @@ def test_dvc_plots_are_the_folders_summarize_writes():
     """The plot folders and columns live in megl.report.summary; dvc.yaml names the same ones."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert "--plots ${dvc_root}/plots" in spec["stages"]["summarize"]["cmd"]
-    assert {"${dvc_root}/plots": {"cache": False}} in spec["stages"]["summarize"]["outs"]
+    # cached, so that `dvc plots diff` / `dvc metrics diff` find another revision's files (results/ is not in git)
+    assert {"${dvc_root}/metrics", "${dvc_root}/plots"} <= set(spec["stages"]["summarize"]["outs"])
     plots = {k: v for entry in spec["plots"] for k, v in entry.items()}
     assert sorted(plots) == sorted(f"${{dvc_root}}/plots/{kind}" for kind in PLOT_DIRS)
     assert plots[f"${{dvc_root}}/plots/{PLOT_LOSS}"].items() >= {"x": "step", "y": "${matrix.methods}"}.items()
@@ -120,8 +124,7 @@ def test_dvc_plots_show_draws_what_summarize_writes(tmp_path):
         write_run(root, run.backbone, run.method, run.seed, accuracy=0.5 + 0.1 * run.seed)
         (root / run.path / "train_log.csv").write_text("epoch,step,loss\n0,0,2.0\n0,1,1.5\n1,2,1.0\n")
     write_summary(config, root, root / "metrics", root / "plots")
-    # the figures stage's images (results/dvc/figures) are not made here
-    data = plotted(json.loads(dvc(repo, "plots", "show", "--json")), ignore="results/dvc/figures")
+    data = plotted(json.loads(dvc(repo, "plots", "show", "--json")))  # no figures made here
     assert sorted(data) == plot_files(config)
     loss = data["results/dvc/plots/loss/objects_resnet18.csv"]
     assert {row["field"] for row in loss} == set(config["matrix"]["methods"])  # one line per method
@@ -180,22 +183,41 @@ def test_dvc_plots_show_writes_every_declared_plot(smoke_repro, tmp_path):
         assert all(0.0 <= float(r[kind]) <= 1.0 for r in rows)
 
 
+def params_of(shown) -> list[dict]:
+    """Every `params` block anywhere in `dvc exp show --json` (the baseline and each experiment)."""
+    if isinstance(shown, dict):
+        return ([shown["params"]] if "params" in shown else []) + [p for v in shown.values() for p in params_of(v)]
+    return [p for v in shown for p in params_of(v)] if isinstance(shown, list) else []
+
+
 @pytest.mark.slow
-def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro, tmp_path):
-    """Commit the pipeline (dvc.lock), then try train.lr on one cell: only that cell re-runs, and
-    `dvc params diff` / `dvc exp show` / `dvc plots diff` see the experiment. Runs last (edits the copy)."""
+def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
+    """Commit the pipeline (dvc.lock), then try train.lr on one cell and re-summarize (`-s`: only the
+    stages named, ~15 s): `dvc params diff`, `dvc exp show`, `dvc plots diff` and `dvc metrics diff` see it.
+    Runs last (it changes the copy)."""
     repo = smoke_repro
     run(repo, "git", "add", "-A")
-    run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qm", "dvc repro")
+    run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "--allow-empty", "-qm", "dvc repro")
     old = load("smoke.yaml")["train"]["lr"]
     new = old / 2
-    out = dvc(repo, "exp", "run", "-S", f"config/config.yaml:train.lr={new}", "cell@objects-resnet18-baseline")
-    assert "Running stage 'cell@objects-resnet18-baseline'" in out, out
+    out = dvc(repo, "exp", "run", "-s", "-S", f"config/config.yaml:train.lr={new}",
+              "cell@objects-resnet18-baseline", "summarize")
+    assert "Running stage 'cell@objects-resnet18-baseline'" in out and "Running stage 'summarize'" in out, out
     assert "Running stage 'cell@objects-resnet18-megl'" not in out, out
-    diff = json.loads(dvc(repo, "params", "diff", "--json"))
-    assert diff["config/config.yaml"]["train.lr"] == {"old": old, "new": new}, diff
-    shown = json.loads(dvc(repo, "exp", "show", "--json"))
-    params = [exp["data"]["params"]["config/config.yaml"]["data"]["train"]["lr"]
-              for rev in shown for exp in (rev.get("experiments") or []) for exp in exp["revs"]]
-    assert new in params, shown
-    plotted(json.loads(dvc(repo, "plots", "diff", "HEAD", "--json")))  # workspace against HEAD, no error
+
+    diff = json.loads(dvc(repo, "params", "diff", "--json"))  # workspace (the experiment) against HEAD
+    assert list(diff) == ["config/config.yaml"] and list(diff["config/config.yaml"]) == ["train.lr"], diff
+    assert diff["config/config.yaml"]["train.lr"].items() >= {"old": old, "new": new}.items(), diff
+    lrs = [p["config/config.yaml"]["data"]["train"]["lr"] for p in params_of(json.loads(dvc(repo, "exp", "show", "--json")))]
+    assert old in lrs and new in lrs, lrs
+
+    data = plotted(json.loads(dvc(repo, "plots", "diff", "HEAD", "--json")))
+    for cell, changed in (("objects_resnet18", True), ("objects_vit_b_16", False)):
+        rows = data[f"results/dvc/plots/loss/{cell}.csv"]
+        curve = {rev: [r["baseline"] for r in rows if r["rev"] == rev and r["field"] == "baseline"]
+                 for rev in ("HEAD", "workspace")}
+        assert curve["HEAD"] and curve["workspace"], curve  # both revisions read (HEAD's from the cache)
+        assert (curve["HEAD"] != curve["workspace"]) == changed, (cell, curve)
+    metrics = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json", "--all"))
+    cell = metrics["results/dvc/metrics/objects_resnet18.json"]
+    assert cell["baseline.accuracy.mean"]["old"] is not None and cell["baseline.accuracy.mean"]["new"] is not None
