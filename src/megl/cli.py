@@ -196,7 +196,7 @@ def cmd_summarize(args) -> int:
 
     paths = write_summary(_config(args), Path(args.results), Path(args.out),
                           Path(args.plots) if args.plots else None)
-    print(f"wrote {len(paths)} summary files to {args.out}")
+    print(f"wrote {len(paths)} summary files to {args.out}" + (f" and {args.plots}" if args.plots else ""))
     return 0
 
 
