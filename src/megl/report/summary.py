@@ -11,7 +11,7 @@ import pandas as pd
 
 from megl.errors import MEGLError
 from megl.io import atomic_dir, write_json, write_text
-from megl.matrix import enumerate_runs
+from megl.matrix import Run, enumerate_runs
 from megl.report.collect import collect_runs, expected_runs
 from megl.report.tables import fmt_number, to_markdown
 
@@ -86,7 +86,7 @@ def mean_loss_curves(config: dict, results_dir: Path, dataset: str, backbone: st
     for method in methods:
         per_seed = []
         for seed in config["matrix"]["seeds"]:
-            path = Path(results_dir) / "runs" / dataset / backbone / method / f"seed{seed}" / "train_log.csv"
+            path = Path(results_dir) / Run(dataset, backbone, method, seed).path / "train_log.csv"
             if not path.exists():
                 continue
             try:
