@@ -156,6 +156,7 @@ def test_render_headless_checks_what_scripts_render(tmp_path: Path) -> None:
         render_headless(page, tmp_path / "ok.png", expect=("a caption that is not there",))
 
 
+@pytest.mark.slow
 def test_snakemake_report_of_a_one_rule_workflow_renders(tmp_path: Path) -> None:
     """`snakemake --report` (the same Snakemake as the workflow's) on a one-rule workflow: the page
     Snakemake writes renders in headless Chromium without errors."""
