@@ -1,5 +1,6 @@
 """dvc.yaml: the same runs as Snakemake (names read from `dvc stage list`, runs from Snakemake's own
-dry-run plan), and a whole `dvc repro` of the smoke config in a fresh copy of the repository."""
+dry-run plan), its top-level plots against what `megl summarize` writes, and a whole `dvc repro` of the
+smoke config in a fresh copy of the repository (then `dvc plots show`, `dvc exp run -S`, `dvc params diff`)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,11 @@ import yaml
 
 from megl.bench.workflow import copy_repo, tool_env
 from megl.matrix import Run, enumerate_runs
+from megl.report.summary import PLOT_ACCURACY, PLOT_DIRS, PLOT_LOSS, PLOT_MIOU, write_summary
+from test_report_summary import write_run
 from test_workflow import SMOKE_RUNS, planned_jobs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(cwd: Path, *cmd: str) -> str:
@@ -36,7 +41,7 @@ def dvc(repo: Path, *args: str) -> str:
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / name).read_text())
+    return yaml.safe_load((REPO / "config" / name).read_text())
 
 
 def with_mllm(config: dict) -> dict:
@@ -75,10 +80,70 @@ def test_dvc_stage_names_are_readable(tmp_path):
     assert "make_standin@objects" in stages and "pretrain_backbone@resnet18" in stages
 
 
-@pytest.mark.slow
-def test_dvc_repro_smoke_from_a_fresh_copy(tmp_path):
-    repo = dvc_copy(tmp_path / "repo", load("smoke.yaml"))
+FIGURES = "results/dvc/figures"  # the figures stage's `plots:` (images; its PDFs are not plottable)
+
+
+def plotted(shown: dict) -> dict[str, list[dict]]:
+    """`dvc plots show/diff --json`: {plotted data file: its rows (each with its `rev`)}; fails on any
+    error DVC reports, but those of the figures stage's folder (missing, or a PDF in it)."""
+    errors = [e for e in shown.get("errors", []) if not e.get("name", "").startswith(FIGURES)]
+    assert not errors, errors
+    return {path: [row for entry in entries for row in entry["content"]["data"]["values"]]
+            for path, entries in shown["data"].items() if entries and entries[0]["type"] == "vega"}
+
+
+def plot_files(config: dict) -> list[str]:
+    """What dvc.yaml's top-level plots must draw for `config`: one file per folder and cell."""
+    m = config["matrix"]
+    cells = [f"{d}_{b}" for d in m["datasets"] for b in m["backbones"]]
+    return sorted([f"results/dvc/plots/{kind}/{c}.csv" for kind in PLOT_DIRS for c in cells]
+                  + [f"results/dvc/plots/{PLOT_ACCURACY}/{d}_mllm.csv" for d in m["datasets"]
+                     if m.get("mllm_methods")])
+
+
+def test_dvc_plots_are_the_folders_summarize_writes():
+    """The plot folders and columns live in megl.report.summary; dvc.yaml names the same ones."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert "--plots ${dvc_root}/plots" in spec["stages"]["summarize"]["cmd"]
+    # cached, so that `dvc plots diff` / `dvc metrics diff` find another revision's files (results/ is not in git)
+    assert {"${dvc_root}/metrics", "${dvc_root}/plots"} <= set(spec["stages"]["summarize"]["outs"])
+    plots = {k: v for entry in spec["plots"] for k, v in entry.items()}
+    assert sorted(plots) == sorted(f"${{dvc_root}}/plots/{kind}" for kind in PLOT_DIRS)
+    assert plots[f"${{dvc_root}}/plots/{PLOT_LOSS}"].items() >= {"x": "step", "y": "${matrix.methods}"}.items()
+    for kind in (PLOT_ACCURACY, PLOT_MIOU):
+        assert plots[f"${{dvc_root}}/plots/{kind}"].items() >= {"x": kind, "y": "method"}.items()
+
+
+def test_dvc_plots_show_draws_what_summarize_writes(tmp_path):
+    """Stand-in runs (metrics.json + train_log.csv) for the smoke matrix with both MLLM baselines,
+    `megl summarize`'s plot data, then `dvc plots show --json`: every declared plot, no error."""
+    config = with_mllm(load("smoke.yaml"))
+    repo = dvc_copy(tmp_path / "repo", config)
+    root = repo / "results" / "dvc"
+    for run in enumerate_runs(config):
+        write_run(root, run.backbone, run.method, run.seed, accuracy=0.5 + 0.1 * run.seed)
+        (root / run.path / "train_log.csv").write_text("epoch,step,loss\n0,0,2.0\n0,1,1.5\n1,2,1.0\n")
+    write_summary(config, root, root / "metrics", root / "plots")
+    data = plotted(json.loads(dvc(repo, "plots", "show", "--json")))  # no figures made here
+    assert sorted(data) == plot_files(config)
+    loss = data["results/dvc/plots/loss/objects_resnet18.csv"]
+    assert {row["field"] for row in loss} == set(config["matrix"]["methods"])  # one line per method
+    assert sorted({float(row["dvc_inferred_y_value"]) for row in loss}) == [1.0, 1.5, 2.0]
+    acc = data["results/dvc/plots/accuracy/objects_mllm.csv"]
+    assert {row["method"]: float(row["accuracy"]) for row in acc} == {"llava_vqa": 0.55, "finetune_cot": 0.55}
+
+
+# ------------------------------------------------------------------ one real `dvc repro`, then questions
+@pytest.fixture(scope="module")
+def smoke_repro(tmp_path_factory) -> Path:
+    repo = dvc_copy(tmp_path_factory.mktemp("dvc") / "repo", load("smoke.yaml"))
     dvc(repo, "repro")
+    return repo
+
+
+@pytest.mark.slow
+def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
+    repo = smoke_repro
     root = repo / "results" / "dvc"
     metrics = sorted((root / "runs").glob("*/*/*/seed*/metrics.json"))
     assert len(metrics) == SMOKE_RUNS
@@ -109,3 +174,62 @@ def test_dvc_repro_smoke_from_a_fresh_copy(tmp_path):
     # DVC stays inside its own root: nothing of Snakemake's paths appears
     assert not (repo / "results" / "runs").exists() and not (repo / "results" / "standin").exists()
     assert not any((repo / "figures").iterdir())
+
+
+@pytest.mark.slow
+def test_dvc_plots_show_writes_every_declared_plot(smoke_repro, tmp_path):
+    out = tmp_path / "dvc_plots"
+    dvc(smoke_repro, "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    for path in plot_files(load("smoke.yaml")):
+        assert path in html, f"{path} missing from dvc plots show's HTML"
+    data = plotted(json.loads(dvc(smoke_repro, "plots", "show", "--json")))
+    assert sorted(data) == plot_files(load("smoke.yaml"))
+    loss = data["results/dvc/plots/loss/objects_resnet18.csv"]
+    for method in ("baseline", "megl"):  # a curve per method, with real numbers at every step
+        ys = [float(row["dvc_inferred_y_value"]) for row in loss if row["field"] == method]
+        assert len(ys) > 1 and all(y > 0 for y in ys), (method, ys)
+    for kind in (PLOT_ACCURACY, PLOT_MIOU):
+        rows = data[f"results/dvc/plots/{kind}/objects_vit_b_16.csv"]
+        assert sorted(r["method"] for r in rows) == ["baseline", "megl"]
+        assert all(0.0 <= float(r[kind]) <= 1.0 for r in rows)
+
+
+def params_of(shown) -> list[dict]:
+    """Every `params` block anywhere in `dvc exp show --json` (the baseline and each experiment)."""
+    if isinstance(shown, dict):
+        return ([shown["params"]] if "params" in shown else []) + [p for v in shown.values() for p in params_of(v)]
+    return [p for v in shown for p in params_of(v)] if isinstance(shown, list) else []
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
+    """Commit the pipeline (dvc.lock), then try train.lr on one cell and re-summarize (`-s`: only the
+    stages named, ~15 s): `dvc params diff`, `dvc exp show`, `dvc plots diff` and `dvc metrics diff` see it.
+    Runs last (it changes the copy)."""
+    repo = smoke_repro
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "--allow-empty", "-qm", "dvc repro")
+    old = load("smoke.yaml")["train"]["lr"]
+    new = old / 2
+    out = dvc(repo, "exp", "run", "-s", "-S", f"config/config.yaml:train.lr={new}",
+              "cell@objects-resnet18-baseline", "summarize")
+    assert "Running stage 'cell@objects-resnet18-baseline'" in out and "Running stage 'summarize'" in out, out
+    assert "Running stage 'cell@objects-resnet18-megl'" not in out, out
+
+    diff = json.loads(dvc(repo, "params", "diff", "--json"))  # workspace (the experiment) against HEAD
+    assert list(diff) == ["config/config.yaml"] and list(diff["config/config.yaml"]) == ["train.lr"], diff
+    assert diff["config/config.yaml"]["train.lr"].items() >= {"old": old, "new": new}.items(), diff
+    lrs = [p["config/config.yaml"]["data"]["train"]["lr"] for p in params_of(json.loads(dvc(repo, "exp", "show", "--json")))]
+    assert old in lrs and new in lrs, lrs
+
+    data = plotted(json.loads(dvc(repo, "plots", "diff", "HEAD", "--json")))
+    for cell, changed in (("objects_resnet18", True), ("objects_vit_b_16", False)):
+        rows = data[f"results/dvc/plots/loss/{cell}.csv"]
+        curve = {rev: [r["baseline"] for r in rows if r["rev"] == rev and r["field"] == "baseline"]
+                 for rev in ("HEAD", "workspace")}
+        assert curve["HEAD"] and curve["workspace"], curve  # both revisions read (HEAD's from the cache)
+        assert (curve["HEAD"] != curve["workspace"]) == changed, (cell, curve)
+    metrics = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json", "--all"))
+    cell = metrics["results/dvc/metrics/objects_resnet18.json"]
+    assert cell["baseline.accuracy.mean"]["old"] is not None and cell["baseline.accuracy.mean"]["new"] is not None

@@ -1,4 +1,14 @@
-"""The report steps' edges: the manuscript inputs and the PDF build without latexmk."""
+"""The report steps' edges: the manuscript inputs and the PDF build without latexmk; and the headless
+Chromium check of an HTML report (`render_headless`, used on the smoke run's `snakemake --report` by
+tests/test_workflow.py), tried here on small pages and a one-rule Snakemake report."""
+from __future__ import annotations
+
+import html as html_lib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,3 +46,129 @@ def test_paper_inputs_copy_tables_and_figure_pdfs(tmp_path: Path) -> None:
     written = build.copy_for_paper(tables, figures, out)
     assert sorted(p.name for p in written) == sorted([f"{s}.tex" for s in build.TABLE_STEMS] + ["accuracy.pdf"])
     assert (out / "claims.tex").read_text() == "% claims"
+
+
+# ------------------------------------------------------------------ headless Chromium
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+CHROMIUM_TIMEOUT_S = 90
+# Text of Snakemake's report (9.x) that only its scripts draw: the static page says "Loading Snakemake Report...".
+SNAKEMAKE_REPORT_RENDERED = ("Workflow", "Statistics", "Results", "About")
+# Injected at the top of <head> in a copy of the page: records console.error, uncaught exceptions,
+# unhandled rejections and failed resource loads on <html data-megl-errors="[...]"> for --dump-dom.
+# (Chromium's own log prints every console message as INFO, whatever its level.)
+ERROR_PROBE = """<script>(function () {
+  var errors = [];
+  function add(msg) { errors.push(String(msg)); document.documentElement.setAttribute("data-megl-errors", JSON.stringify(errors)); }
+  var consoleError = console.error;
+  console.error = function () { add(Array.prototype.join.call(arguments, " ")); return consoleError.apply(console, arguments); };
+  window.addEventListener("error", function (e) {
+    add(e.message || ("failed to load " + (e.target && (e.target.src || e.target.href))));
+  }, true);
+  window.addEventListener("unhandledrejection", function (e) { add("unhandled rejection: " + e.reason); });
+})();</script>"""
+
+
+def chromium() -> str | None:
+    return next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
+
+
+def need_chromium() -> str:
+    exe = chromium()
+    if exe is None:
+        pytest.skip("Chromium not installed (apt-get install chromium): the page was not rendered headless")
+    return exe
+
+
+def _chromium(exe: str, *args: str, page: Path) -> subprocess.CompletedProcess:
+    """One headless Chromium call with its own profile (parallel runs, root: --no-sandbox); a hang
+    fails after CHROMIUM_TIMEOUT_S with a message that says so."""
+    with tempfile.TemporaryDirectory(prefix="megl-chromium-") as profile:
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
+               "--enable-logging=stderr", "--v=0", *args, page.as_uri()]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"headless Chromium did not finish within {CHROMIUM_TIMEOUT_S} s on {page} (a hang of the "
+                        f"browser, not of the report; rerun the test, or run by hand: {' '.join(cmd)})")
+    if proc.returncode != 0:
+        pytest.fail(f"headless Chromium exited {proc.returncode} on {page} (the browser failed, not the report "
+                    f"check):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def render_headless(page: Path, screenshot: Path, expect: tuple[str, ...] = ()) -> str:
+    """Load `page` in headless Chromium: no console error, uncaught exception or failed load, every
+    `expect` string in the rendered text (scripts removed), and a non-blank `screenshot`. Returns the
+    rendered text."""
+    exe = need_chromium()
+    source = page.read_text(encoding="utf-8", errors="replace")
+    probed = page.with_name(f".{page.stem}.probe.html")  # beside the page: relative links still resolve
+    head = re.search(r"<head[^>]*>", source, flags=re.IGNORECASE)
+    at = head.end() if head else 0
+    probed.write_text(source[:at] + ERROR_PROBE + source[at:], encoding="utf-8")
+    try:
+        proc = _chromium(exe, "--virtual-time-budget=15000", "--dump-dom", page=probed)
+    finally:
+        probed.unlink(missing_ok=True)
+    dom = proc.stdout
+    found = re.search(r'<html[^>]*\sdata-megl-errors="([^"]*)"', dom)
+    errors = json.loads(html_lib.unescape(found.group(1))) if found else []
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert not errors, (f"{page} logs errors when rendered in headless Chromium: {errors}\n"
+                        f"console:\n" + "\n".join(console[-20:]))
+    text = re.sub(r"<script\b.*?</script>|<style\b.*?</style>", " ", dom, flags=re.IGNORECASE | re.DOTALL)
+    text = html_lib.unescape(re.sub(r"<[^>]+>", " ", text))
+    missing = [s for s in expect if s not in text]
+    assert not missing, f"{page}: not rendered (missing from the page after its scripts ran: {missing})"
+
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    screenshot.unlink(missing_ok=True)
+    _chromium(exe, f"--screenshot={screenshot}", "--window-size=1280,2000", "--hide-scrollbars",
+              "--virtual-time-budget=15000", page=page)
+    assert screenshot.exists(), f"headless Chromium wrote no screenshot of {page} to {screenshot}"
+    from PIL import Image
+
+    with Image.open(screenshot) as img:
+        low, high = img.convert("L").getextrema()
+    assert low < high, f"the screenshot of {page} ({screenshot}) is blank"
+    return text
+
+
+def test_render_headless_catches_console_errors_and_exceptions(tmp_path: Path) -> None:
+    need_chromium()
+    page = tmp_path / "broken.html"
+    page.write_text("<html><head></head><body><p>text</p><script>console.error('quiet failure');"
+                    "missingFunction();</script></body></html>")
+    with pytest.raises(AssertionError) as err:
+        render_headless(page, tmp_path / "broken.png")
+    assert "quiet failure" in str(err.value) and "missingFunction" in str(err.value)
+
+
+def test_render_headless_checks_what_scripts_render(tmp_path: Path) -> None:
+    need_chromium()
+    page = tmp_path / "ok.html"
+    page.write_text("<html><head><title>t</title></head><body><div id=app></div><script>"
+                    "document.getElementById('app').textContent = 'drawn by ' + 'script';</script></body></html>")
+    text = render_headless(page, tmp_path / "ok.png", expect=("drawn by script",))
+    assert "drawn by script" in text and (tmp_path / "ok.png").stat().st_size > 1000
+    with pytest.raises(AssertionError, match="not rendered"):
+        render_headless(page, tmp_path / "ok.png", expect=("a caption that is not there",))
+
+
+@pytest.mark.slow
+def test_snakemake_report_of_a_one_rule_workflow_renders(tmp_path: Path) -> None:
+    """`snakemake --report` (the same Snakemake as the workflow's) on a one-rule workflow: the page
+    Snakemake writes renders in headless Chromium without errors."""
+    need_chromium()
+    from megl.bench.workflow import snakemake_cmd, tool_env
+
+    (tmp_path / "caption.rst").write_text("**A one-row table.** Made by the test.\n")
+    (tmp_path / "Snakefile").write_text(
+        'rule all:\n    output: report("table.csv", caption="caption.rst", category="Tables")\n'
+        '    shell: "echo a,b > {output}"\n')
+    for args in (("--cores", "1"), ("--report", "report.html")):
+        proc = subprocess.run(snakemake_cmd(*args), cwd=tmp_path, env=tool_env(), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    render_headless(tmp_path / "report.html", tmp_path / "report.png", expect=SNAKEMAKE_REPORT_RENDERED)

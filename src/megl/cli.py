@@ -194,8 +194,9 @@ def cmd_paper(args) -> int:
 def cmd_summarize(args) -> int:
     from megl.report.summary import write_summary
 
-    paths = write_summary(_config(args), Path(args.results), Path(args.out))
-    print(f"wrote {len(paths)} summary files to {args.out}")
+    paths = write_summary(_config(args), Path(args.results), Path(args.out),
+                          Path(args.plots) if args.plots else None)
+    print(f"wrote {len(paths)} summary files to {args.out}" + (f" and {args.plots}" if args.plots else ""))
     return 0
 
 
@@ -449,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder for {dataset}_{backbone}.json and summary.csv")
+    p.add_argument("--plots", default=None,
+                   help="folder for the DVC plot data: loss/, accuracy/, miou/{dataset}_{backbone}.csv")
     p.set_defaults(func=cmd_summarize)
 
     p = command("code-deps", "the package files a megl command imports or reads (its workflow step's code inputs)")

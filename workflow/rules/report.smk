@@ -106,7 +106,8 @@ rule summarize:
         metrics=all_metrics(),
         code=code_deps("summarize"),
     output:
-        directory(f"{RESULTS}/metrics"),
+        metrics=directory(f"{RESULTS}/metrics"),
+        plots=directory(f"{RESULTS}/plots"),  # plot data for dvc plots (loss/, accuracy/, miou/)
     params:
         config_file=CONFIG_FILE,
         megl=MEGL,
@@ -120,4 +121,5 @@ rule summarize:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} summarize --config {params.config_file} --results {params.results} --out {output} > {log} 2>&1"
+        "{params.megl} summarize --config {params.config_file} --results {params.results} --out {output.metrics} "
+        "--plots {output.plots} > {log} 2>&1"

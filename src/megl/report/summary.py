@@ -1,5 +1,6 @@
 """Headline metrics aggregated over seeds (the files DVC declares as metrics), and a cell-by-cell
-comparison of two such summaries (a reference run of the workflow against a new one)."""
+comparison of two such summaries (a reference run of the workflow against a new one), and the small
+CSVs that dvc.yaml's top-level `plots:` read (loss per step, accuracy and mIoU per method)."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from megl.errors import MEGLError
-from megl.io import write_json, write_text
-from megl.matrix import enumerate_runs
+from megl.io import atomic_dir, write_json, write_text
+from megl.matrix import Run, enumerate_runs
 from megl.report.collect import collect_runs, expected_runs
 from megl.report.tables import fmt_number, to_markdown
 
@@ -18,6 +19,12 @@ HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "miou", "miou_all",
 CELL_KEYS: list[str] = ["dataset", "backbone", "method", "metric"]
 SUMMARY_COLUMNS: list[str] = CELL_KEYS + ["mean", "std", "n"]
 Z_AGREES = 2.0
+# `megl summarize --plots DIR` writes DIR/<name>/{dataset}_{backbone}.csv for each name; dvc.yaml's
+# top-level `plots:` declare one entry per folder, reading these columns (tests/test_dvc.py checks both).
+PLOT_LOSS = "loss"          # step, then one column per matrix.methods: `loss` mean over seeds (classifier cells)
+PLOT_ACCURACY = "accuracy"  # method, accuracy: mean over seeds (every cell, MLLM ones under backbone mllm)
+PLOT_MIOU = "miou"          # method, miou: mean over seeds (classifier cells)
+PLOT_DIRS: tuple[str, ...] = (PLOT_LOSS, PLOT_ACCURACY, PLOT_MIOU)
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -49,9 +56,10 @@ def cell_json(summary: pd.DataFrame, dataset: str, backbone: str) -> dict:
     return out
 
 
-def write_summary(config: dict, results_dir: Path, out_dir: Path) -> list[Path]:
+def write_summary(config: dict, results_dir: Path, out_dir: Path, plots_dir: Path | None = None) -> list[Path]:
     """`out_dir/{dataset}_{backbone}.json` for every dataset × backbone of the matrix (MLLM runs
-    under backbone `mllm`; `{}` where no run is found yet) and the flat `out_dir/summary.csv`."""
+    under backbone `mllm`; `{}` where no run is found yet) and the flat `out_dir/summary.csv`; with
+    `plots_dir`, the plot data of `write_plot_data` too."""
     expected = expected_runs(config["matrix"])
     paths = [Path(results_dir) / r.path / "metrics.json" for r in enumerate_runs(config)]
     runs = collect_runs([p for p in paths if p.exists()])
@@ -64,7 +72,68 @@ def write_summary(config: dict, results_dir: Path, out_dir: Path) -> list[Path]:
         write_json(path, cell_json(summary, dataset, backbone))
         written.append(path)
     write_text(out_dir / "summary.csv", summary[SUMMARY_COLUMNS].to_csv(index=False))
-    return written + [out_dir / "summary.csv"]
+    written.append(out_dir / "summary.csv")
+    if plots_dir is not None:
+        written += write_plot_data(config, Path(results_dir), summary, cells, Path(plots_dir))
+    return written
+
+
+def mean_loss_curves(config: dict, results_dir: Path, dataset: str, backbone: str) -> pd.DataFrame:
+    """step, then one column per classifier method of the matrix: the `loss` column of the runs'
+    train_log.csv, mean over the seeds found at that step (empty where a method has no log yet)."""
+    methods = list(config["matrix"]["methods"])
+    curves = []
+    for method in methods:
+        per_seed = []
+        for seed in config["matrix"]["seeds"]:
+            path = Path(results_dir) / Run(dataset, backbone, method, seed).path / "train_log.csv"
+            if not path.exists():
+                continue
+            try:
+                log = pd.read_csv(path)
+            except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+                raise MEGLError(f"{path}: cannot read training log ({exc})") from exc
+            for col in ("step", "loss"):
+                if col not in log.columns:
+                    raise MEGLError(f"{path}: missing column '{col}'")
+            per_seed.append(log.set_index("step")["loss"].astype("float64"))
+        if per_seed:
+            curves.append(pd.concat(per_seed, axis=1).mean(axis=1).rename(method))
+    frame = pd.concat(curves, axis=1) if curves else pd.DataFrame(index=pd.Index([], name="step"))
+    frame = frame.reindex(columns=methods).sort_index()
+    frame.index = frame.index.astype("int64")
+    return frame.rename_axis("step").reset_index()
+
+
+def method_means(summary: pd.DataFrame, methods: list[str], dataset: str, backbone: str,
+                 metric: str) -> pd.DataFrame:
+    """method, <metric>: mean over seeds, one row per method in matrix order (empty where missing)."""
+    sel = summary[(summary["dataset"] == dataset) & (summary["backbone"] == backbone)
+                  & (summary["metric"] == metric)]
+    means = dict(zip(sel["method"], sel["mean"]))
+    return pd.DataFrame({"method": methods, metric: [means.get(m, float("nan")) for m in methods]})
+
+
+def write_plot_data(config: dict, results_dir: Path, summary: pd.DataFrame, cells: pd.DataFrame,
+                    plots_dir: Path) -> list[Path]:
+    """`plots_dir/<PLOT_DIRS>/{dataset}_{backbone}.csv` (dvc.yaml's top-level plots). The folder is
+    replaced whole, so a cell dropped from the matrix leaves no stale plot behind."""
+    matrix = config["matrix"]
+    classifier = set(matrix["backbones"])
+    written: list[Path] = []
+    with atomic_dir(plots_dir) as tmp:
+        for dataset, backbone in cells.itertuples(index=False):
+            name = f"{dataset}_{backbone}.csv"
+            is_classifier = backbone in classifier
+            methods = list(matrix["methods"] if is_classifier else matrix.get("mllm_methods", []))
+            frames = {PLOT_ACCURACY: method_means(summary, methods, dataset, backbone, "accuracy")}
+            if is_classifier:
+                frames[PLOT_LOSS] = mean_loss_curves(config, results_dir, dataset, backbone)
+                frames[PLOT_MIOU] = method_means(summary, methods, dataset, backbone, "miou")
+            for kind, frame in frames.items():
+                write_text(tmp / kind / name, frame.to_csv(index=False))
+                written.append(Path(plots_dir) / kind / name)
+    return written
 
 
 def read_summary(path: str | Path) -> pd.DataFrame:
