@@ -71,4 +71,4 @@ unlock: $(STAMP)
 	$(VENV)/bin/snakemake --unlock
 
 clean-results:
-	rm -rf results/standin results/data results/backbones results/features results/encoders results/selection results/runs results/metrics results/tables results/logs results/benchmarks results/dvc results/control paper/generated/* figures/*.png figures/*.pdf report.html
+	rm -rf results/standin results/data results/backbones results/features results/encoders results/selection results/runs results/metrics results/tables results/logs results/benchmarks results/dvc results/plots results/control paper/generated/* figures/*.png figures/*.pdf report.html
