@@ -18,7 +18,7 @@ CONFIG_DIR = ROOT / "config"
 CONFIGS = ["config.yaml", "smoke.yaml", "paper.yaml"]
 DEFAULT = CONFIG_DIR / "config.yaml"
 README = CONFIG_DIR / "README.md"
-NAMED = ("datasets", "backbones")  # mappings whose keys are user-chosen names (<name> in the README)
+NAMED = (("datasets",), ("backbones",), ("train", "by_backbone"))  # mappings keyed by user-chosen names (<name>)
 
 
 # ---------------------------------------------------------------- shipped configs
@@ -131,7 +131,7 @@ def config_leaves(node, prefix: tuple = ()) -> set[str]:
     """Dotted leaf paths; names under datasets/backbones become <name>. Lists are leaves."""
     out = set()
     for key, value in node.items():
-        path = prefix + (("<name>",) if prefix and prefix[-1] in NAMED and len(prefix) == 1 else (key,))
+        path = prefix + (("<name>",) if prefix in NAMED else (key,))
         if isinstance(value, dict) and value:
             out |= config_leaves(value, path)
         else:
@@ -224,3 +224,23 @@ def test_control_config_is_the_default_without_shortcuts() -> None:
         control["matrix"][key] = default["matrix"][key]
     del control["results_dir"]
     assert control == default
+
+
+def test_per_backbone_training_regime_replaces_the_shared_one() -> None:
+    from megl.config import for_backbone
+    from megl.matrix import training_config
+
+    config = load_config(DEFAULT, {"train.lr": 0.001, "train.epochs": 4,
+                                   "train.by_backbone": {"resnet18": {"lr": 0.003, "epochs": 8}}})
+    res, vit = for_backbone(config, "resnet18")["train"], for_backbone(config, "vit_b_16")["train"]
+    assert (res["lr"], res["epochs"], vit["lr"], vit["epochs"]) == (0.003, 8, 0.001, 4)
+    assert "by_backbone" not in res and "by_backbone" not in vit
+    assert config["train"]["lr"] == 0.001  # the loaded config itself is untouched
+    # a rule's params (what triggers a re-run) carry the effective values of its own backbone only
+    assert training_config(config, "baseline", "resnet18")["train"]["epochs"] == 8
+    assert training_config(config, "baseline", "vit_b_16")["train"]["epochs"] == 4
+
+
+def test_per_backbone_regime_for_an_unknown_backbone_is_named() -> None:
+    with pytest.raises(MEGLError, match="train.by_backbone"):
+        load_config(DEFAULT, {"train.by_backbone": {"resnet50": {"lr": 0.01}}})

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from megl.config import for_backbone
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, load_cache, mean_map_of
@@ -136,6 +137,7 @@ def run_cell(config: dict, *, dataset: str, backbone: str, method: str, seeds: l
              selection_out: Path, data_root: Path, split_path: Path, cache_path: Path | None = None,
              pretrained_dir: Path | None = None, backbone_weights: Path | None = None) -> dict:
     """Select on validation, then train + evaluate each seed into runs_root/seed{N}/. Returns the selection."""
+    config = for_backbone(config, backbone)
     cell = Cell(config, dataset, backbone, method, data_root, split_path, cache_path, pretrained_dir,
                 backbone_weights)
     m = cell.method

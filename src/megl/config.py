@@ -55,6 +55,9 @@ def _check_matrix_names(config: dict, source: str) -> None:
     for name in matrix["datasets"]:
         if name not in config["datasets"]:
             problems.append(f"{source}: key matrix.datasets: dataset {name!r} has no entry under datasets")
+    for name in config["train"].get("by_backbone") or {}:
+        if name not in config["backbones"]:
+            problems.append(f"{source}: key train.by_backbone: backbone {name!r} has no entry under backbones")
     for name in matrix["backbones"]:
         if name not in config["backbones"]:
             problems.append(f"{source}: key matrix.backbones: backbone {name!r} has no entry under backbones")
@@ -85,6 +88,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     for dotted, value in (overrides or {}).items():
         set_dotted(config, dotted, value)
     return validate_config(config, str(path))
+
+
+def for_backbone(config: dict, backbone: str) -> dict:
+    """The config a run on `backbone` reads: `train.by_backbone[backbone]` (lr, epochs)
+    replaces the shared `train` values, and `by_backbone` itself is dropped, so the run records and
+    uses exactly the settings it trained with (docs/experiment.md: the regime is chosen per backbone)."""
+    train = dict(config["train"])
+    overrides = (train.pop("by_backbone", None) or {}).get(backbone, {})
+    return {**config, "train": {**train, **overrides}}
 
 
 def set_dotted(config: dict, dotted: str, value: Any) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megl.config import for_backbone
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, trunk_features
@@ -35,6 +36,7 @@ def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
     run_dir = Path(run_dir)
     identity = read_json(run_dir / "run.json")["run"]
     method = get_method(identity["method"])
+    config = for_backbone(config, identity["backbone"])
     bb_cfg = backbone_entry(config, identity["backbone"], method)
     set_determinism(identity["seed"], config["train"]["num_threads"])
     device = resolve_device(config["device"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from megl.config import for_backbone
 from megl.errors import MEGLError
 from megl.methods import MLLM_BACKBONE, get_method
 
@@ -53,7 +54,7 @@ def training_config(config: dict, method: str, backbone: str) -> dict:
     """The part of the config one run's training reads (megl.train). As a rule's params it makes a
     change to another method's hyperparameter (e.g. train.lambda_t, baselines.haics) leave this run alone."""
     m = get_method(method)
-    train = dict(config["train"])
+    train = dict(for_backbone(config, backbone)["train"])
     if not m.textual:
         train.pop("lambda_t", None)
         train.pop("text_batch_size", None)
