@@ -155,3 +155,18 @@ def test_text_loss_reads_only_the_first_k_samples(tiny_data, tiny_config):
     cfg["train"]["text_batch_size"] = None
     c = batch_losses(model, batch, cfg["train"], None, cfg["baselines"], other)["loss_textual"]
     assert float(c) != pytest.approx(float(a))
+
+
+def test_regime_pilot_scores_each_candidate_on_validation(tiny_data, frozen_setup):
+    from megl.bench.regime_pilot import parse_candidate, pilot
+
+    base, config, weights, cache = frozen_setup
+    candidate = parse_candidate("train.lr=3e-3,train.epochs=1")
+    assert candidate == {"train.lr": 0.003, "train.epochs": 1}
+    row = pilot(config, "objects", "resnet18", candidate, [0, 1], data_root=tiny_data.root,
+                split_path=tiny_data.split, cache_path=cache, backbone_weights=weights)
+    assert len(row["val"]) == len(row["test"]) == 2
+    assert all(0.0 <= v <= 1.0 for v in row["val"] + row["test"])
+    again = pilot(config, "objects", "resnet18", candidate, [0], data_root=tiny_data.root,
+                  split_path=tiny_data.split, cache_path=cache, backbone_weights=weights)
+    assert again["val"][0] == row["val"][0]  # deterministic per seed
