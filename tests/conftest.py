@@ -61,7 +61,7 @@ def tiny_data(tmp_path_factory) -> TinyData:
     from megl.data.annotations import read_dataset
     from megl.data.split import write_split
     from megl.data.standin import make_standin
-    from megl.train import pretrain_for_dataset
+    from megl.pretrain import pretrain_for_dataset
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("tiny_data")

@@ -162,7 +162,9 @@ def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
     finally:
         losses.write_text(original)
     assert {"cell@objects-resnet18-megl", "cell@objects-vit_b_16-baseline"} <= changed, changed
-    assert not {"make_standin@objects", "split@objects", "tables", "summarize"} & changed, changed
+    untouched = {"make_standin@objects", "split@objects", "pretrain_encoder@objects",
+                 "cache_features@objects-resnet18", "tables", "summarize"}
+    assert not untouched & changed, changed
     (repo / "README.md").write_text((repo / "README.md").read_text() + "\nedited\n")
     assert "up to date" in dvc(repo, "status")
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from megl.config import for_backbone
+from megl.config import for_backbone, image_size_for
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, load_cache, mean_map_of
@@ -31,8 +31,8 @@ from megl.evaluate import Prediction, predict, write_evaluation
 from megl.io import write_json
 from megl.methods import Method, get_method
 from megl.metrics import text as text_metrics
-from megl.train import (backbone_entry, class_names_of, finish_run, fit, image_size_for, new_run_model,
-                        resolve_device, set_determinism, write_run_record)
+from megl.runtime import resolve_device, set_determinism
+from megl.train import backbone_entry, class_names_of, finish_run, fit, new_run_model, write_run_record
 
 log = logging.getLogger(__name__)
 

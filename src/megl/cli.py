@@ -77,7 +77,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_pretrain_encoder(args) -> int:
-    from megl.train import pretrain_for_dataset
+    from megl.pretrain import pretrain_for_dataset
 
     pretrain_for_dataset(_config(args), Path(args.data_root), Path(args.split), Path(args.out))
     return 0
@@ -112,7 +112,7 @@ def cmd_pretrain_backbone(args) -> int:
     if args.backbone not in config["backbones"]:
         raise MEGLError(f"unknown backbone {args.backbone!r}; valid backbones: {', '.join(config['backbones'])}")
     torch_threads(config)
-    from megl.train import resolve_device
+    from megl.runtime import resolve_device
 
     pretrain_backbone(config["backbones"][args.backbone], config["pretrain"], Path(args.out),
                       _path(args.report), resolve_device(config["device"]))

@@ -99,6 +99,12 @@ def for_backbone(config: dict, backbone: str) -> dict:
     return {**config, "train": {**train, **overrides}}
 
 
+def image_size_for(config: dict, backbone_cfg: dict | None) -> int:
+    if backbone_cfg is not None:
+        return int(backbone_cfg["image_size"])
+    return max(int(b["image_size"]) for b in config["backbones"].values())
+
+
 def set_dotted(config: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = config

@@ -13,18 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megl.config import for_backbone
+from megl.config import for_backbone, image_size_for
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, trunk_features
-from megl.errors import MEGLError
 from megl.io import atomic_path, write_json, write_text
 from megl.methods import get_method
 from megl.metrics import classification, efficiency, saliency as saliency_metrics, text as text_metrics
 from megl.models.gradcam import saliency as saliency_map
 from megl.runs import WEIGHTS, load_weights, read_json
-from megl.train import (backbone_entry, build_run_model, class_names_of, image_size_for, mllm_answer,
-                        resolve_device, set_determinism)
+from megl.runtime import resolve_device, set_determinism
+from megl.train import backbone_entry, build_run_model, class_names_of, mllm_answer
 
 TOPK = 3
 log = logging.getLogger(__name__)

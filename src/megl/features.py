@@ -15,7 +15,7 @@ from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SPLITS, decode_split, save_cache, trunk_features
 from megl.errors import MEGLError
-from megl.train import resolve_device, set_determinism
+from megl.runtime import resolve_device, set_determinism
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,16 @@ from pathlib import Path
 
 import torch
 
+from megl.config import image_size_for
+from megl.data.annotations import MEData, read_dataset
+from megl.data.split import read_split
 from megl.errors import MEGLError
 from megl.io import atomic_dir, write_json
 from megl.models.clip import (FrozenVisionEncoder, build_tiny_clip, image_norm_stats, load_clip,
                               pretrain_tiny_clip)
 from megl.models.lm import build_tiny_lm, load_pretrained_lm, pretrain_tiny_lm
 from megl.models.tokenizer import load_tokenizer, train_tokenizer
+from megl.runtime import set_determinism
 
 TINY_VISION_KINDS = ("tiny", "tiny_clip")
 
@@ -107,3 +111,17 @@ def load_text_models(vision_cfg: dict, lm_cfg: dict, pretrained_dir: Path | None
     encoder, clip, _ = load_vision(vision_cfg, pretrained_dir)
     lm, tokenizer = load_lm(lm_cfg, pretrained_dir)
     return encoder, clip, lm, tokenizer
+
+
+def pretrain_for_dataset(config: dict, data_root: Path, split_path: Path, out: Path) -> None:
+    """Tokenizer, tiny CLIP and tiny LM on the TRAINING split only (embedded default)."""
+    from megl.data.annotations import load_image
+
+    data: MEData = read_dataset(data_root)
+    split = read_split(split_path, data)
+    set_determinism(config["split"]["seed"], config["train"]["num_threads"])
+    size = image_size_for(config, None)
+    samples = [data.by_id(i) for i in split["train"]]
+    images = torch.stack([load_image(s.image_path, size) for s in samples])
+    pretrain_text_models(images, [list(s.rationales) for s in samples], config["vision_encoder"], config["lm"],
+                         image_size=size, seed=config["split"]["seed"], out_dir=out)

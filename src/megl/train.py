@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import pickle
-import random
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from megl import losses
-from megl.config import for_backbone
+from megl.config import for_backbone, image_size_for
 from megl.data.annotations import MEData, read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, mean_map_of, trunk_features
@@ -26,6 +25,7 @@ from megl.errors import MEGLError
 from megl.io import write_json, write_text
 from megl.methods import MLLM_BACKBONE, Method, get_method
 from megl.models.gradcam import saliency as saliency_map
+from megl.runtime import resolve_device, set_determinism
 from megl.runs import WEIGHTS, RunModel, environment_info, load_weights, read_json, save_weights
 
 LOG_FIELDS = ["epoch", "step", "loss", "loss_pred", "loss_visual", "loss_dc", "loss_textual"]
@@ -35,22 +35,6 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- set-up
-def set_determinism(seed: int, num_threads: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(num_threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MEGLError("config device is 'cuda' but no CUDA device is visible")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def dataset_entry(config: dict, dataset: str) -> dict:
     if dataset not in config["datasets"]:
         raise MEGLError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(config['datasets'])}")
@@ -65,12 +49,6 @@ def backbone_entry(config: dict, backbone: str, method: Method) -> dict | None:
     if backbone not in config["backbones"]:
         raise MEGLError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(config['backbones'])}")
     return config["backbones"][backbone]
-
-
-def image_size_for(config: dict, backbone_cfg: dict | None) -> int:
-    if backbone_cfg is not None:
-        return int(backbone_cfg["image_size"])
-    return max(int(b["image_size"]) for b in config["backbones"].values())
 
 
 def build_run_model(config: dict, method: Method, backbone_cfg: dict | None, num_classes: int,
@@ -396,19 +374,3 @@ def _load_checkpoint(run_dir: Path, model: RunModel, optimizer) -> tuple[int, li
     with open(run_dir / "train_log.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))[: meta["steps"]]
     return int(meta["epoch"]), rows
-
-
-# ---------------------------------------------------------------- encoder pretraining (DAG step)
-def pretrain_for_dataset(config: dict, data_root: Path, split_path: Path, out: Path) -> None:
-    """Tokenizer, tiny CLIP and tiny LM on the TRAINING split only (embedded default)."""
-    from megl.data.annotations import load_image
-    from megl.pretrain import pretrain_text_models
-
-    data: MEData = read_dataset(data_root)
-    split = read_split(split_path, data)
-    set_determinism(config["split"]["seed"], config["train"]["num_threads"])
-    size = image_size_for(config, None)
-    samples = [data.by_id(i) for i in split["train"]]
-    images = torch.stack([load_image(s.image_path, size) for s in samples])
-    pretrain_text_models(images, [list(s.rationales) for s in samples], config["vision_encoder"], config["lm"],
-                         image_size=size, seed=config["split"]["seed"], out_dir=out)
