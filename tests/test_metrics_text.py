@@ -1,4 +1,6 @@
 import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from megl.metrics.text import (
     null_text_metrics,
     scorer_versions,
     text_metrics,
+    text_metrics_many,
 )
 
 REFS = {
@@ -172,3 +175,79 @@ def test_scorer_versions():
     assert v["pycocoevalcap"]
     assert v["java"] and "version" in v["java"]
     assert isinstance(v["spice_available"], bool)
+
+
+# A stand-in for the METEOR jar's -stdio protocol: a SCORE line answers with how many SCORE lines it
+# has read so far (so a repeated request would show), an EVAL line with each statistic, then their sum.
+FAKE_METEOR = """
+import sys
+n = 0
+for line in sys.stdin:
+    if line.startswith("SCORE"):
+        n += 1
+        print(n, flush=True)
+    elif line.startswith("EVAL"):
+        stats = [float(x) for x in line.rstrip("\\n").split(" ||| ")[1:]]
+        for x in stats:
+            print(x)
+        print(sum(stats), flush=True)
+"""
+
+
+class _FakeMeteor:
+    def __init__(self):
+        self.meteor_p = subprocess.Popen([sys.executable, "-c", FAKE_METEOR], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE)
+        self.lock = threading.Lock()
+
+
+def test_meteor_asks_each_distinct_line_once_in_order_and_streams_large_requests():
+    # long references: the requests (~3 MB) overflow the pipes unless written while answers are read
+    gts = {i: [f"reference {i} " + "word " * 300, "another reference"] for i in range(2000)}
+    runs = [{i: [f"hypothesis {i % 7}"] for i in gts},
+            {i: [f"hypothesis {i % 7}"] for i in gts},                       # the same as run 0
+            {i: [f"hypothesis {i % 7}" if i % 2 else "a ||| b  c"] for i in gts}]
+    fake = _FakeMeteor()
+    try:
+        scores = text._meteor_many(fake, gts, runs)
+    finally:
+        fake.meteor_p.stdin.close()
+        fake.meteor_p.wait()
+    order: dict[str, int] = {}  # the statistic of a line = its rank among the distinct lines, first seen first
+    for res in runs:
+        for i in gts:
+            order.setdefault(text._meteor_score_line(res[i][0], gts[i]), len(order) + 1)
+    expected = [float(sum(order[text._meteor_score_line(res[i][0], gts[i])] for i in gts)) for res in runs]
+    assert len(order) == 3000  # 2000 distinct lines of run 0 (= run 1), 1000 new ones of run 2
+    assert scores == expected
+    assert text._meteor_score_line("a ||| b  c", ["r"]) == "SCORE ||| r ||| a b c"  # as Meteor._stat cleans it
+
+
+def test_meteor_process_that_dies_is_one_error():
+    fake = _FakeMeteor()
+    fake.meteor_p.kill()
+    fake.meteor_p.wait()
+    with pytest.raises(MEGLError, match="METEOR scorer failed"):
+        text._meteor_many(fake, {1: ["a b"]}, [{1: ["a"]}])
+
+
+@pytest.mark.slow
+def test_many_runs_equal_the_published_meteor_and_single_run_scores():
+    """text_metrics_many with repeated hypotheses across runs (as a cell's seeds write them): each
+    run's METEOR equals pycocoevalcap's Meteor.compute_score, the other scores text_metrics alone."""
+    other = {**HYPS, "s2": "Clouds over a hill.", 7: "A dog ||| runs  on grass."}
+    runs = {0: HYPS, 1: other, 2: dict(HYPS)}
+    many = text_metrics_many(REFS, runs, spice=False)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFS.items()})
+    meteor = Meteor()
+    try:
+        for run, hyps in runs.items():
+            res = tok.tokenize({k: [{"caption": hyps[k]}] for k in REFS})
+            assert many[run]["meteor"] == meteor.compute_score(gts, res)[0], run
+            alone = text_metrics(REFS, hyps, spice=False)
+            for k in ("bleu4", "rouge_l", "cider"):
+                assert many[run][k] == pytest.approx(alone[k], abs=1e-12), (run, k)
+    finally:
+        del meteor
+    assert many[0] == many[2] and many[0]["meteor"] != many[1]["meteor"]

@@ -9,7 +9,7 @@ import torch
 from megl.errors import MEGLError
 from megl.models.clip import FrozenVisionEncoder, build_tiny_clip, clip_text_image_similarity
 from megl.models.lm import apply_lora, build_tiny_lm
-from megl.models.sdtg import SDTG, mask_image, resample_tokens
+from megl.models.sdtg import SDTG, mask_image, resample_tokens, tokenizer_fingerprint
 from megl.models.tokenizer import load_tokenizer, train_tokenizer
 
 from tiny_sdtg import CLIP_CFG, FEAT_DIM, LM_CFG, LORA, P, S
@@ -208,3 +208,48 @@ def test_errors(tok):
         model.loss(images, saliency, tokens, texts[:2])
     with pytest.raises(MEGLError):
         model.prefix(images, None, None)
+
+
+def test_target_ids_memo_equals_the_tokenizer_and_is_shared_by_equal_tokenizers(tok, tmp_path):
+    """target_ids memoises token ids (megl.models.sdtg._TARGET_CACHE): the cached ids must be what
+    the tokenizer gives, for new and repeated texts, truncated or not, with and without EOS."""
+    def direct(model, texts, eos=True):
+        ids = tok([" " + t.strip() for t in texts], add_special_tokens=False)["input_ids"]
+        return [s[:model.max_rationale_tokens] + ([tok.eos_token_id] if eos else []) for s in ids]
+
+    a = make_sdtg(tok)
+    texts = [TEXTS[0], "  " + TEXTS[0] + " ", TEXTS[1], TEXTS[0], " ".join(TEXTS)]  # repeats; one > 24 tokens
+    for round_ in range(2):  # first call fills the memo, the second reads it
+        assert a.target_ids(texts) == direct(a, texts), round_
+        assert a.target_ids(texts, eos=False) == direct(a, texts, eos=False), round_
+    assert len(direct(a, [" ".join(TEXTS)], eos=False)[0]) == 24
+
+    # a second SDTG on the same tokenizer, saved and loaded again, reads the same memo
+    tok.save_pretrained(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    tok([TEXTS[0]], truncation=True, max_length=4)  # truncation state is not part of the fingerprint
+    assert tokenizer_fingerprint(again) == tokenizer_fingerprint(tok)
+    b = SDTG(build_tiny_lm(LM_CFG, again), again, None, FEAT_DIM, P, "x", 24)
+    assert b._target_cache_of() is a._target_cache_of()
+    assert b.target_ids([TEXTS[2]]) == direct(b, [TEXTS[2]])
+
+    # a different tokenizer has its own memo and its own ids
+    other = train_tokenizer(["zebras and quokkas eat leaves"] * 5, 280, None)
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tok)
+    c = SDTG(build_tiny_lm(LM_CFG, other), other, None, FEAT_DIM, P, "x", 24)
+    assert c._target_cache_of() is not a._target_cache_of()
+    want = other([" " + TEXTS[0]], add_special_tokens=False)["input_ids"][0][:24] + [other.eos_token_id]
+    assert c.target_ids([TEXTS[0]]) == [want] != a.target_ids([TEXTS[0]])
+
+
+def test_sequence_layout_pads_right_and_labels_only_targets(tok):
+    model = make_sdtg(tok, with_encoder=False)
+    context = torch.zeros(3, 5, model.lm.get_input_embeddings().embedding_dim)
+    ids = [[7, 8, 9], [10], [11, 12]]
+    embeds, attention, labels = model._sequence(context, ids)
+    pad = tok.pad_token_id
+    assert embeds.shape[:2] == (3, 8)
+    assert attention.tolist() == [[1] * 5 + [1, 1, 1], [1] * 5 + [1, 0, 0], [1] * 5 + [1, 1, 0]]
+    assert labels.tolist() == [[-100] * 5 + [7, 8, 9], [-100] * 5 + [10, -100, -100], [-100] * 5 + [11, 12, -100]]
+    emb = model.lm.get_input_embeddings()
+    assert torch.equal(embeds[1, 6], emb(torch.tensor(pad)))

@@ -1,6 +1,7 @@
 """Text metrics: the COCO caption scorers (pycocoevalcap: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE) and CLIPScore.
 
 The scorers are called as published, after pycocoevalcap's PTBTokenizer (Java); nothing is re-implemented.
+METEOR is pycocoevalcap's Meteor process and line protocol; only the feeding differs (`_meteor_many`).
 A scorer that cannot run returns None with the reason in `notes`, never 0.
 """
 
@@ -11,6 +12,7 @@ import functools
 import io
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -110,12 +112,61 @@ def _meteor_scorer():
         scorer.meteor_p.wait()
 
 
-def _meteor(scorer, gts: dict, res: dict) -> float:
+def _meteor_score_line(hypothesis: str, references: list[str]) -> str:
+    """The SCORE request of one sample, exactly as pycocoevalcap's Meteor._stat writes it."""
+    hypothesis = hypothesis.replace("|||", "").replace("  ", " ")
+    return " ||| ".join(("SCORE", " ||| ".join(references), hypothesis))
+
+
+def _meteor_many(scorer, gts: dict, runs: list[dict]) -> list[float]:
+    """Corpus METEOR of each run (tokenized {id: [hypothesis]}) against the tokenized references `gts`.
+
+    The protocol of pycocoevalcap's Meteor.compute_score: a SCORE line per sample returns that
+    sample's statistics, then one EVAL line of a run's statistics (in `gts` order) returns its
+    per-sample scores and the corpus score. Two differences, neither changing a score: each
+    distinct SCORE line is asked once (the statistics depend on that line alone; a cell's seeds
+    write many identical rationales), and the SCORE lines are streamed by a writer thread while
+    this one reads the answers, instead of one pipe round trip per sample.
+    """
+    requests: list[list[str]] = []
+    for res in runs:
+        if res.keys() != gts.keys():
+            raise MEGLError("METEOR: hypotheses and references cover different samples")
+        if any(len(res[i]) != 1 for i in gts):
+            raise MEGLError("METEOR: exactly one hypothesis per sample")
+        requests.append([_meteor_score_line(res[i][0], gts[i]) for i in gts])
+    stats = dict.fromkeys(line for lines in requests for line in lines)
+    unique = list(stats)
+    proc = scorer.meteor_p
+
+    def write() -> None:
+        try:
+            for line in unique:
+                proc.stdin.write(f"{line}\n".encode())
+            proc.stdin.flush()
+        except OSError:  # the JVM died: the reader below sees end of file
+            pass
+
     try:
-        score, _ = scorer.compute_score(gts, res)
+        with scorer.lock:
+            writer = threading.Thread(target=write, name="meteor-writer", daemon=True)
+            writer.start()
+            for line in unique:
+                answer = proc.stdout.readline()
+                if not answer:
+                    raise OSError("the METEOR process closed its output")
+                stats[line] = answer.decode().strip()
+            writer.join()
+            scores = []
+            for lines in requests:
+                proc.stdin.write(("EVAL" + "".join(f" ||| {stats[line]}" for line in lines) + "\n").encode())
+                proc.stdin.flush()
+                for _ in lines:  # per-sample scores: read to keep the protocol in step, not used
+                    float(proc.stdout.readline().strip())
+                scores.append(float(proc.stdout.readline().strip()))
     except (ValueError, OSError) as e:  # the JVM died or answered nothing
         raise MEGLError(f"METEOR scorer failed: {type(e).__name__}: {e}") from None
-    return float(score)
+    return scores
 
 
 def _spice(gts: dict, res: dict) -> tuple[float | None, str | None]:
@@ -161,27 +212,28 @@ def text_metrics_many(references: Mapping, hypotheses_by_run: Mapping[object, Ma
     from pycocoevalcap.rouge.rouge import Rouge
 
     runs = list(hypotheses_by_run)
-    gts = _tokenize({k: [{"caption": r} for r in refs] for k, refs in references.items()})
-    keyed = {(i, k): [{"caption": hypotheses_by_run[run][k]}] for i, run in enumerate(runs) for k in references}
-    tokenized = _tokenize(keyed)
     results = {}
-    with _meteor_scorer() as meteor:
-        for i, run in enumerate(runs):
-            res = {k: tokenized[(i, k)] for k in references}
-            out: dict = {"n": len(res), "notes": {}}
-            bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-            out["bleu4"] = float(bleu[3])
-            out["meteor"] = _meteor(meteor, gts, res)
-            out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-            out["cider"] = float(Cider().compute_score(gts, res)[0])
-            if spice:
-                out["spice"], note = _spice(gts, res)
-                if note:
-                    out["notes"]["spice"] = note
-            else:
-                out["spice"] = None
-                out["notes"]["spice"] = "SPICE disabled by the caller (spice=False)"
-            results[run] = {k: out[k] for k in (*TEXT_KEYS, "n", "notes")}
+    with _meteor_scorer() as meteor:  # started first: the JVM loads its tables while PTB tokenizes
+        gts = _tokenize({k: [{"caption": r} for r in refs] for k, refs in references.items()})
+        keyed = {(i, k): [{"caption": hypotheses_by_run[run][k]}] for i, run in enumerate(runs) for k in references}
+        tokenized = _tokenize(keyed)
+        res_by_run = [{k: tokenized[(i, k)] for k in references} for i in range(len(runs))]
+        meteor_scores = _meteor_many(meteor, gts, res_by_run)
+    for run, res, meteor_score in zip(runs, res_by_run, meteor_scores):
+        out: dict = {"n": len(res), "notes": {}}
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        out["bleu4"] = float(bleu[3])
+        out["meteor"] = meteor_score
+        out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+        out["cider"] = float(Cider().compute_score(gts, res)[0])
+        if spice:
+            out["spice"], note = _spice(gts, res)
+            if note:
+                out["notes"]["spice"] = note
+        else:
+            out["spice"] = None
+            out["notes"]["spice"] = "SPICE disabled by the caller (spice=False)"
+        results[run] = {k: out[k] for k in (*TEXT_KEYS, "n", "notes")}
     return results
 
 

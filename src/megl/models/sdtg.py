@@ -7,6 +7,8 @@ L_textual = autoregressive NLL of the target tokens only. Choices where the pape
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 import torch
@@ -18,6 +20,26 @@ from megl.errors import MEGLError
 from megl.models.clip import FrozenVisionEncoder
 
 IGNORE = -100
+# Token ids of target texts, per tokenizer (content fingerprint) and text: a cell's runs tokenise the
+# same training rationales every step; a fresh tokenizer call per step costs more than the LM's
+# embedding lookup. Bounded: cleared when it grows past _TARGET_CACHE_MAX texts.
+_TARGET_CACHE: dict[tuple, dict[str, list[int]]] = {}
+_TARGET_CACHE_MAX = 200_000
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> tuple | None:
+    """What decides `tokenizer(texts, add_special_tokens=False)`'s ids: the class and the fast
+    tokenizer's pipeline (normaliser, pre-tokenizer, model, added tokens; not its truncation or
+    padding, which that call switches off). None for a tokenizer without a Rust backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode("utf-8")).hexdigest()
+    return (type(tokenizer).__module__, type(tokenizer).__qualname__,
+            bool(getattr(tokenizer, "split_special_tokens", False)), digest)
 
 
 def resample_tokens(z: torch.Tensor, n_tokens: int) -> torch.Tensor:
@@ -83,6 +105,7 @@ class SDTG(nn.Module):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         self.register_buffer("bos_ids", torch.tensor(bos, dtype=torch.long), persistent=False)
         self.register_buffer("prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False)
+        self._target_cache: dict[str, list[int]] | None = None  # text -> untruncated ids; see _target_cache_of
 
     # ------------------------------------------------------------------ prefix
     def prefix(self, images: torch.Tensor | None, saliency: torch.Tensor | None,
@@ -122,9 +145,23 @@ class SDTG(nn.Module):
     def target_ids(self, texts: list[str], eos: bool = True) -> list[list[int]]:
         """Token ids of each target text as the LM reads it after the prompt: ' ' + text (stripped),
         truncated to max_rationale_tokens, then EOS (unless eos=False)."""
-        ids = self.tokenizer([" " + t.strip() for t in texts], add_special_tokens=False)["input_ids"]
+        cache = self._target_cache_of()
+        keys = [" " + t.strip() for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in cache))
+        if missing:
+            if len(cache) + len(missing) > _TARGET_CACHE_MAX:
+                cache.clear()
+            cache.update(zip(missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"]))
         tail = [self.tokenizer.eos_token_id] if eos else []
-        return [s[:self.max_rationale_tokens] + tail for s in ids]
+        return [cache[k][:self.max_rationale_tokens] + tail for k in keys]
+
+    def _target_cache_of(self) -> dict[str, list[int]]:
+        """The memo of `target_ids`: shared by every SDTG whose tokenizer has the same fingerprint
+        (a cell's runs load the same tokenizer folder), private to this SDTG otherwise."""
+        if self._target_cache is None:
+            key = tokenizer_fingerprint(self.tokenizer)
+            self._target_cache = {} if key is None else _TARGET_CACHE.setdefault(key, {})
+        return self._target_cache
 
     def _sequence(self, context: torch.Tensor, ids: list[list[int]]
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,11 +174,10 @@ class SDTG(nn.Module):
         if b != len(ids):
             raise MEGLError(f"SDTG: batch of {b} but {len(ids)} target texts")
         width = max(len(s) for s in ids)
-        target = torch.full((b, width), self.tokenizer.pad_token_id, dtype=torch.long, device=context.device)
-        tmask = torch.zeros((b, width), dtype=torch.long, device=context.device)
-        for r, s in enumerate(ids):
-            target[r, :len(s)] = torch.tensor(s, dtype=torch.long, device=context.device)
-            tmask[r, :len(s)] = 1
+        pad = self.tokenizer.pad_token_id
+        target = torch.tensor([s + [pad] * (width - len(s)) for s in ids], dtype=torch.long, device=context.device)
+        tmask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], dtype=torch.long,
+                             device=context.device)
         embeds = torch.cat([context, self.lm.get_input_embeddings()(target)], dim=1)
         attention = torch.cat([torch.ones((b, l0), dtype=torch.long, device=context.device), tmask], dim=1)
         labels = torch.cat([torch.full((b, l0), IGNORE, dtype=torch.long, device=context.device),
@@ -156,7 +192,8 @@ class SDTG(nn.Module):
         if v.shape[0] != len(rationales):
             raise MEGLError(f"SDTG.loss: batch of {v.shape[0]} but {len(rationales)} target texts")
         embeds, attention, labels = self._sequence(self._context(v), self.target_ids(rationales))
-        return self.lm(inputs_embeds=embeds, attention_mask=attention, labels=labels).loss
+        # use_cache=False: a training forward has no later step to read a KV cache (same logits)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention, labels=labels, use_cache=False).loss
 
     # ------------------------------------------------------------------ closed-set scoring
     @torch.no_grad()
@@ -202,9 +239,10 @@ class SDTG(nn.Module):
     def _logits(self, embeds: torch.Tensor, attention: torch.Tensor, keep: int) -> torch.Tensor:
         """The LM's logits at the last `keep` positions (HF `logits_to_keep` where the LM accepts it)."""
         try:
-            logits = self.lm(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=keep).logits
+            logits = self.lm(inputs_embeds=embeds, attention_mask=attention, logits_to_keep=keep,
+                             use_cache=False).logits
         except TypeError:  # an LM whose forward has no logits_to_keep: compute all, keep the tail
-            logits = self.lm(inputs_embeds=embeds, attention_mask=attention).logits
+            logits = self.lm(inputs_embeds=embeds, attention_mask=attention, use_cache=False).logits
         return logits[:, -keep:]
 
     # ------------------------------------------------------------------ decoding
