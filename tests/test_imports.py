@@ -32,6 +32,15 @@ def test_cli_and_its_parser_import_no_heavy_library():
     assert loaded(code, heavy) == []
 
 
+def test_the_workflow_definition_imports_no_torch():
+    """Every Snakemake process (the main one, and one per job on a cluster) parses the Snakefile:
+    the megl modules that workflow/rules/common.smk imports must not pull in torch or torchvision."""
+    lines = [line for line in (REPO / "workflow" / "rules" / "common.smk").read_text().splitlines()
+             if line.startswith("from megl") or line.startswith("import megl")]
+    assert lines, "common.smk imports nothing from megl?"
+    assert loaded("\n".join(lines), ["torch", "torchvision", *TEXT_LIBS]) == []
+
+
 def test_config_loads_without_the_slow_iri_format_module():
     """jsonschema's optional rfc3987_syntax builds a grammar on import (seconds); the config is
     validated without format checks, so megl.config keeps it out (and leaves no trace in sys.modules)."""

@@ -110,9 +110,15 @@ def _closure(root: Path, seeds: set[str]) -> set[Path]:
         files.update(_data_files(root, path))
         if name == CLI:
             continue
-        imported = _imported_names(_tree(path), _module_name(root, path), path.name == "__init__.py")
+        imported = _module_imports(root, path)
         todo.extend(n for name in imported for n in _with_parents(name))
     return files
+
+
+@lru_cache(maxsize=None)
+def _module_imports(root: Path, path: Path) -> frozenset[str]:
+    """Every module `path` imports (cached: the workflow asks once per rule, at parse time)."""
+    return frozenset(_imported_names(_tree(path), _module_name(root, path), path.name == "__init__.py"))
 
 
 def _cli_functions(root: Path) -> dict[str, ast.FunctionDef]:
@@ -161,12 +167,16 @@ def code_deps(command: str, root: Path | str = PACKAGE_DIR, prefix: str = SRC_PR
     """Sorted package files (`src/megl/...` paths, or below `prefix`) that `megl COMMAND` imports or reads.
 
     `root` is the package folder analysed (default: this package's own folder)."""
-    root = Path(root)
+    return list(_code_deps(command, Path(root), prefix))
+
+
+@lru_cache(maxsize=None)
+def _code_deps(command: str, root: Path, prefix: str) -> tuple[str, ...]:
     handlers = command_handlers(root)
     if command not in handlers:
         raise KeyError(f"unknown megl command {command!r}; commands: {', '.join(sorted(handlers))}")
     files = _closure(root, _cli_seeds(root, handlers[command]))
-    return sorted(f"{prefix}/{p.relative_to(root).as_posix()}" for p in files)
+    return tuple(sorted(f"{prefix}/{p.relative_to(root).as_posix()}" for p in files))
 
 
 # ------------------------------------------------------------------ dvc.yaml's generated deps blocks

@@ -10,7 +10,7 @@ from megl.codedeps import code_deps as _code_deps
 from megl.config import validate_config
 from megl.matrix import enumerate_runs
 from megl.methods import MLLM_BACKBONE, get_method
-from megl.models.backbones import SOURCE_PRETRAINED
+from megl.models import SOURCE_PRETRAINED  # not megl.models.backbones: every Snakemake process would import torch
 from megl.matrix import training_config as training_config_of
 
 validate_config(config, "snakemake config")

@@ -17,13 +17,13 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.vision_transformer import VisionTransformer
 
 from megl.errors import MEGLError
+from megl.models import SOURCE_PRETRAINED
 
 FAMILIES = ("resnet18", "vit_b_16")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET18_WIDTHS = [64, 128, 256, 512]
-SMALL_IMAGE_MAX = 96
-SOURCE_PRETRAINED = "source"  # backbones.X.weights: pretrained by the workflow on the source stand-in  # stem "auto": images up to this size get the CIFAR-style stem
+SMALL_IMAGE_MAX = 96  # stem "auto": images up to this size get the CIFAR-style stem
 
 
 @dataclass
