@@ -290,6 +290,12 @@ def _add_cell(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="method name (megl methods lists them)")
 
 
+def _add_pretrained(p: argparse.ArgumentParser) -> None:
+    """--pretrained (the text models) and --backbone-weights: what train, evaluate and run-cell start from."""
+    p.add_argument("--pretrained", help=PRETRAINED_HELP)
+    _add_backbone_weights(p)
+
+
 def _add_backbone_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone-weights", help="pretrained trunk file (the pretrain-backbone step's output); "
                                               "overrides backbones.<name>.weights")
@@ -410,8 +416,7 @@ def _parser_train(sub) -> None:
     _add_cell(p)
     p.add_argument("--seed", type=int, required=True, help="training seed")
     _add_data(p)
-    p.add_argument("--pretrained", help=PRETRAINED_HELP)
-    _add_backbone_weights(p)
+    _add_pretrained(p)
     p.add_argument("--run-dir", required=True, help="folder the run's files are written to")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     p.add_argument("--force", action="store_true",
@@ -424,8 +429,7 @@ def _parser_evaluate(sub) -> None:
     _add_config(p)
     p.add_argument("run_dir", help="the run's folder (model.safetensors, run.json from megl train)")
     _add_data(p)
-    p.add_argument("--pretrained", help=PRETRAINED_HELP)
-    _add_backbone_weights(p)
+    _add_pretrained(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -457,8 +461,7 @@ def _parser_run_cell(sub) -> None:
     p.add_argument("--selection-out", required=True, help="where the selection record (JSON) is written")
     _add_data(p)
     p.add_argument("--cache", help="feature cache of this dataset and backbone (megl cache-features)")
-    p.add_argument("--pretrained", help=PRETRAINED_HELP)
-    _add_backbone_weights(p)
+    _add_pretrained(p)
     p.set_defaults(func=cmd_run_cell)
 
 
