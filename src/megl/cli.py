@@ -171,7 +171,8 @@ def cmd_fetch_data(args) -> int:
 def cmd_tables(args) -> int:
     from megl.report.build import build_tables
 
-    paths = build_tables(_config(args), Path(args.results), Path(args.out), Path(args.published), args.alpha)
+    config = _config(args)
+    paths = build_tables(config, _results(args, config), Path(args.out), Path(args.published), args.alpha)
     print(f"wrote {len(paths)} table files to {args.out}")
     return 0
 
@@ -179,7 +180,8 @@ def cmd_tables(args) -> int:
 def cmd_figures(args) -> int:
     from megl.report.build import build_figures
 
-    paths = build_figures(_config(args), Path(args.results), Path(args.out), args.alpha)
+    config = _config(args)
+    paths = build_figures(config, _results(args, config), Path(args.out), args.alpha)
     print(f"wrote {len(paths)} figure files to {args.out}")
     return 0
 
@@ -194,7 +196,8 @@ def cmd_paper(args) -> int:
 def cmd_summarize(args) -> int:
     from megl.report.summary import write_summary
 
-    paths = write_summary(_config(args), Path(args.results), Path(args.out),
+    config = _config(args)
+    paths = write_summary(config, _results(args, config), Path(args.out),
                           Path(args.plots) if args.plots else None)
     print(f"wrote {len(paths)} summary files to {args.out}" + (f" and {args.plots}" if args.plots else ""))
     return 0
@@ -270,11 +273,27 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="override a config key, dotted (e.g. train.epochs=1); repeatable")
 
 
+def _add_results(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", help="results root holding runs/ (default: the config's results_dir, "
+                                     f"else {DEFAULT_RESULTS})")
+
+
+def _results(args, config: dict) -> Path:
+    """--results, else the config's results_dir (the workflow's RESULTS), else results/."""
+    return Path(args.results or config.get("results_dir", DEFAULT_RESULTS))
+
+
 def _add_cell(p: argparse.ArgumentParser) -> None:
     """--dataset, --backbone, --method: which cell of the run matrix (train and run-cell)."""
     p.add_argument("--dataset", required=True, help="key of config datasets (e.g. objects)")
     p.add_argument("--backbone", required=True, help="key of config backbones (e.g. resnet18; mllm for MLLM methods)")
     p.add_argument("--method", required=True, help="method name (megl methods lists them)")
+
+
+def _add_pretrained(p: argparse.ArgumentParser) -> None:
+    """--pretrained (the text models) and --backbone-weights: what train, evaluate and run-cell start from."""
+    p.add_argument("--pretrained", help=PRETRAINED_HELP)
+    _add_backbone_weights(p)
 
 
 def _add_backbone_weights(p: argparse.ArgumentParser) -> None:
@@ -293,6 +312,7 @@ def _add_data(p: argparse.ArgumentParser, split_help: str = "split file (megl sp
     p.add_argument("--split", required=True, help=split_help)
 
 
+DEFAULT_RESULTS = "results"  # as workflow/rules/common.smk: config.get("results_dir", "results")
 PRETRAINED_HELP = "folder of the pretrained text models (megl pretrain-encoder); needed by text-writing methods"
 
 
@@ -304,17 +324,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _parser_validate_data(sub)
+    _parser_make_standin(sub)
+    _parser_split(sub)
+    _parser_methods(sub)
+    _parser_preflight(sub)
+    _parser_pretrain_encoder(sub)
+    _parser_train(sub)
+    _parser_evaluate(sub)
+    _parser_pretrain_backbone(sub)
+    _parser_cache_features(sub)
+    _parser_run_cell(sub)
+    _parser_tables(sub)
+    _parser_figures(sub)
+    _parser_paper(sub)
+    _parser_unpack_data(sub)
+    _parser_gpu_run(sub)
+    _parser_fetch_data(sub)
+    _parser_summarize(sub)
+    _parser_code_deps(sub)
+    _parser_compare(sub)
+    return parser
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = command("validate-data", "check a dataset in the official ME format")
+def _command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """One sub-command: its one-line help doubles as its description; the exit codes as its epilog."""
+    return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# ------------------------------------------------------------------ one parser per command
+def _parser_validate_data(sub) -> None:
+    p = _command(sub, "validate-data", "check a dataset in the official ME format")
     p.add_argument("dir", help="dataset folder (exp_annotation.json, images/, maps); never modified")
     p.add_argument("--summary-json", help="also write the summary here")
     p.set_defaults(func=cmd_validate_data)
 
-    p = command("make-standin", "generate an offline stand-in dataset in the ME format")
+
+def _parser_make_standin(sub) -> None:
+    p = _command(sub, "make-standin", "generate an offline stand-in dataset in the ME format")
     p.add_argument("kind", choices=["objects", "actions", "digits"], help="which stand-in generator")
     p.add_argument("out", help="folder to write the dataset to")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
@@ -331,57 +379,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     p.set_defaults(func=cmd_make_standin)
 
-    p = command("split", "seeded per-image stratified train/val/test split")
+
+def _parser_split(sub) -> None:
+    p = _command(sub, "split", "seeded per-image stratified train/val/test split")
     p.add_argument("dir", help="dataset folder in the official ME format")
     p.add_argument("--out", required=True, help="split file to write (JSON)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
     _add_fractions(p)
     p.set_defaults(func=cmd_split)
 
-    p = command("methods", "print the method registry")
+
+def _parser_methods(sub) -> None:
+    p = _command(sub, "methods", "print the method registry")
     p.set_defaults(func=cmd_methods)
 
-    p = command("preflight", "check the external tools the workflow needs (Java; latexmk with --pdf)")
+
+def _parser_preflight(sub) -> None:
+    p = _command(sub, "preflight", "check the external tools the workflow needs (Java; latexmk with --pdf)")
     _add_config(p)
     p.add_argument("--pdf", action="store_true", help="the manuscript PDF is asked for: check latexmk too")
     p.add_argument("--out", help="also write what was found (JSON) here")
     p.set_defaults(func=cmd_preflight)
 
-    p = command("pretrain-encoder", "train the tokenizer, tiny CLIP and tiny LM (embedded default)")
+
+def _parser_pretrain_encoder(sub) -> None:
+    p = _command(sub, "pretrain-encoder", "train the tokenizer, tiny CLIP and tiny LM (embedded default)")
     _add_config(p)
     _add_data(p)
     p.add_argument("--out", required=True, help="folder to write the text models to")
     p.set_defaults(func=cmd_pretrain_encoder)
 
-    p = command("train", "train one run (dataset, backbone, method, seed)")
+
+def _parser_train(sub) -> None:
+    p = _command(sub, "train", "train one run (dataset, backbone, method, seed)")
     _add_config(p)
     _add_cell(p)
     p.add_argument("--seed", type=int, required=True, help="training seed")
     _add_data(p)
-    p.add_argument("--pretrained", help=PRETRAINED_HELP)
-    _add_backbone_weights(p)
+    _add_pretrained(p)
     p.add_argument("--run-dir", required=True, help="folder the run's files are written to")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     p.add_argument("--force", action="store_true",
                    help="train from scratch, replacing a finished run or an unreadable checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = command("evaluate", "score a trained run on the test split: metrics.json")
+
+def _parser_evaluate(sub) -> None:
+    p = _command(sub, "evaluate", "score a trained run on the test split: metrics.json")
     _add_config(p)
     p.add_argument("run_dir", help="the run's folder (model.safetensors, run.json from megl train)")
     _add_data(p)
-    p.add_argument("--pretrained", help=PRETRAINED_HELP)
-    _add_backbone_weights(p)
+    _add_pretrained(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = command("pretrain-backbone", "pretrain one small backbone on the source stand-in task")
+
+def _parser_pretrain_backbone(sub) -> None:
+    p = _command(sub, "pretrain-backbone", "pretrain one small backbone on the source stand-in task")
     _add_config(p)
     p.add_argument("--backbone", required=True, help="key of config backbones (e.g. resnet18)")
     p.add_argument("--out", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--report", help="also write the pretraining report (JSON) here")
     p.set_defaults(func=cmd_pretrain_backbone)
 
-    p = command("cache-features", "decode a dataset once and cache the frozen trunk's features")
+
+def _parser_cache_features(sub) -> None:
+    p = _command(sub, "cache-features", "decode a dataset once and cache the frozen trunk's features")
     _add_config(p)
     _add_data(p)
     p.add_argument("--backbone", required=True, help="key of config backbones")
@@ -389,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cache file to write (.safetensors)")
     p.set_defaults(func=cmd_cache_features)
 
-    p = command("run-cell", "select the guidance weight on val, then train and evaluate every seed")
+
+def _parser_run_cell(sub) -> None:
+    p = _command(sub, "run-cell", "select the guidance weight on val, then train and evaluate every seed")
     _add_config(p)
     _add_cell(p)
     p.add_argument("--seeds", type=int, nargs="*", help="seeds to run (default: matrix.seeds)")
@@ -397,13 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection-out", required=True, help="where the selection record (JSON) is written")
     _add_data(p)
     p.add_argument("--cache", help="feature cache of this dataset and backbone (megl cache-features)")
-    p.add_argument("--pretrained", help=PRETRAINED_HELP)
-    _add_backbone_weights(p)
+    _add_pretrained(p)
     p.set_defaults(func=cmd_run_cell)
 
-    p = command("tables", "tables 2-5, paper-vs-ours and claims from every run's metrics")
+
+def _parser_tables(sub) -> None:
+    p = _command(sub, "tables", "tables 2-5, paper-vs-ours and claims from every run's metrics")
     _add_config(p)
-    p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
+    _add_results(p)
     p.add_argument("--out", default="results/tables", help="folder for the .csv/.md/.tex tables (default: %(default)s)")
     p.add_argument("--published", default="config/published.yaml",
                    help="the paper's published numbers (default: %(default)s)")
@@ -411,27 +476,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="significance level of the claims' paired tests (default: %(default)s)")
     p.set_defaults(func=cmd_tables)
 
-    p = command("figures", "seaborn figures (PNG + PDF) from every run")
+
+def _parser_figures(sub) -> None:
+    p = _command(sub, "figures", "seaborn figures (PNG + PDF) from every run")
     _add_config(p)
-    p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
+    _add_results(p)
     p.add_argument("--out", default="figures", help="folder for the figures (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="significance level of the forest plot's verdicts (default: %(default)s)")
     p.set_defaults(func=cmd_figures)
 
-    p = command("paper", "copy tables and figures into paper/generated; build the PDF with --pdf")
+
+def _parser_paper(sub) -> None:
+    p = _command(sub, "paper", "copy tables and figures into paper/generated; build the PDF with --pdf")
     p.add_argument("--tables", default="results/tables", help="folder of the tables' .tex (default: %(default)s)")
     p.add_argument("--figures", default="figures", help="folder of the figures' .pdf (default: %(default)s)")
     p.add_argument("--out", default="paper/generated", help="the manuscript's input folder (default: %(default)s)")
     p.add_argument("--pdf", action="store_true", help="run latexmk when it is installed")
     p.set_defaults(func=cmd_paper)
 
-    p = command("unpack-data", "unpack an official ME zip (DVC-tracked) into a dataset folder")
+
+def _parser_unpack_data(sub) -> None:
+    p = _command(sub, "unpack-data", "unpack an official ME zip (DVC-tracked) into a dataset folder")
     p.add_argument("zip", help="the zip (e.g. data/raw/Object_Classification.zip)")
     p.add_argument("out", help="folder to unpack into (left alone when it already holds the dataset)")
     p.set_defaults(func=cmd_unpack_data)
 
-    p = command("gpu-run", "run a command holding one GPU slot (flock)")
+
+def _parser_gpu_run(sub) -> None:
+    p = _command(sub, "gpu-run", "run a command holding one GPU slot (flock)")
     p.add_argument("--n-gpus", type=int, default=None,
                    help="GPU slots on this node (default $MEGL_N_GPUS, else 0 = no locking)")
     p.add_argument("--lock-dir", help="folder of the per-GPU lock files (default $MEGL_GPU_LOCK_DIR, "
@@ -439,35 +512,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command to run, after --")
     p.set_defaults(func=cmd_gpu_run)
 
-    p = command("fetch-data", "download the official ME zip with gdown (needs a network)")
+
+def _parser_fetch_data(sub) -> None:
+    p = _command(sub, "fetch-data", "download the official ME zip with gdown (needs a network)")
     p.add_argument("dataset", choices=["objects", "actions"],
                    help="objects: Object_Classification.zip; actions: Action_Classification.zip")
     p.add_argument("--dest", default="data/raw", help="folder to put the zip in (default: %(default)s)")
     p.set_defaults(func=cmd_fetch_data)
 
-    p = command("summarize", "headline metrics over seeds: one JSON per dataset × backbone "
+
+def _parser_summarize(sub) -> None:
+    p = _command(sub, "summarize", "headline metrics over seeds: one JSON per dataset × backbone "
                              "and a flat summary.csv (DVC metrics)")
     _add_config(p)
-    p.add_argument("--results", default="results", help="results root holding runs/ (default: %(default)s)")
+    _add_results(p)
     p.add_argument("--out", required=True, help="folder for {dataset}_{backbone}.json and summary.csv")
     p.add_argument("--plots", default=None,
                    help="folder for the DVC plot data: loss/, accuracy/, miou/{dataset}_{backbone}.csv")
     p.set_defaults(func=cmd_summarize)
 
-    p = command("code-deps", "the package files a megl command imports or reads (its workflow step's code inputs)")
+
+def _parser_code_deps(sub) -> None:
+    p = _command(sub, "code-deps", "the package files a megl command imports or reads (its workflow step's code inputs)")
     p.add_argument("commands", nargs="*", metavar="COMMAND", help="megl commands (default: every command)")
     p.add_argument("--dvc-yaml", help="instead: check the generated code deps of this dvc.yaml (exit 1 if stale)")
     p.add_argument("--write", action="store_true", help="with --dvc-yaml: rewrite its stale code deps in place")
     p.set_defaults(func=cmd_code_deps)
 
-    p = command("compare", "compare a summary.csv with a reference summary.csv, cell by cell")
+
+def _parser_compare(sub) -> None:
+    p = _command(sub, "compare", "compare a summary.csv with a reference summary.csv, cell by cell")
     p.add_argument("--reference", required=True, help="the reference summary.csv (e.g. a committed run)")
     p.add_argument("--summary", required=True, help="the new summary.csv to check against the reference")
     p.add_argument("--out", help="also write the Markdown table to this file")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any cell differs (|z| >= 2) or is missing in the new summary")
     p.set_defaults(func=cmd_compare)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

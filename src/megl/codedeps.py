@@ -1,11 +1,11 @@
 """Which package files a `megl` command runs: the code inputs of its workflow step (Snakemake and DVC).
 
 Static analysis with `ast`, nothing is imported: a command is `python -m megl COMMAND`, so it runs
-`megl/__main__.py`, `megl/cli.py` at module level, `build_parser` and `main`, and its handler
-(`set_defaults(func=...)` in `build_parser`) with the cli.py helpers the handler calls. Every `megl`
-module these import is then followed transitively, each module as a whole: every `import` / `from`
-statement in it counts, also the ones inside functions (lazy imports), and importing `megl.a.b`
-also runs `megl/a/__init__.py`. A string literal naming a non-Python file beside a module in the
+`megl/__main__.py`, `megl/cli.py` at module level, `build_parser` (and its one parser helper per
+command) and `main`, and its handler (`set_defaults(func=...)` in those parser helpers) with the cli.py
+helpers the handler calls. Every `megl` module these import is then followed transitively, each module
+as a whole: every `import` / `from` statement in it counts, also the ones inside functions (lazy
+imports), and importing `megl.a.b` also runs `megl/a/__init__.py`. A string literal naming a non-Python file beside a module in the
 package (e.g. `Path(__file__).with_name("config.schema.yaml")`) is package data the command reads.
 
 The result is a small over-approximation (a module counts when any of its functions imports
@@ -125,20 +125,39 @@ def _cli_functions(root: Path) -> dict[str, ast.FunctionDef]:
     return {n.name: n for n in _tree(root / "cli.py").body if isinstance(n, ast.FunctionDef)}
 
 
+def _parser_functions(root: Path) -> list[ast.FunctionDef]:
+    """build_parser, then the cli.py functions it calls (one parser helper per command), in call order."""
+    functions = _cli_functions(root)
+    build = functions["build_parser"]
+    called = [n.func.id for n in ast.walk(build) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    return [build, *(functions[name] for name in dict.fromkeys(called) if name in functions)]
+
+
+def _command_name(call: ast.Call) -> str | None:
+    """The sub-command a `command("name", ...)` / `_command(sub, "name", ...)` call adds, else None."""
+    if isinstance(call.func, ast.Name) and call.func.id in ("command", "_command"):
+        for arg in call.args:
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                return arg.value
+    return None
+
+
 def command_handlers(root: Path = PACKAGE_DIR) -> dict[str, str]:
-    """megl command -> name of its handler in cli.py, read from build_parser's set_defaults(func=...)."""
+    """megl command -> name of its handler in cli.py, read from the set_defaults(func=...) of build_parser
+    and of the parser helpers it calls."""
     handlers: dict[str, str] = {}
-    current = None
-    for node in ast.walk(_cli_functions(root)["build_parser"]):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        if isinstance(func, ast.Name) and func.id == "command" and node.args and isinstance(node.args[0], ast.Constant):
-            current = node.args[0].value
-        elif isinstance(func, ast.Attribute) and func.attr == "set_defaults":
-            for kw in node.keywords:
-                if kw.arg == "func" and isinstance(kw.value, ast.Name) and current:
-                    handlers[current] = kw.value.id
+    for function in _parser_functions(root):
+        current = None
+        for node in ast.walk(function):
+            if not isinstance(node, ast.Call):
+                continue
+            name = _command_name(node)
+            if name is not None:
+                current = name
+            elif isinstance(node.func, ast.Attribute) and node.func.attr == "set_defaults":
+                for kw in node.keywords:
+                    if kw.arg == "func" and isinstance(kw.value, ast.Name) and current:
+                        handlers[current] = kw.value.id
     return handlers
 
 

@@ -1,7 +1,8 @@
 """The method axis of the run matrix: MEGL, its ablations and the baselines, as declarations.
 
-A method is a name plus the loss terms and the SDTG path it switches on (method.md's table);
-the one training loop in `megl.train` reads these flags. Adding a method is a few lines here.
+A method is a name plus the loss terms and the SDTG path it switches on (docs/experiment.md §5 maps
+them to the paper's rows, docs/baselines.md describes the baselines); the one training loop in
+`megl.train` reads these flags. Adding a method is a few lines here.
 """
 from __future__ import annotations
 

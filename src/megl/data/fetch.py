@@ -1,16 +1,14 @@
 """Getting the authors' ME datasets: download with gdown (the ids the authors publish) and safe unpacking."""
 from __future__ import annotations
 
-import os
 import shutil
 import stat
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from megl.data.annotations import ANNOTATION_FILE, unsafe_relpath
 from megl.errors import MEGLError, RunFailure
-from megl.io import atomic_path
+from megl.io import atomic_dir, atomic_path
 
 ZIP_NAMES = {"objects": "Object_Classification.zip", "actions": "Action_Classification.zip"}
 
@@ -82,9 +80,7 @@ def unpack_official(zip_path: str | Path, out_dir: str | Path) -> Path:
                 raise MEGLError(f"{zip_path}: member {info.filename!r} rejected: {why}")
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise MEGLError(f"{zip_path}: member {info.filename!r} rejected: symbolic link")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        with atomic_dir(out_dir) as tmp:  # out_dir is absent or empty (checked above)
             for info in zf.infolist():
                 target = tmp.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
                 if info.is_dir():
@@ -94,10 +90,4 @@ def unpack_official(zip_path: str | Path, out_dir: str | Path) -> Path:
                 with zf.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
             _locate(tmp)
-            if out_dir.exists():
-                out_dir.rmdir()  # empty (checked above)
-            os.replace(tmp, out_dir)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
     return _locate(out_dir)

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from megl.data.split import make_split
 from megl.errors import MEGLError
+from megl.io import atomic_dir
 
 # --- shortcut marks: (corner, colour) per class index -----------------------------------------
 MARK_CORNERS = ("upper left", "upper right", "lower left", "lower right")
@@ -583,58 +581,24 @@ def make_standin(kind: str, out: str | Path, *, seed: int, n_images: int, image_
     """Generate a stand-in dataset in the official format into `out`; return its standin.json.
 
     Same arguments give byte-identical files. `out` is built in a temporary folder beside it and
-    renamed into place; a non-empty `out` is refused unless overwrite=True.
+    renamed into place (megl.io.atomic_dir); a non-empty `out` is refused unless overwrite=True.
     """
-    if kind not in KINDS:
-        raise MEGLError(f"stand-in kind must be one of {sorted(KINDS)}, got {kind!r}")
-    if not 0 <= shortcut_strength <= 1 or not 0 <= annotated_fraction <= 1:
-        raise MEGLError("shortcut_strength and annotated_fraction must lie in [0, 1]")
-    if n_images < 1 or image_size < 32:
-        raise MEGLError("n_images must be >= 1 and image_size >= 32")
+    _check_arguments(kind, n_images, image_size, annotated_fraction, shortcut_strength)
     fractions = dict(split_fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise MEGLError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     spec = KINDS[kind]
     classes = spec.classes
-    K = len(classes)
     rng = np.random.default_rng(seed)
-    labels, sources, extra = spec.plan(rng, n_images, K)
+    labels, sources, extra = spec.plan(rng, n_images, len(classes))
     ids = [f"{spec.prefix}_{i:05d}" for i in range(n_images)]
     split = make_split(ids, labels, split_seed, fractions)
-    train = set(split["train"])
     annotated = _annotated(rng, ids, labels, annotated_fraction)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (tmp / "images").mkdir()
-        (tmp / "visual_exp").mkdir()
-        records, full_maps, marks = {}, {}, {}
-        n_ann = 0
-        for i, (sid, lab) in enumerate(zip(ids, labels)):
-            r = np.random.default_rng([seed, i])
-            im, emap, pool, fill = spec.render(r, lab, image_size, sources[i])
-            if sid in train and r.random() < shortcut_strength:
-                pattern = lab
-            else:
-                pattern = int(r.integers(K))
-            marks[sid] = spec.draw_shortcut(im, pattern, r, image_size)
-            (tmp / "images" / f"{sid}.png").write_bytes(_png(im))
-            full_maps[sid] = emap
-            ve = ""
-            if sid in annotated:
-                ve = f"visual_exp/{sid}.npy"
-                arr = emap if n_ann % 2 == 0 else np.repeat((emap.astype(np.float32) / 255)[None], 3, 0)
-                (tmp / ve).write_bytes(_npy(arr))
-                n_ann += 1
-            picks = r.permutation(len(pool))[: int(r.integers(3, 6))]
-            records[sid] = {"image_path": f"images/{sid}.png", "class_id": lab, "visual_exp": ve,
-                            "ans": classes[lab], "exp": [pool[j].format(**fill) for j in picks]}
-        (tmp / "exp_annotation.json").write_text(_json(records), encoding="utf-8")
-        (tmp / "label_class_id_mapping.json").write_text(
-            _json({c: k for k, c in enumerate(classes)}), encoding="utf-8")
-        write_npz(tmp / "full_maps.npz", full_maps)
+    with atomic_dir(out) as tmp:
+        records, full_maps, marks = _write_samples(
+            tmp, spec, ids, labels, sources, seed=seed, image_size=image_size,
+            shortcut_strength=shortcut_strength, train=set(split["train"]), annotated=annotated)
         manifest = {
             "kind": kind, "seed": seed, "n_images": n_images, "image_size": image_size,
             "annotated_fraction": annotated_fraction, "shortcut_strength": shortcut_strength,
@@ -642,25 +606,55 @@ def make_standin(kind: str, out: str | Path, *, seed: int, n_images: int, image_
             "shortcut": {"description": spec.shortcut_description, "patterns": spec.shortcut_patterns(classes)},
             "split": split, "marks": marks, "n_annotated": len(annotated), **extra,
         }
-        (tmp / "standin.json").write_text(_json(manifest), encoding="utf-8")
-        _swap_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _write_tables(tmp, records, classes, full_maps, manifest)
     return manifest
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-    old.rmdir()
-    os.replace(out, old)
-    os.replace(tmp, out)
-    if old.is_dir():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
+def _check_arguments(kind: str, n_images: int, image_size: int, annotated_fraction: float,
+                     shortcut_strength: float) -> None:
+    if kind not in KINDS:
+        raise MEGLError(f"stand-in kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if not 0 <= shortcut_strength <= 1 or not 0 <= annotated_fraction <= 1:
+        raise MEGLError("shortcut_strength and annotated_fraction must lie in [0, 1]")
+    if n_images < 1 or image_size < 32:
+        raise MEGLError("n_images must be >= 1 and image_size >= 32")
+
+
+def _write_samples(folder: Path, spec: StandinKind, ids: list[str], labels: list[int], sources: list,
+                   *, seed: int, image_size: int, shortcut_strength: float, train: set[str],
+                   annotated: set[str]) -> tuple[dict, dict, dict]:
+    """Render every sample into `folder` (images/, visual_exp/); return its annotation records,
+    full evidence maps and drawn shortcut marks, by id. Sample i draws from its own generator [seed, i]."""
+    (folder / "images").mkdir()
+    (folder / "visual_exp").mkdir()
+    records, full_maps, marks = {}, {}, {}
+    n_ann = 0
+    for i, (sid, lab) in enumerate(zip(ids, labels)):
+        r = np.random.default_rng([seed, i])
+        im, emap, pool, fill = spec.render(r, lab, image_size, sources[i])
+        if sid in train and r.random() < shortcut_strength:
+            pattern = lab
+        else:
+            pattern = int(r.integers(len(spec.classes)))
+        marks[sid] = spec.draw_shortcut(im, pattern, r, image_size)
+        (folder / "images" / f"{sid}.png").write_bytes(_png(im))
+        full_maps[sid] = emap
+        ve = ""
+        if sid in annotated:
+            ve = f"visual_exp/{sid}.npy"
+            arr = emap if n_ann % 2 == 0 else np.repeat((emap.astype(np.float32) / 255)[None], 3, 0)
+            (folder / ve).write_bytes(_npy(arr))
+            n_ann += 1
+        picks = r.permutation(len(pool))[: int(r.integers(3, 6))]
+        records[sid] = {"image_path": f"images/{sid}.png", "class_id": lab, "visual_exp": ve,
+                        "ans": spec.classes[lab], "exp": [pool[j].format(**fill) for j in picks]}
+    return records, full_maps, marks
+
+
+def _write_tables(folder: Path, records: dict, classes: list[str], full_maps: dict, manifest: dict) -> None:
+    """exp_annotation.json, label_class_id_mapping.json, full_maps.npz and standin.json."""
+    (folder / "exp_annotation.json").write_text(_json(records), encoding="utf-8")
+    (folder / "label_class_id_mapping.json").write_text(
+        _json({c: k for k, c in enumerate(classes)}), encoding="utf-8")
+    write_npz(folder / "full_maps.npz", full_maps)
+    (folder / "standin.json").write_text(_json(manifest), encoding="utf-8")

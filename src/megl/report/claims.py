@@ -103,27 +103,51 @@ def _pair_stats(df: pd.DataFrame, dataset: str, backbone: str, a: str, b: str, m
 
     ra, rb = runs(a), runs(b)
     found = {a: {int(s) for s in ra["seed"]}, b: {int(s) for s in rb["seed"]}}
+    wanted = {m: _expected_seeds(expected, dataset, backbone, m) for m in (a, b)}
+    not_run, missing = _coverage(found, wanted)
     notes: list[str] = []
-    not_run = [m for m in (a, b) if not found[m] and not _expected_seeds(expected, dataset, backbone, m)]
-    missing: list[str] = []
-    for method in (a, b):
-        wanted = _expected_seeds(expected, dataset, backbone, method) or (found[a] | found[b])
-        absent = sorted(wanted - found[method])
-        if absent and method not in not_run:
-            missing.append(f"{method} seed {','.join(map(str, absent))}")
     if not_run:
         notes.append(f"not run: {', '.join(not_run)}")
     if missing:
         notes.append("missing runs: " + "; ".join(missing))
 
     merged = ra.merge(rb, on="seed", suffixes=("_a", "_b")).dropna().sort_values("seed")
-    xa = merged[f"{metric}_a"].to_numpy(dtype="float64")
-    xb = merged[f"{metric}_b"].to_numpy(dtype="float64")
     n = int(len(merged))
+    numbers, test_notes = _paired_test(merged[f"{metric}_a"].to_numpy(dtype="float64"),
+                                       merged[f"{metric}_b"].to_numpy(dtype="float64"), alpha)
+    notes += test_notes
+    if n < 2 and not not_run:
+        notes.append(f"n={n} paired seed{'' if n == 1 else 's'}: no test")
+    if 2 <= n < MIN_PAIRED_SEEDS:
+        notes.append(f"n={n} paired seeds: a verdict needs at least {MIN_PAIRED_SEEDS}")
     nan = float("nan")
-    mean_a = float(ra[metric].mean()) if ra[metric].notna().any() else nan
-    mean_b = float(rb[metric].mean()) if rb[metric].notna().any() else nan
+    return {"dataset": dataset, "backbone": backbone, "a": a, "b": b, "metric": metric,
+            "mean_a": float(ra[metric].mean()) if ra[metric].notna().any() else nan,
+            "mean_b": float(rb[metric].mean()) if rb[metric].notna().any() else nan,
+            **numbers, "n": n, "seeds": ",".join(str(int(s)) for s in merged["seed"]),
+            "decidable": n >= MIN_PAIRED_SEEDS and not missing and not not_run, "note": "; ".join(notes)}
+
+
+def _coverage(found: dict[str, set[int]], expected: dict[str, set[int]]) -> tuple[list[str], list[str]]:
+    """(methods not run at all, "method seed i,j" per method with seeds missing) of one comparison:
+    the seeds wanted are the expected ones, else every seed either method has."""
+    not_run = [m for m in found if not found[m] and not expected[m]]
+    everything = set().union(*found.values())
+    missing = []
+    for method in found:
+        absent = sorted((expected[method] or everything) - found[method])
+        if absent and method not in not_run:
+            missing.append(f"{method} seed {','.join(map(str, absent))}")
+    return not_run, missing
+
+
+def _paired_test(xa: np.ndarray, xb: np.ndarray, alpha: float) -> tuple[dict[str, float], list[str]]:
+    """diff, its CI, Cohen's d, the one-sided p-values (a > b: p_value, a < b: p_opposite) and the MDE
+    of paired samples (NaN where too few), with notes on degenerate differences."""
+    n = len(xa)
+    nan = float("nan")
     diff = ci_low = ci_high = cohens_d = p_greater = p_less = mde = nan
+    notes: list[str] = []
     if n >= 1:
         d = xa - xb
         diff = float(d.mean())
@@ -143,15 +167,8 @@ def _pair_stats(df: pd.DataFrame, dataset: str, backbone: str, a: str, b: str, m
         else:
             p_greater = p_less = 1.0
             notes.append("no difference on any seed")
-    elif not not_run:
-        notes.append(f"n={n} paired seed{'' if n == 1 else 's'}: no test")
-    if 2 <= n < MIN_PAIRED_SEEDS:
-        notes.append(f"n={n} paired seeds: a verdict needs at least {MIN_PAIRED_SEEDS}")
-    return {"dataset": dataset, "backbone": backbone, "a": a, "b": b, "metric": metric,
-            "mean_a": mean_a, "mean_b": mean_b, "diff": diff, "ci_low": ci_low, "ci_high": ci_high,
-            "cohens_d": cohens_d, "p_value": p_greater, "p_opposite": p_less, "mde": mde, "n": n,
-            "seeds": ",".join(str(int(s)) for s in merged["seed"]),
-            "decidable": n >= MIN_PAIRED_SEEDS and not missing and not not_run, "note": "; ".join(notes)}
+    return {"diff": diff, "ci_low": ci_low, "ci_high": ci_high, "cohens_d": cohens_d, "p_value": p_greater,
+            "p_opposite": p_less, "mde": mde}, notes
 
 
 def _decide(row: dict[str, Any], p: float, p_opposite: float, alpha: float) -> dict[str, Any]:

@@ -141,3 +141,22 @@ def expected_runs(matrix: Mapping[str, Any]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(RUN_KEYS)).drop_duplicates()
     df["seed"] = df["seed"].astype("int64")
     return df.reset_index(drop=True)
+
+
+def read_csv(path: str | Path, columns: Iterable[str], what: str) -> pd.DataFrame:
+    """A CSV file that must have `columns`; a MEGLError names the file, `what` it should be and the
+    first missing column."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise MEGLError(f"{path}: cannot read {what} ({exc})") from exc
+    for col in columns:
+        if col not in df.columns:
+            raise MEGLError(f"{path}: missing column '{col}'")
+    return df
+
+
+def read_train_log(path: str | Path) -> pd.DataFrame:
+    """A run's train_log.csv; it must have the `step` and `loss` columns."""
+    return read_csv(path, ("step", "loss"), "training log")

@@ -22,6 +22,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from megl.errors import MEGLError  # noqa: E402
 from megl.io import atomic_path  # noqa: E402
 from megl.methods import MLLM_BACKBONE  # noqa: E402
+from megl.report.collect import read_train_log  # noqa: E402
 from megl.report.labels import Labels  # noqa: E402
 from megl.report.tables import METHOD_ORDER, METRIC_LABELS, TABLE4_METHODS, method_label  # noqa: E402
 
@@ -279,13 +280,7 @@ def plot_training_curves(train_logs: Sequence[str | Path], out_stem: str | Path)
     _theme()
     frames = []
     for p in map(Path, train_logs):
-        try:
-            log = pd.read_csv(p)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise MEGLError(f"{p}: cannot read training log ({exc})") from exc
-        for col in ("step", "loss"):
-            if col not in log.columns:
-                raise MEGLError(f"{p}: missing column '{col}'")
+        log = read_train_log(p)
         cols = [c for c in LOSS_COLUMNS if c in log.columns]
         long = log.melt(id_vars=["step"], value_vars=cols, var_name="term", value_name="value")
         long["value"] = pd.to_numeric(long["value"], errors="coerce")

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from megl.errors import MEGLError
 from megl.io import atomic_dir, write_json, write_text
 from megl.matrix import Run, enumerate_runs
-from megl.report.collect import collect_runs, expected_runs
+from megl.report.collect import collect_runs, expected_runs, read_csv, read_train_log
 from megl.report.tables import fmt_number, to_markdown
 
 HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "miou", "miou_all", "saliency_auprc_all")
@@ -89,13 +88,7 @@ def mean_loss_curves(config: dict, results_dir: Path, dataset: str, backbone: st
             path = Path(results_dir) / Run(dataset, backbone, method, seed).path / "train_log.csv"
             if not path.exists():
                 continue
-            try:
-                log = pd.read_csv(path)
-            except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-                raise MEGLError(f"{path}: cannot read training log ({exc})") from exc
-            for col in ("step", "loss"):
-                if col not in log.columns:
-                    raise MEGLError(f"{path}: missing column '{col}'")
+            log = read_train_log(path)
             per_seed.append(log.set_index("step")["loss"].astype("float64"))
         if per_seed:
             curves.append(pd.concat(per_seed, axis=1).mean(axis=1).rename(method))
@@ -138,15 +131,7 @@ def write_plot_data(config: dict, results_dir: Path, summary: pd.DataFrame, cell
 
 def read_summary(path: str | Path) -> pd.DataFrame:
     """A summary.csv; names the file and the missing column when it is not one."""
-    path = Path(path)
-    try:
-        df = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise MEGLError(f"{path}: cannot read summary ({exc})") from exc
-    for col in SUMMARY_COLUMNS:
-        if col not in df.columns:
-            raise MEGLError(f"{path}: missing column '{col}'")
-    return df[SUMMARY_COLUMNS]
+    return read_csv(path, SUMMARY_COLUMNS, "summary")[SUMMARY_COLUMNS]
 
 
 def _sd(value: float, n: int) -> float:
