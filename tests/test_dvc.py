@@ -170,6 +170,7 @@ def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}
     files = {path: entry["data"] for rev in shown.values() for path, entry in rev["data"].items()}
     # one aggregated file per dataset x backbone (megl summarize), each with every method's accuracy
+    assert all(p.endswith(".json") for p in files), files  # one table: no raw-text CSV among the metrics
     per_cell = {Path(p).name: m for p, m in files.items() if p.endswith(".json")}
     assert sorted(per_cell) == ["objects_resnet18.json", "objects_vit_b_16.json"]
     assert all(m["baseline"]["accuracy"]["n"] == 2 for m in per_cell.values())

@@ -55,10 +55,11 @@ def cell_json(summary: pd.DataFrame, dataset: str, backbone: str) -> dict:
     return out
 
 
-def write_summary(config: dict, results_dir: Path, out_dir: Path, plots_dir: Path | None = None) -> list[Path]:
+def write_summary(config: dict, results_dir: Path, out_dir: Path, plots_dir: Path | None = None,
+                  summary_csv: Path | None = None) -> list[Path]:
     """`out_dir/{dataset}_{backbone}.json` for every dataset × backbone of the matrix (MLLM runs
-    under backbone `mllm`; `{}` where no run is found yet) and the flat `out_dir/summary.csv`; with
-    `plots_dir`, the plot data of `write_plot_data` too."""
+    under backbone `mllm`; `{}` where no run is found yet) and the flat summary CSV (`summary_csv`,
+    default `out_dir/summary.csv`); with `plots_dir`, the plot data of `write_plot_data` too."""
     expected = expected_runs(config["matrix"])
     paths = [Path(results_dir) / r.path / "metrics.json" for r in enumerate_runs(config)]
     runs = collect_runs([p for p in paths if p.exists()])
@@ -70,8 +71,9 @@ def write_summary(config: dict, results_dir: Path, out_dir: Path, plots_dir: Pat
         path = out_dir / f"{dataset}_{backbone}.json"
         write_json(path, cell_json(summary, dataset, backbone))
         written.append(path)
-    write_text(out_dir / "summary.csv", summary[SUMMARY_COLUMNS].to_csv(index=False))
-    written.append(out_dir / "summary.csv")
+    summary_csv = Path(summary_csv) if summary_csv is not None else out_dir / "summary.csv"
+    write_text(summary_csv, summary[SUMMARY_COLUMNS].to_csv(index=False))
+    written.append(summary_csv)
     if plots_dir is not None:
         written += write_plot_data(config, Path(results_dir), summary, cells, Path(plots_dir))
     return written
