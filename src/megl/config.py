@@ -203,6 +203,7 @@ def write_if_changed(path: str | Path, text: str) -> bool:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from the group (e.g. on a cluster)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
