@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from megl.config import load_config, load_schema
+from megl.config import load_config, load_schema, validate_config
 from megl.errors import MEGLError
 from megl.matrix import enumerate_runs
 from megl.methods import METHODS
@@ -22,7 +22,7 @@ NAMED = (("datasets",), ("backbones",), ("train", "by_backbone"))  # mappings ke
 
 
 # ---------------------------------------------------------------- shipped configs
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", [*CONFIGS, "control.yaml"])
 def test_shipped_config_validates(name: str) -> None:
     config = load_config(CONFIG_DIR / name)
     assert enumerate_runs(config)
@@ -84,6 +84,42 @@ def test_mllm_method_under_methods() -> None:
     assert "'finetune_cot'" in msg and "matrix.mllm_methods" in msg
 
 
+@pytest.mark.parametrize("dotted, path, key", [
+    ("baselines.haics.weigth", "baselines.haics", "weigth"),
+    ("baselines.res_l.imputation_factr", "baselines.res_l", "imputation_factr"),
+    ("baselines.hiacs", "baselines", "hiacs"),
+    ("lm.tiny.hiden_size", "lm.tiny", "hiden_size"),
+    ("vision_encoder.tiny.epoch", "vision_encoder.tiny", "epoch"),
+    ("evaluate.decoding.num_beam", "evaluate.decoding", "num_beam"),
+    ("backbones.resnet18.width", "backbones.resnet18", "width"),
+])
+def test_typo_in_a_formerly_untyped_block_is_named(dotted: str, path: str, key: str) -> None:
+    msg = _error({dotted: 1})
+    assert f"key {path}:" in msg and repr(key) in msg, msg
+
+
+@pytest.mark.parametrize("dotted, value", [("baselines.cdep.classes", "every"), ("lm.tiny.lr", 0),
+                                           ("baselines.res_l.imputation_factor", 3)])
+def test_bad_value_in_a_typed_block_names_the_key(dotted: str, value) -> None:
+    assert f"key {dotted}:" in _error({dotted: value})
+
+
+def test_tiny_models_need_their_tiny_block() -> None:
+    raw = yaml.safe_load(DEFAULT.read_text())
+    del raw["lm"]["tiny"]
+    with pytest.raises(MEGLError, match="key lm: 'tiny' is a required property"):
+        validate_config(raw)
+
+
+def test_schema_defaults_are_filled() -> None:
+    raw = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
+    assert "schedule" not in raw["train"] and "results_dir" not in raw
+    config = load_config(CONFIG_DIR / "smoke.yaml")
+    assert (config["train"]["schedule"], config["train"]["warmup_fraction"], config["train"]["amp_bf16"]) == \
+        ("constant", 0, True)
+    assert config["results_dir"] == "results"
+
+
 def test_bad_value_names_the_key() -> None:
     msg = _error({"train.epochs": 0})
     assert "train.epochs" in msg
@@ -111,6 +147,41 @@ def test_cli_set_parses_yaml_values() -> None:
     assert config["train"]["epochs"] == 1
     assert config["train"]["lr"] == pytest.approx(1e-4)
     assert config["matrix"]["methods"] == ["megl"]
+
+
+# ---------------------------------------------------------------- the resolved config (Snakefile)
+def test_snakemake_config_overrides_are_typed_and_merged() -> None:
+    from megl.config import apply_overrides
+
+    config = load_config(DEFAULT)
+    # what Snakemake's parser makes of --config 'train={epochs: 1, lr: 1e-3}' 'matrix={seeds: [7]}' device=cuda
+    apply_overrides(config, {"train": {"epochs": "1", "lr": "1e-3"}, "matrix": {"seeds": ["7"]}, "device": "cuda",
+                             "lm": {"lora": "null"}})
+    assert (config["train"]["epochs"], config["train"]["lr"], config["train"]["batch_size"]) == (1, 0.001, 32)
+    assert config["matrix"]["seeds"] == [7] and config["matrix"]["methods"]  # siblings kept
+    assert config["device"] == "cuda" and config["lm"]["lora"] is None
+    validate_config(config)
+
+
+def test_resolved_config_file_is_what_load_config_returns(tmp_path: Path) -> None:
+    import os
+
+    from megl.config import dump_resolved, resolve_config, resolved_config_path, write_if_changed
+
+    raw = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
+    raw["results_dir"] = str(tmp_path / "res")
+    path = resolved_config_path(raw)
+    assert path == tmp_path / "res" / "config.resolved.yaml"
+    assert write_if_changed(path, dump_resolved(resolve_config(raw)))
+    written = yaml.safe_load(path.read_text())
+    assert written["train"]["schedule"] == "constant"  # defaults filled in the file itself
+    assert written == load_config(path)
+    expected = load_config(CONFIG_DIR / "smoke.yaml")
+    expected["results_dir"] = raw["results_dir"]
+    assert written == expected
+    os.utime(path, ns=(0, 0))
+    assert not write_if_changed(path, dump_resolved(resolve_config(raw)))  # same content: mtime kept
+    assert path.stat().st_mtime_ns == 0 and not list(path.parent.glob(".*.tmp"))
 
 
 # ---------------------------------------------------------------- config/README.md

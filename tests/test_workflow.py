@@ -52,6 +52,50 @@ def test_slurm_profile_dry_run(repo_copy):
     assert sum(rule == "run_cell" for rule, _ in jobs) == SMOKE_CELLS
 
 
+# ------------------------------------------------------------------ the resolved config (dry-runs)
+OVERRIDES = ("--config", "train={epochs: 3, lr: 1e-3}", "selection={grid: {weight: [2.0]}}")
+
+
+def test_config_override_reaches_the_resolved_config_and_every_command(repo_copy):
+    import yaml
+
+    from megl.config import load_config
+
+    out = snakemake(repo_copy, "--dry-run", "--printshellcmds", "--configfile", "config/smoke.yaml", *OVERRIDES)
+    resolved = repo_copy / "results" / "config.resolved.yaml"
+    config = yaml.safe_load(resolved.read_text())
+    assert (config["train"]["epochs"], config["train"]["lr"], config["train"]["batch_size"]) == (3, 0.001, 32)
+    assert config["selection"]["grid"]["weight"] == [2.0] and config["selection"]["grid"]["lambda_t"] == [0.1, 1.0]
+    assert config["train"]["schedule"] == "constant"  # schema default; config.yaml's cosine is not merged in
+    assert "by_backbone" not in config["train"]  # --configfile replaces config/config.yaml
+    assert config == load_config(resolved)
+    commands = [line for line in out.splitlines() if " -m megl " in line and "--config" in line]
+    assert any(" run-cell " in c for c in commands), out[-3000:]
+    assert all("--config results/config.resolved.yaml " in c for c in commands), commands
+    assert "config/smoke.yaml" not in "\n".join(commands)
+
+
+def test_a_locked_directory_keeps_its_resolved_config(repo_copy):
+    resolved = repo_copy / "results" / "config.resolved.yaml"
+    snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml")
+    before = resolved.read_text()
+    locks = repo_copy / ".snakemake" / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    (locks / "0.input.lock").write_text("results/x\n")
+    try:
+        out = snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml", *OVERRIDES)
+    finally:
+        shutil.rmtree(locks)
+    assert resolved.read_text() == before and "left as it is" in out, out[-2000:]
+
+
+def test_a_dotted_or_misspelt_override_is_refused(repo_copy):
+    out = snakemake(repo_copy, "--dry-run", "--config", "train.epochs=1", check=False)
+    assert "valid identifier" in out, out[-2000:]
+    out = snakemake(repo_copy, "--dry-run", "--config", "baselines={haics: {weigth: 0.2}}", check=False)
+    assert "key baselines.haics:" in out and "'weigth'" in out, out[-2000:]
+
+
 # ------------------------------------------------------------------ one real smoke run, then questions
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
@@ -118,6 +162,20 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
         assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml") == []
     finally:
         config.write_text(original)
+
+
+@pytest.mark.slow
+def test_a_config_override_reruns_what_the_same_file_edit_would(smoke_run):
+    """`--config` changes the params (and the resolved config the commands read) like a file edit."""
+    import yaml
+
+    jobs = planned_jobs(smoke_run, "--configfile", "config/smoke.yaml", "--config", "selection={grid: {lambda_t: [0.2, 1.0]}}")
+    cells = [w for rule, w in jobs if rule == "run_cell"]
+    assert len(cells) == 2 and {w["method"] for w in cells} == {"megl"}, jobs
+    resolved = yaml.safe_load((smoke_run / "results" / "config.resolved.yaml").read_text())
+    assert resolved["selection"]["grid"]["lambda_t"] == [0.2, 1.0]
+    assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml", "--config", "baselines={haics: {weight: 0.3}}") == []
+    assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml") == []  # back to the file: nothing to do
 
 
 def _append(path: Path, text: str):

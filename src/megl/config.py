@@ -4,7 +4,11 @@ The schema file is the same one Snakemake's `validate()` uses, so both read one 
 """
 from __future__ import annotations
 
+import copy
+import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +39,26 @@ def _import_jsonschema():
     return jsonschema
 
 
+def _default_filling(validator_cls):
+    """`validator_cls` extended to fill each property's schema `default` into the instance before
+    validating it: jsonschema's documented extension pattern (its FAQ, "Why doesn't my schema's default
+    property set the default on my instance?"), the one Snakemake's `validate()` uses too, so the
+    workflow's params and the megl commands see the same filled-in config."""
+    validate_properties = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if validator.is_type(instance, "object"):
+            for key, subschema in properties.items():
+                if isinstance(subschema, dict) and "default" in subschema:
+                    instance.setdefault(key, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return _import_jsonschema().validators.extend(validator_cls, {"properties": set_defaults})
+
+
 def validate_config(config: dict, source: str = "<config>") -> dict:
-    """Validate `config` in place (filling schema defaults); raise MEGLError naming each bad key."""
-    validator_cls = _import_jsonschema().Draft202012Validator
+    """Validate `config` in place, filling schema defaults; raise MEGLError naming each bad key."""
+    validator_cls = _default_filling(_import_jsonschema().Draft202012Validator)
     errors = sorted(validator_cls(load_schema()).iter_errors(config), key=lambda e: list(e.path))
     if errors:
         lines = [f"{source}: key {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
@@ -111,3 +132,80 @@ def set_dotted(config: dict, dotted: str, value: Any) -> None:
     for key in keys[:-1]:
         node = node.setdefault(key, {})
     node[keys[-1]] = value
+
+
+# ---------------------------------------------------------------- the resolved config of a workflow run
+RESOLVED_NAME = "config.resolved.yaml"
+RESOLVED_HEADER = (
+    "# The resolved config of the last Snakemake run in this results_dir: the config file(s), the\n"
+    "# --config overrides and the schema defaults, validated. Every megl command of the workflow reads\n"
+    "# this file (docs/workflow.md). Written by the Snakefile; do not edit (edit the config file).\n"
+)
+
+
+def coerce_overrides(value: Any) -> Any:
+    """Snakemake's `--config key=VALUE` reads a mapping or list VALUE with YAML's BaseLoader, which keeps
+    every scalar a string (`train={epochs: 1}` gives `{"epochs": "1"}`). Read each string again as YAML
+    (`"1"` -> 1, `"1e-3"` -> 0.001, `"null"` -> None, `"true"` -> True), as in a config file."""
+    if isinstance(value, dict):
+        return {key: coerce_overrides(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [coerce_overrides(v) for v in value]
+    if isinstance(value, str):
+        for parse in (int, float):  # Snakemake's own order for a top-level value; float reads `1e-3` too
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def apply_overrides(config: dict, overrides: dict) -> dict:
+    """Merge `overrides` (Snakemake's parsed `--config`, coerced) into `config` in place, mappings key by
+    key as Snakemake merges them, any other value (lists too) replacing the file's."""
+    for key, value in coerce_overrides(overrides).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            apply_overrides(config[key], value)
+        else:
+            config[key] = value
+    return config
+
+
+def resolve_config(config: dict, source: str = "<config>") -> dict:
+    """A validated deep copy of `config` with every schema default filled in, as plain YAML data."""
+    return validate_config(json.loads(json.dumps(config)), source)
+
+
+def resolved_config_path(config: dict) -> Path:
+    return Path(config.get("results_dir", "results")) / RESOLVED_NAME
+
+
+def dump_resolved(config: dict) -> str:
+    return RESOLVED_HEADER + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=110)
+
+
+def write_if_changed(path: str | Path, text: str) -> bool:
+    """Write `text` to `path` atomically (a temporary file in the same folder, then os.replace, so a
+    reader sees the old or the new file, never half of one), and only when the content differs, so
+    that its mtime changes only with its content. Returns whether it wrote."""
+    path = Path(path)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from the group (e.g. on a cluster)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True

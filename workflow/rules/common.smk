@@ -6,14 +6,15 @@ import sys
 
 from snakemake.settings.types import DeploymentMethod
 
+from snakemake.logging import logger
+
 from megl.codedeps import code_deps as _code_deps
-from megl.config import validate_config
+from megl.config import dump_resolved, resolve_config, resolved_config_path, write_if_changed
 from megl.matrix import enumerate_runs
 from megl.methods import MLLM_BACKBONE, get_method
 from megl.models import SOURCE_PRETRAINED  # not megl.models.backbones: every Snakemake process would import torch
 from megl.matrix import training_config as training_config_of
 
-validate_config(config, "snakemake config")
 RUNS = enumerate_runs(config)
 RESULTS = config.get("results_dir", "results")
 # Under --use-conda the rules' env (workflow/envs/megl.yaml) provides `python`; otherwise the
@@ -23,9 +24,32 @@ _PYTHON = os.path.join(sys.prefix, "bin", "python")
 MEGL = ("python -m megl" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
         else f"{_PYTHON if os.path.exists(_PYTHON) else sys.executable} -m megl")
 CONDA_ENV = "../envs/megl.yaml"
-# The config file the megl commands read (relative, so that a moved checkout keeps its params).
-CONFIG_FILE = (os.path.relpath(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles
-               else "config/config.yaml")
+# The one config every megl command reads: the resolved config (config files + --config overrides +
+# schema defaults, validated), written here at parse time, only when its content changed, atomically.
+# It is no rule's input (its mtime re-runs nothing); the rules' params carry the values that re-run a
+# job. While another Snakemake holds this directory's lock, a differing file is left alone: its jobs
+# read it (docs/workflow.md).
+CONFIG_FILE = str(resolved_config_path(config))
+
+
+def _write_resolved_config():
+    text = dump_resolved(resolve_config(config, "snakemake config"))
+    try:
+        if open(CONFIG_FILE, encoding="utf-8").read() == text:
+            return
+    except FileNotFoundError:
+        pass
+    else:
+        locks = os.path.join(".snakemake", "locks")
+        if os.path.isdir(locks) and os.listdir(locks):
+            logger.warning(f"{CONFIG_FILE} left as it is: this directory is locked by a running Snakemake, "
+                           "whose jobs read that file (or by a stale lock: snakemake --unlock). No run starts "
+                           "here while it is locked; the next one after it rewrites the file.")
+            return
+    write_if_changed(CONFIG_FILE, text)
+
+
+_write_resolved_config()
 
 # GPUs: Snakemake only counts them (--resources gpu=N); megl gpu-run assigns one per job (flock).
 _gpu = workflow.global_resources.get("gpu")
