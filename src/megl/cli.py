@@ -181,7 +181,8 @@ def cmd_figures(args) -> int:
     from megl.report.build import build_figures
 
     config = _config(args)
-    paths = build_figures(config, _results(args, config), Path(args.out), args.alpha)
+    paths = build_figures(config, _results(args, config), Path(args.out), args.alpha,
+                          Path(args.pdf_out) if args.pdf_out else None)
     print(f"wrote {len(paths)} figure files to {args.out}")
     return 0
 
@@ -484,6 +485,8 @@ def _parser_figures(sub) -> None:
     p.add_argument("--out", default="figures", help="folder for the figures (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="significance level of the forest plot's verdicts (default: %(default)s)")
+    p.add_argument("--pdf-out", default=None,
+                   help="folder for the PDF versions (default: beside the PNGs in --out)")
     p.set_defaults(func=cmd_figures)
 
 

@@ -54,9 +54,11 @@ def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path:
     return written
 
 
-def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float = 0.05) -> list[Path]:
+def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float = 0.05,
+                  pdf_dir: Path | None = None) -> list[Path]:
     """Accuracy and mIoU per method, the ablation chart, the claims' forest plot (verdicts at
-    `alpha`), training curves, the qualitative grid."""
+    `alpha`), training curves, the qualitative grid; PNG and PDF in `out_dir`, or the PDFs in
+    `pdf_dir` when given (DVC's plots folder then holds only images it can draw)."""
     from megl.report import claims as claims_mod
     from megl.report import figures
     from megl.report.collect import collect_runs, expected_runs
@@ -75,6 +77,9 @@ def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float =
     pair = qualitative_pair(config, results_dir)
     if pair is not None:
         written += figures.plot_qualitative(*pair, out_dir / "qualitative")
+    if pdf_dir is not None:
+        Path(pdf_dir).mkdir(parents=True, exist_ok=True)
+        written = [p.replace(Path(pdf_dir) / p.name) if p.suffix == ".pdf" else p for p in written]
     return written
 
 
