@@ -166,7 +166,8 @@ def test_snakemake_config_overrides_are_typed_and_merged() -> None:
 def test_resolved_config_file_is_what_load_config_returns(tmp_path: Path) -> None:
     import os
 
-    from megl.config import dump_resolved, resolve_config, resolved_config_path, write_if_changed
+    from megl.config import dump_resolved, resolve_config, resolved_config_path
+    from megl.io import write_text_if_changed as write_if_changed
 
     raw = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
     raw["results_dir"] = str(tmp_path / "res")

@@ -1,14 +1,12 @@
 """Load and validate the workflow config (config/*.yaml) against its JSON schema.
 
-The schema file is the same one Snakemake's `validate()` uses, so both read one definition.
+The workflow (workflow/Snakefile) validates with this module too, so both read one schema file.
 """
 from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ def _import_jsonschema():
 def _default_filling(validator_cls):
     """`validator_cls` extended to fill each property's schema `default` into the instance before
     validating it: jsonschema's documented extension pattern (its FAQ, "Why doesn't my schema's default
-    property set the default on my instance?"), the one Snakemake's `validate()` uses too, so the
+    property set the default on my instance?"), as Snakemake's own `validate()` fills them, so the
     workflow's params and the megl commands see the same filled-in config."""
     validate_properties = validator_cls.VALIDATORS["properties"]
 
@@ -186,26 +184,3 @@ def resolved_config_path(config: dict) -> Path:
 
 def dump_resolved(config: dict) -> str:
     return RESOLVED_HEADER + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=110)
-
-
-def write_if_changed(path: str | Path, text: str) -> bool:
-    """Write `text` to `path` atomically (a temporary file in the same folder, then os.replace, so a
-    reader sees the old or the new file, never half of one), and only when the content differs, so
-    that its mtime changes only with its content. Returns whether it wrote."""
-    path = Path(path)
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from the group (e.g. on a cluster)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True

@@ -74,6 +74,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_text_if_changed(path: str | os.PathLike, text: str) -> bool:
+    """`write_text`, skipped when `path` already holds `text` (its mtime then changes only with its
+    content). Returns whether it wrote."""
+    try:
+        if Path(path).read_text(encoding="utf-8") == text:
+            return False
+    except FileNotFoundError:
+        pass
+    write_text(path, text)
+    return True
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 

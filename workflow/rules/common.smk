@@ -9,7 +9,8 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.logging import logger
 
 from megl.codedeps import code_deps as _code_deps
-from megl.config import dump_resolved, resolve_config, resolved_config_path, write_if_changed
+from megl.config import dump_resolved, resolve_config, resolved_config_path
+from megl.io import write_text_if_changed
 from megl.matrix import enumerate_runs
 from megl.methods import MLLM_BACKBONE, get_method
 from megl.models import SOURCE_PRETRAINED  # not megl.models.backbones: every Snakemake process would import torch
@@ -34,19 +35,14 @@ CONFIG_FILE = str(resolved_config_path(config))
 
 def _write_resolved_config():
     text = dump_resolved(resolve_config(config, "snakemake config"))
-    try:
-        if open(CONFIG_FILE, encoding="utf-8").read() == text:
-            return
-    except FileNotFoundError:
-        pass
-    else:
-        locks = os.path.join(".snakemake", "locks")
-        if os.path.isdir(locks) and os.listdir(locks):
+    locks = os.path.join(".snakemake", "locks")
+    if os.path.exists(CONFIG_FILE) and os.path.isdir(locks) and os.listdir(locks):
+        if open(CONFIG_FILE, encoding="utf-8").read() != text:
             logger.warning(f"{CONFIG_FILE} left as it is: this directory is locked by a running Snakemake, "
                            "whose jobs read that file (or by a stale lock: snakemake --unlock). No run starts "
                            "here while it is locked; the next one after it rewrites the file.")
-            return
-    write_if_changed(CONFIG_FILE, text)
+        return
+    write_text_if_changed(CONFIG_FILE, text)
 
 
 _write_resolved_config()

@@ -13,23 +13,13 @@ import argparse
 import statistics
 from pathlib import Path
 
-import yaml
-
 from megl.cell import Cell, validation_score, with_overrides
-from megl.config import for_backbone, load_config
+from megl.config import coerce_overrides, for_backbone, load_config
 
 
 def parse_candidate(text: str) -> dict:
     """'train.lr=3e-3,train.epochs=8' -> {'train.lr': 0.003, 'train.epochs': 8}."""
-    def number(value: str):
-        for kind in (int, float):  # YAML 1.1 reads '3e-3' as a string, so numbers are parsed first
-            try:
-                return kind(value)
-            except ValueError:
-                pass
-        return yaml.safe_load(value)
-
-    return {key: number(value) for key, value in (item.split("=", 1) for item in text.split(","))}
+    return {key: coerce_overrides(value) for key, value in (item.split("=", 1) for item in text.split(","))}
 
 
 def pilot(config: dict, dataset: str, backbone: str, candidate: dict, seeds: list[int], *, data_root: Path,
