@@ -243,7 +243,9 @@ def cmd_code_deps(args) -> int:
             print(f"{path}: the code deps are out of date; run megl code-deps --dvc-yaml {path} --write",
                   file=sys.stderr)
             return 1
-        path.write_text(fresh, encoding="utf-8")
+        from megl.io import write_text
+
+        write_text(path, fresh)
         print(f"{path}: code deps updated")
         return 0
     commands = args.commands or sorted(command_handlers())
