@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from megl.config import image_size_for
-from megl.data.annotations import MEData, read_dataset
+from megl.data.annotations import MEData, load_image, read_dataset
 from megl.data.split import read_split
 from megl.errors import MEGLError
 from megl.io import atomic_dir, write_json
@@ -115,8 +115,6 @@ def load_text_models(vision_cfg: dict, lm_cfg: dict, pretrained_dir: Path | None
 
 def pretrain_for_dataset(config: dict, data_root: Path, split_path: Path, out: Path) -> None:
     """Tokenizer, tiny CLIP and tiny LM on the TRAINING split only (embedded default)."""
-    from megl.data.annotations import load_image
-
     data: MEData = read_dataset(data_root)
     split = read_split(split_path, data)
     set_determinism(config["split"]["seed"], config["train"]["num_threads"])
