@@ -170,8 +170,9 @@ def test_unpack_official(root: Path, tmp_path: Path) -> None:
                for p in root.rglob("*") if p.is_file()}
     z = _zip(tmp_path / "Object_Classification.zip", members)
     found = unpack_official(z, tmp_path / "unpacked")
-    assert found == tmp_path / "unpacked" / "Object_Classification"
-    assert read_dataset(found).num_classes == 2
+    assert found == tmp_path / "unpacked"  # the dataset folder itself, not the archive's wrapper
+    assert (found / "exp_annotation.json").is_file() and read_dataset(found).num_classes == 2
+    assert unpack_official(z, found) == found  # already unpacked: returned as it is
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".unpacked")]  # no temp left
 
 

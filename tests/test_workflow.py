@@ -7,9 +7,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from megl.bench.workflow import copy_repo, snakemake_cmd, tool_env
 
@@ -97,6 +100,35 @@ def test_a_dotted_or_misspelt_override_is_refused(repo_copy):
 
 
 # ------------------------------------------------------------------ one real smoke run, then questions
+def write_official_zip(repo: Path, zip_rel: str, top: str, n_images: int = 24) -> Path:
+    """A small stand-in dataset zipped as the authors ship theirs (one top folder), at `repo/zip_rel`."""
+    data = repo / ".official_standin"
+    subprocess.run([sys.executable, "-m", "megl", "make-standin", "objects", str(data), "--n-images", str(n_images),
+                    "--image-size", "32"], cwd=repo, env=tool_env(), check=True, capture_output=True)
+    zip_path = repo / zip_rel
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for f in sorted(data.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"{top}/{f.relative_to(data).as_posix()}")
+    shutil.rmtree(data)
+    return zip_path
+
+
+def test_official_data_is_unpacked_validated_and_split(repo_copy):
+    """`source: official`: the zip is unpacked (the dataset folder itself, not the archive's wrapper
+    folder), validated and split by the same rules the stand-ins go through."""
+    config = yaml.safe_load((repo_copy / "config" / "smoke.yaml").read_text())
+    zip_rel = "data/raw/Object_Classification.zip"
+    config["datasets"]["objects"] = {"source": "official", "zip": zip_rel}
+    (repo_copy / "config" / "official.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_official_zip(repo_copy, zip_rel, "Object_Classification")
+    snakemake(repo_copy, "--configfile", "config/official.yaml", "--cores", "1", "results/data/objects/split.json")
+    assert (repo_copy / "data" / "official" / "objects" / "exp_annotation.json").is_file()
+    split = json.loads((repo_copy / "results" / "data" / "objects" / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 24
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("smoke") / "repo")

@@ -1,8 +1,10 @@
 """Getting the authors' ME datasets: download with gdown (the ids the authors publish) and safe unpacking."""
 from __future__ import annotations
 
+import os
 import shutil
 import stat
+import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -62,9 +64,10 @@ def _locate(folder: Path) -> Path:
 
 
 def unpack_official(zip_path: str | Path, out_dir: str | Path) -> Path:
-    """Extract a dataset zip into `out_dir` safely and atomically; return the folder holding
-    exp_annotation.json. Rejects absolute, escaping ('..') and symlink members. If `out_dir`
-    already holds an unpacked dataset, returns it without extracting again.
+    """Extract a dataset zip safely and atomically so that `out_dir` is the dataset folder (the one
+    holding exp_annotation.json, wherever the archive nests it); return it. Rejects absolute, escaping
+    ('..') and symlink members. If `out_dir` already holds an unpacked dataset, returns the folder
+    holding its exp_annotation.json without extracting again.
     """
     zip_path, out_dir = Path(zip_path), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -80,14 +83,21 @@ def unpack_official(zip_path: str | Path, out_dir: str | Path) -> Path:
                 raise MEGLError(f"{zip_path}: member {info.filename!r} rejected: {why}")
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise MEGLError(f"{zip_path}: member {info.filename!r} rejected: symbolic link")
-        with atomic_dir(out_dir) as tmp:  # out_dir is absent or empty (checked above)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".unzip", dir=out_dir.parent))
+        try:
             for info in zf.infolist():
-                target = tmp.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
+                target = staging.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-            _locate(tmp)
-    return _locate(out_dir)
+            found = _locate(staging)
+            with atomic_dir(out_dir) as tmp:  # out_dir is absent or empty (checked above)
+                tmp.rmdir()
+                os.replace(found, tmp)  # the dataset folder itself becomes out_dir
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
