@@ -1,10 +1,14 @@
 """dvc.yaml: the same runs as Snakemake (names read from `dvc stage list`, runs from Snakemake's own
-dry-run plan), its top-level plots against what `megl summarize` writes, and a whole `dvc repro` of the
-smoke config in a fresh copy of the repository (then `dvc plots show`, `dvc exp run -S`, `dvc params diff`)."""
+dry-run plan), its top-level plots against what `megl summarize` writes, the pipelines `megl dvc-pipeline`
+derives for other config files, and a whole `dvc repro` of the smoke config's pipeline in a fresh copy of
+the repository beside a Snakemake run of the same config (then `dvc plots show`, `dvc exp run -S`,
+`dvc params diff`)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from megl.bench.workflow import copy_repo, tool_env
 from megl.matrix import Run, enumerate_runs
 from megl.report.summary import PLOT_ACCURACY, PLOT_DIRS, PLOT_LOSS, PLOT_MIOU, write_summary
 from test_report_summary import write_run
-from test_workflow import SMOKE_RUNS, planned_jobs
+from test_workflow import SMOKE_RUNS, planned_jobs, write_official_zip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,10 +30,11 @@ def run(cwd: Path, *cmd: str) -> str:
     return proc.stdout
 
 
-def dvc_copy(dest: Path, config: dict) -> Path:
-    """A fresh copy of the repository (git + DVC) whose config/config.yaml is `config`."""
+def dvc_copy(dest: Path, config: dict | None = None) -> Path:
+    """A fresh copy of the repository (git + DVC), with config/config.yaml replaced by `config` if given."""
     repo = copy_repo(dest)
-    (repo / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if config is not None:
+        (repo / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     run(repo, "git", "init", "-q")
     run(repo, "git", "add", "-A")
     run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qm", "copy")
@@ -134,18 +139,84 @@ def test_dvc_plots_show_draws_what_summarize_writes(tmp_path):
     assert {row["method"]: float(row["accuracy"]) for row in acc} == {"llava_vqa": 0.55, "finetune_cot": 0.55}
 
 
+# ------------------------------------------------------------------ pipelines for other config files
+def test_dvc_pipeline_for_the_paper_config_unpacks_the_official_zips(tmp_path):
+    """config/paper.yaml (official data, paper-scale models): the derived pipeline lists the same
+    cells as Snakemake's plan would, unpacks each dataset's zip instead of generating a stand-in, and
+    its unpack stage really runs on a small zip in the official format."""
+    repo = dvc_copy(tmp_path / "repo")
+    run(repo, sys.executable, "-m", "megl", "dvc-pipeline", "--configfile", "config/paper.yaml")
+    pipeline = "pipelines/paper/dvc.yaml"
+    stages = [s.split(":", 1)[1] for s in dvc(repo, "stage", "list", pipeline, "--name-only").split()]
+    paper = load("paper.yaml")
+    assert sorted(s for s in stages if s.startswith(("cell@", "cell_mllm@"))) == sorted(
+        {r.dvc_stage for r in enumerate_runs(paper)})
+    assert sorted(s for s in stages if s.startswith("unpack_data@")) == ["unpack_data@actions", "unpack_data@objects"]
+    assert not any(s.startswith("make_standin") for s in stages)
+    write_official_zip(repo, paper["datasets"]["objects"]["zip"], "Object_Classification")
+    out = dvc(repo, "repro", f"{pipeline}:validate_data@objects")  # and what it needs: the unpacking
+    assert "unpack_data@objects'" in out and "validate_data@objects'" in out, out
+    data = repo / "results/dvc/pipelines/paper/data"
+    assert (data / "standin/objects/exp_annotation.json").is_file()  # the dataset folder, unwrapped
+    assert json.loads((data / "objects/validation.json").read_text())  # the unpacked data passed validation
+
+
+def test_dvc_pipeline_refuses_the_root_config_and_a_bad_config(tmp_path):
+    repo = dvc_copy(tmp_path / "repo")
+    proc = subprocess.run([sys.executable, "-m", "megl", "dvc-pipeline", "--configfile", "config/config.yaml"],
+                          cwd=repo, env=tool_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "run `dvc repro` directly" in proc.stderr
+    bad = repo / "config" / "bad.yaml"
+    bad.write_text((repo / "config" / "smoke.yaml").read_text().replace("methods: [", "methods: [no_such_method, ", 1))
+    proc = subprocess.run([sys.executable, "-m", "megl", "dvc-pipeline", "--configfile", "config/bad.yaml"],
+                          cwd=repo, env=tool_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "bad.yaml" in proc.stderr and "no_such_method" in proc.stderr, proc.stderr
+    assert not (repo / "pipelines" / "bad").exists()
+
+
 # ------------------------------------------------------------------ one real `dvc repro`, then questions
+SMOKE = "pipelines/smoke/dvc.yaml"
+SMOKE_ROOT = "results/dvc/pipelines/smoke"
+
+
+def snakemake_outputs(repo: Path) -> dict[str, str]:
+    """Every file Snakemake wrote under results/ (not DVC's), with its content hash."""
+    return {p.relative_to(repo).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((repo / "results").rglob("*"))
+            if p.is_file() and "dvc" not in p.relative_to(repo / "results").parts[:1]}
+
+
 @pytest.fixture(scope="module")
 def smoke_repro(tmp_path_factory) -> Path:
-    repo = dvc_copy(tmp_path_factory.mktemp("dvc") / "repo", load("smoke.yaml"))
-    dvc(repo, "repro")
+    """A fresh copy: Snakemake runs the smoke config (as `make reproduce` would), then `dvc repro` runs
+    the same config through its derived pipeline, without a tracked file edited."""
+    repo = dvc_copy(tmp_path_factory.mktemp("dvc") / "repo")
+    run(repo, sys.executable, "-m", "snakemake", "--configfile", "config/smoke.yaml", "--cores", "2")
+    before = snakemake_outputs(repo)
+    run(repo, sys.executable, "-m", "megl", "dvc-pipeline", "--configfile", "config/smoke.yaml")
+    assert run(repo, "git", "status", "--porcelain", "--untracked-files=no") == ""  # nothing tracked edited
+    dvc(repo, "repro", SMOKE)
+    assert run(repo, "git", "status", "--porcelain", "--untracked-files=no") == ""
+    assert snakemake_outputs(repo) == before  # DVC neither read-modified nor re-wrote Snakemake's outputs
     return repo
+
+
+def smoke_plots(shown: dict, figures_made: bool = False) -> dict[str, list[dict]]:
+    """`plotted` for the smoke pipeline's files only (the root pipeline's have not been made here)."""
+    own = {k: v for k, v in shown["data"].items() if k.startswith(SMOKE_ROOT)}
+    errors = [e for e in shown.get("errors", []) if e.get("name", "").startswith(SMOKE_ROOT)
+              and (figures_made or not e["name"].startswith(f"{SMOKE_ROOT}/figures"))]
+    return plotted({"data": own, "errors": errors}, figures_made=True)
+
+
+def smoke_plot_files() -> list[str]:
+    return [p.replace("results/dvc/", f"{SMOKE_ROOT}/", 1) for p in plot_files(load("smoke.yaml"))]
 
 
 @pytest.mark.slow
 def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
     repo = smoke_repro
-    root = repo / "results" / "dvc"
+    root = repo / SMOKE_ROOT
     metrics = sorted((root / "runs").glob("*/*/*/seed*/metrics.json"))
     assert len(metrics) == SMOKE_RUNS
     assert all(0.0 <= json.loads(p.read_text())["accuracy"] <= 1.0 for p in metrics)
@@ -153,13 +224,17 @@ def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
         assert len((root / "tables" / f"{stem}.csv").read_text().strip().splitlines()) >= 2
     for stem in ("accuracy", "miou", "ablation", "training", "forest", "qualitative"):
         assert (root / "figures" / f"{stem}.png").stat().st_size > 1000
-    assert "up to date" in dvc(repo, "status")
+    assert "up to date" in dvc(repo, "status", SMOKE)
+    # after both tools ran, neither has anything left to do
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "config/smoke.yaml", "--cores", "1", "-n"],
+                         cwd=repo, env=tool_env(), capture_output=True, text=True)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
     # code is an input (megl.codedeps): an edited losses.py changes the cell stages, not the stand-ins
     losses = repo / "src" / "megl" / "losses.py"
     original = losses.read_text()
     losses.write_text(original + "\n# edited\n")
     try:
-        changed = set(json.loads(dvc(repo, "status", "--json")))
+        changed = {name.split(":", 1)[1] for name in json.loads(dvc(repo, "status", SMOKE, "--json"))}
     finally:
         losses.write_text(original)
     assert {"cell@objects-resnet18-megl", "cell@objects-vit_b_16-baseline"} <= changed, changed
@@ -167,17 +242,15 @@ def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
                  "cache_features@objects-resnet18", "tables", "summarize"}
     assert not untouched & changed, changed
     (repo / "README.md").write_text((repo / "README.md").read_text() + "\nedited\n")
-    assert "up to date" in dvc(repo, "status")
+    assert "up to date" in dvc(repo, "status", SMOKE)
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}
-    files = {path: entry["data"] for rev in shown.values() for path, entry in rev["data"].items()}
+    files = {path: entry["data"] for rev in shown.values() for path, entry in rev["data"].items()
+             if path.startswith(SMOKE_ROOT)}
     # one aggregated file per dataset x backbone (megl summarize), each with every method's accuracy
     assert all(p.endswith(".json") for p in files), files  # one table: no raw-text CSV among the metrics
-    per_cell = {Path(p).name: m for p, m in files.items() if p.endswith(".json")}
+    per_cell = {Path(p).name: m for p, m in files.items()}
     assert sorted(per_cell) == ["objects_resnet18.json", "objects_vit_b_16.json"]
     assert all(m["baseline"]["accuracy"]["n"] == 2 for m in per_cell.values())
-    # DVC stays inside its own root: nothing of Snakemake's paths appears
-    assert not (repo / "results" / "runs").exists() and not (repo / "results" / "standin").exists()
-    assert not any((repo / "figures").iterdir())
 
 
 @pytest.mark.slow
@@ -185,18 +258,18 @@ def test_dvc_plots_show_writes_every_declared_plot(smoke_repro, tmp_path):
     out = tmp_path / "dvc_plots"
     dvc(smoke_repro, "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text()
-    for path in plot_files(load("smoke.yaml")):
+    for path in smoke_plot_files():
         assert path in html, f"{path} missing from dvc plots show's HTML"
-    data = plotted(json.loads(dvc(smoke_repro, "plots", "show", "--json")), figures_made=True)
-    assert sorted(data) == plot_files(load("smoke.yaml"))
-    assert {p.suffix for p in (smoke_repro / FIGURES).iterdir()} == {".png"}
-    assert list((smoke_repro / "results" / "dvc" / "figures_pdf").glob("*.pdf"))
-    loss = data["results/dvc/plots/loss/objects_resnet18.csv"]
+    data = smoke_plots(json.loads(dvc(smoke_repro, "plots", "show", "--json")), figures_made=True)
+    assert sorted(data) == smoke_plot_files()
+    assert {p.suffix for p in (smoke_repro / SMOKE_ROOT / "figures").iterdir()} == {".png"}
+    assert list((smoke_repro / SMOKE_ROOT / "figures_pdf").glob("*.pdf"))
+    loss = data[f"{SMOKE_ROOT}/plots/loss/objects_resnet18.csv"]
     for method in ("baseline", "megl"):  # a curve per method, with real numbers at every step
         ys = [float(row["dvc_inferred_y_value"]) for row in loss if row["field"] == method]
         assert len(ys) > 1 and all(y > 0 for y in ys), (method, ys)
     for kind in (PLOT_ACCURACY, PLOT_MIOU):
-        rows = data[f"results/dvc/plots/{kind}/objects_vit_b_16.csv"]
+        rows = data[f"{SMOKE_ROOT}/plots/{kind}/objects_vit_b_16.csv"]
         assert sorted(r["method"] for r in rows) == ["baseline", "megl"]
         assert all(0.0 <= float(r[kind]) <= 1.0 for r in rows)
 
@@ -210,7 +283,7 @@ def params_of(shown) -> list[dict]:
 
 @pytest.mark.slow
 def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
-    """Commit the pipeline (dvc.lock), then try train.lr on one cell and re-summarize (`-s`: only the
+    """Commit the pipeline (its dvc.lock), then try train.lr on one cell and re-summarize (`-s`: only the
     stages named, ~15 s): `dvc params diff`, `dvc exp show`, `dvc plots diff` and `dvc metrics diff` see it.
     Runs last (it changes the copy)."""
     repo = smoke_repro
@@ -218,24 +291,25 @@ def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
     run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "--allow-empty", "-qm", "dvc repro")
     old = load("smoke.yaml")["train"]["lr"]
     new = old / 2
-    out = dvc(repo, "exp", "run", "-s", "-S", f"config/config.yaml:train.lr={new}",
-              "cell@objects-resnet18-baseline", "summarize")
-    assert "Running stage 'cell@objects-resnet18-baseline'" in out and "Running stage 'summarize'" in out, out
-    assert "Running stage 'cell@objects-resnet18-megl'" not in out, out
+    out = dvc(repo, "exp", "run", "-s", "-S", f"config/smoke.yaml:train.lr={new}",
+              f"{SMOKE}:cell@objects-resnet18-baseline", f"{SMOKE}:summarize")
+    assert "cell@objects-resnet18-baseline'" in out and "summarize'" in out, out
+    assert "cell@objects-resnet18-megl'" not in out, out
 
     diff = json.loads(dvc(repo, "params", "diff", "--json"))  # workspace (the experiment) against HEAD
-    assert list(diff) == ["config/config.yaml"] and list(diff["config/config.yaml"]) == ["train.lr"], diff
-    assert diff["config/config.yaml"]["train.lr"].items() >= {"old": old, "new": new}.items(), diff
-    lrs = [p["config/config.yaml"]["data"]["train"]["lr"] for p in params_of(json.loads(dvc(repo, "exp", "show", "--json")))]
+    assert list(diff) == ["config/smoke.yaml"] and list(diff["config/smoke.yaml"]) == ["train.lr"], diff
+    assert diff["config/smoke.yaml"]["train.lr"].items() >= {"old": old, "new": new}.items(), diff
+    lrs = [p["config/smoke.yaml"]["data"]["train"]["lr"] for p in params_of(json.loads(dvc(repo, "exp", "show", "--json")))
+           if "config/smoke.yaml" in p]
     assert old in lrs and new in lrs, lrs
 
-    data = plotted(json.loads(dvc(repo, "plots", "diff", "HEAD", "--json")))
+    data = smoke_plots(json.loads(dvc(repo, "plots", "diff", "HEAD", "--json")))
     for cell, changed in (("objects_resnet18", True), ("objects_vit_b_16", False)):
-        rows = data[f"results/dvc/plots/loss/{cell}.csv"]
+        rows = data[f"{SMOKE_ROOT}/plots/loss/{cell}.csv"]
         curve = {rev: [r["baseline"] for r in rows if r["rev"] == rev and r["field"] == "baseline"]
                  for rev in ("HEAD", "workspace")}
         assert curve["HEAD"] and curve["workspace"], curve  # both revisions read (HEAD's from the cache)
         assert (curve["HEAD"] != curve["workspace"]) == changed, (cell, curve)
     metrics = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json", "--all"))
-    cell = metrics["results/dvc/metrics/objects_resnet18.json"]
+    cell = metrics[f"{SMOKE_ROOT}/metrics/objects_resnet18.json"]
     assert cell["baseline.accuracy.mean"]["old"] is not None and cell["baseline.accuracy.mean"]["new"] is not None

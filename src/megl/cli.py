@@ -260,6 +260,14 @@ def cmd_code_deps(args) -> int:
     return 0
 
 
+def cmd_dvc_pipeline(args) -> int:
+    from megl.dvc_pipeline import write_pipeline
+
+    out = write_pipeline(args.configfile, name=args.name, dvc_yaml=args.dvc_yaml)
+    print(f"wrote {out}; run it with: dvc repro {out}")
+    return 0
+
+
 EPILOG = """exit status:
   0  success
   1  runtime failure: a tool that is not installed, a failed download or build, a check
@@ -346,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_fetch_data(sub)
     _parser_summarize(sub)
     _parser_code_deps(sub)
+    _parser_dvc_pipeline(sub)
     _parser_compare(sub)
     return parser
 
@@ -545,6 +554,14 @@ def _parser_code_deps(sub) -> None:
     p.add_argument("--dvc-yaml", help="instead: check the generated code deps of this dvc.yaml (exit 1 if stale)")
     p.add_argument("--write", action="store_true", help="with --dvc-yaml: rewrite its stale code deps in place")
     p.set_defaults(func=cmd_code_deps)
+
+
+def _parser_dvc_pipeline(sub) -> None:
+    p = _command(sub, "dvc-pipeline", "write pipelines/<name>/dvc.yaml: the DVC pipeline of dvc.yaml for another config file")
+    p.add_argument("--configfile", required=True, help="the whole config file (e.g. config/smoke.yaml, config/paper.yaml)")
+    p.add_argument("--name", help="the pipeline's folder name (default: the config file's stem)")
+    p.add_argument("--dvc-yaml", default="dvc.yaml", help="the pipeline to derive from (default: %(default)s)")
+    p.set_defaults(func=cmd_dvc_pipeline)
 
 
 def _parser_compare(sub) -> None:
