@@ -2,6 +2,7 @@
 
     python -m megl.bench.workflow --out results/bench/workflow.json          # smoke, --cores 1 and 2
     python -m megl.bench.workflow --out results/bench/workflow.json --full   # + the embedded default
+    python -m megl.bench.workflow --full-from CLONE/results --full-wall-s S  # + a finished make reproduce's
 
 Fields (seconds unless named otherwise): smoke_s (config/smoke.yaml end to end, --cores 2),
 smoke_cores1_s (the same with --cores 1), cores2_speedup (smoke_cores1_s / smoke_s); with --full:
@@ -125,8 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/bench/workflow.json")
     parser.add_argument("--full", action="store_true", help="also time the embedded default (long)")
+    parser.add_argument("--full-from", metavar="RESULTS",
+                        help="instead of --full's own run: the results/ folder of a finished `make reproduce` "
+                             "of the default (e.g. in a fresh clone), with its wall time in --full-wall-s")
+    parser.add_argument("--full-wall-s", type=float, help="with --full-from: that run's wall seconds")
     parser.add_argument("--workdir", help="where the temporary copies go (default: the system temp dir)")
     args = parser.parse_args(argv)
+    if bool(args.full_from) != (args.full_wall_s is not None):
+        parser.error("--full-from and --full-wall-s go together")
 
     workdir = Path(args.workdir or tempfile.gettempdir())
     smoke_2, _ = time_snakemake("config/smoke.yaml", "2", workdir)
@@ -138,15 +145,21 @@ def main(argv: list[str] | None = None) -> int:
         "full_default_s": None,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
-    if args.full:
-        full_s, copy = time_snakemake("config/config.yaml", "2", workdir, keep=True)
-        rules = rule_breakdown(copy / "results")
+    if args.full or args.full_from:
+        if args.full_from:
+            full_s, results, copy = args.full_wall_s, Path(args.full_from), None
+        else:
+            full_s, copy = time_snakemake("config/config.yaml", "2", workdir, keep=True)
+            results = copy / "results"
+        rules = rule_breakdown(results)
         startup = startup_seconds()
         job_seconds = round(sum(r["wall_s"] for r in rules.values()), 1)
-        result.update(full_default_s=full_s, full_rules=rules, full_job_seconds=job_seconds,
+        result.update(full_default_s=full_s, full_source=str(results) if args.full_from else "this run",
+                      full_rules=rules, full_job_seconds=job_seconds,
                       full_parallelism=round(job_seconds / full_s, 3), startup_s=startup,
                       startup_share=startup_share(rules, startup))
-        shutil.rmtree(copy.parent, ignore_errors=True)
+        if copy is not None:
+            shutil.rmtree(copy.parent, ignore_errors=True)
     write_json(args.out, result)
     print(result)
     return 0
