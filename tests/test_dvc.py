@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from megl.bench.workflow import copy_repo, tool_env
+from megl.dvc_pipeline import derive_pipeline
 from megl.matrix import Run, enumerate_runs
 from megl.report.summary import PLOT_ACCURACY, PLOT_DIRS, PLOT_LOSS, PLOT_MIOU, write_summary
 from test_report_summary import write_run
@@ -159,6 +160,21 @@ def test_dvc_pipeline_for_the_paper_config_unpacks_the_official_zips(tmp_path):
     data = repo / "results/dvc/pipelines/paper/data"
     assert (data / "standin/objects/exp_annotation.json").is_file()  # the dataset folder, unwrapped
     assert json.loads((data / "objects/validation.json").read_text())  # the unpacked data passed validation
+
+
+def test_a_mixed_config_gets_an_unpack_stage_and_a_stand_in_stage():
+    """One official dataset among stand-ins: each data stage covers its own datasets; every stage runs
+    from the repository root and names the chosen config, never config/config.yaml."""
+    config = load("config.yaml")
+    config["datasets"]["actions"] = {"source": "official", "zip": "data/raw/Action_Classification.zip"}
+    derived = derive_pipeline(yaml.safe_load((REPO / "dvc.yaml").read_text()), config, "config/mixed.yaml", "mixed")
+    stages = derived["stages"]
+    assert stages["unpack_data"]["foreach"] == {"actions": "data/raw/Action_Classification.zip"}
+    assert sorted(stages["make_standin"]["foreach"]) == ["digits", "objects"]
+    assert all((st["do"] if "foreach" in st else st)["wdir"] == "../.." for st in stages.values())
+    assert derived["vars"] == ["../../config/mixed.yaml", {"dvc_root": "results/dvc/pipelines/mixed"}]
+    assert "config/config.yaml" not in yaml.safe_dump(derived)
+    assert derived["metrics"] == ["../../${dvc_root}/metrics"]
 
 
 def test_dvc_pipeline_refuses_the_root_config_and_a_bad_config(tmp_path):
