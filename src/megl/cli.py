@@ -46,16 +46,55 @@ def cmd_validate_data(args) -> int:
     return 0
 
 
+# The stand-in knobs and their defaults when given as flags (`make-standin KIND OUT`); a workflow step
+# names the dataset instead (`--dataset NAME`) and the knobs come from the config's datasets.NAME.standin.
+STANDIN_DEFAULTS = {"seed": 0, "n_images": 1200, "image_size": 64, "annotated_fraction": 0.1, "shortcut_strength": 0.9}
+SPLIT_DEFAULTS = {"seed": 0, "train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def _given(args, names) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _from_config_or_flags(args, flags: dict, command: str) -> dict | None:
+    """The config (with --dataset) or None (flags): refuses a mix, whose winner would be a guess."""
+    if not args.dataset:
+        return None
+    if flags:
+        raise MEGLError(f"{command} --dataset reads its settings from {args.config}; drop "
+                        + ", ".join("--" + k.replace("_", "-") for k in flags))
+    config = _config(args)
+    if args.dataset not in config["datasets"]:
+        raise MEGLError(f"{args.config}: datasets: no dataset {args.dataset!r} (has {', '.join(config['datasets'])})")
+    return config
+
+
 def cmd_make_standin(args) -> int:
     from megl.data.standin import make_standin
 
-    fractions = {"train": args.train, "val": args.val, "test": args.test}
+    split_flags = {"split_seed" if k == "seed" else k: v for k, v in
+                   _given(args, ["split_seed", "train", "val", "test"]).items()}
+    flags = {**_given(args, STANDIN_DEFAULTS), **split_flags, **({"kind": args.kind} if args.kind else {})}
+    config = _from_config_or_flags(args, flags, "make-standin")
+    if config is not None:
+        spec = config["datasets"][args.dataset]
+        if spec.get("source") != "standin":
+            raise MEGLError(f"{args.config}: datasets.{args.dataset}.source is {spec.get('source')!r}, not standin")
+        knobs = dict(spec["standin"])
+        kind, split = knobs.pop("kind"), config["split"]
+    else:
+        if not args.kind:
+            raise MEGLError("make-standin: give a KIND (objects, actions, digits) or --dataset NAME")
+        kind, knobs = args.kind, {**STANDIN_DEFAULTS, **_given(args, STANDIN_DEFAULTS)}
+        split = {**SPLIT_DEFAULTS, **_given(args, ["train", "val", "test"]),
+                 **({"seed": args.split_seed} if args.split_seed is not None else {})}
     info = make_standin(
-        args.kind, Path(args.out), seed=args.seed, n_images=args.n_images, image_size=args.image_size,
-        annotated_fraction=args.annotated_fraction, shortcut_strength=args.shortcut_strength,
-        split_seed=args.split_seed, split_fractions=fractions, overwrite=args.overwrite,
+        kind, Path(args.out), seed=knobs["seed"], n_images=knobs["n_images"], image_size=knobs["image_size"],
+        annotated_fraction=knobs["annotated_fraction"], shortcut_strength=knobs["shortcut_strength"],
+        split_seed=split["seed"], split_fractions={k: split[k] for k in ("train", "val", "test")},
+        overwrite=args.overwrite,
     )
-    print(f"wrote {args.kind} stand-in to {args.out}: {info.get('n_images', args.n_images)} images")
+    print(f"wrote {kind} stand-in to {args.out}: {info.get('n_images', knobs['n_images'])} images")
     return 0
 
 
@@ -63,9 +102,11 @@ def cmd_split(args) -> int:
     from megl.data.annotations import read_dataset
     from megl.data.split import write_split
 
-    fractions = {"train": args.train, "val": args.val, "test": args.test}
-    split = write_split(read_dataset(Path(args.dir)), Path(args.out), args.seed, fractions)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {len(split[k])}" for k in ("train", "val", "test")))
+    config = _from_config_or_flags(args, _given(args, SPLIT_DEFAULTS), "split")
+    split = config["split"] if config is not None else {**SPLIT_DEFAULTS, **_given(args, SPLIT_DEFAULTS)}
+    fractions = {k: split[k] for k in ("train", "val", "test")}
+    written = write_split(read_dataset(Path(args.dir)), Path(args.out), split["seed"], fractions)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {len(written[k])}" for k in ("train", "val", "test")))
     return 0
 
 
@@ -313,9 +354,9 @@ def _add_backbone_weights(p: argparse.ArgumentParser) -> None:
 
 
 def _add_fractions(p: argparse.ArgumentParser) -> None:
-    for name, default in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
-        p.add_argument(f"--{name}", type=float, default=default,
-                       help=f"fraction of the images in the {name} split (default: %(default)s)")
+    for name in ("train", "val", "test"):
+        p.add_argument(f"--{name}", type=float,
+                       help=f"fraction of the images in the {name} split (default: {SPLIT_DEFAULTS[name]})")
 
 
 def _add_data(p: argparse.ArgumentParser, split_help: str = "split file (megl split)") -> None:
@@ -373,20 +414,30 @@ def _parser_validate_data(sub) -> None:
     p.set_defaults(func=cmd_validate_data)
 
 
+def _add_dataset_settings(p: argparse.ArgumentParser, what: str) -> None:
+    """--dataset NAME: the settings come from the config (how workflow steps call it), not from flags."""
+    _add_config(p)
+    p.add_argument("--dataset", help=f"read {what} from the config's entry for this dataset (the workflow's "
+                                     "way; then give none of the flags below)")
+
+
 def _parser_make_standin(sub) -> None:
     p = _command(sub, "make-standin", "generate an offline stand-in dataset in the ME format")
-    p.add_argument("kind", choices=["objects", "actions", "digits"], help="which stand-in generator")
+    p.add_argument("kind", nargs="?", choices=["objects", "actions", "digits"],
+                   help="which stand-in generator (not with --dataset)")
     p.add_argument("out", help="folder to write the dataset to")
-    p.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
-    p.add_argument("--n-images", type=int, default=1200,
-                   help="number of images (default: %(default)s); digits: at most 1797 (the UCI scans)")
-    p.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: %(default)s)")
-    p.add_argument("--annotated-fraction", type=float, default=0.1,
-                   help="share of samples whose map is listed in exp_annotation.json (default: %(default)s)")
-    p.add_argument("--shortcut-strength", type=float, default=0.9,
-                   help="P(a training image carries its class's shortcut mark); 0 disables (default: %(default)s)")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the split the shortcut is planted on (default: %(default)s)")
+    _add_dataset_settings(p, "the kind and knobs (datasets.NAME.standin) and the split")
+    d = STANDIN_DEFAULTS
+    p.add_argument("--seed", type=int, help=f"generator seed (default: {d['seed']})")
+    p.add_argument("--n-images", type=int,
+                   help=f"number of images (default: {d['n_images']}); digits: at most 1797 (the UCI scans)")
+    p.add_argument("--image-size", type=int, help=f"image side in pixels (default: {d['image_size']})")
+    p.add_argument("--annotated-fraction", type=float,
+                   help=f"share of samples whose map is listed in exp_annotation.json (default: {d['annotated_fraction']})")
+    p.add_argument("--shortcut-strength", type=float,
+                   help=f"P(a training image carries its class's shortcut mark); 0 disables (default: {d['shortcut_strength']})")
+    p.add_argument("--split-seed", type=int,
+                   help=f"seed of the split the shortcut is planted on (default: {SPLIT_DEFAULTS['seed']})")
     _add_fractions(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     p.set_defaults(func=cmd_make_standin)
@@ -396,7 +447,8 @@ def _parser_split(sub) -> None:
     p = _command(sub, "split", "seeded per-image stratified train/val/test split")
     p.add_argument("dir", help="dataset folder in the official ME format")
     p.add_argument("--out", required=True, help="split file to write (JSON)")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    _add_dataset_settings(p, "the split (the config's split: block)")
+    p.add_argument("--seed", type=int, help=f"split seed (default: {SPLIT_DEFAULTS['seed']})")
     _add_fractions(p)
     p.set_defaults(func=cmd_split)
 
