@@ -160,3 +160,34 @@ def test_truncated_checkpoint_on_resume_names_the_file_and_force(tiny_data, tiny
     assert str(run / "checkpoint.safetensors") in line and "--force" in line and "truncated" in line
     assert cli_main([*train, "--force"]) == 0  # the way out works
     assert (run / "train_done.json").is_file()
+
+
+def test_make_standin_and_split_read_their_knobs_from_the_config(tmp_path, capsys):
+    """The workflow's form (`--config FILE --dataset NAME`) gives what the flags with the config's values
+    give, byte for byte; a mix of the two is refused (which one wins would be a guess)."""
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config["datasets"]["objects"]["standin"].update(n_images=40, image_size=32, seed=3)
+    config["split"].update(seed=2, train=0.6, val=0.2, test=0.2)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    assert cli_main(["make-standin", "--config", str(cfg), "--dataset", "objects", str(tmp_path / "a")]) == 0
+    k, s = config["datasets"]["objects"]["standin"], config["split"]
+    assert cli_main(["make-standin", k["kind"], str(tmp_path / "b"), "--seed", "3", "--n-images", "40",
+                     "--image-size", "32", "--annotated-fraction", str(k["annotated_fraction"]),
+                     "--shortcut-strength", str(k["shortcut_strength"]), "--split-seed", "2",
+                     "--train", "0.6", "--val", "0.2", "--test", "0.2"]) == 0
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files_a and files_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a)
+    assert cli_main(["split", str(tmp_path / "a"), "--out", str(tmp_path / "s1.json"), "--config", str(cfg),
+                     "--dataset", "objects"]) == 0
+    assert cli_main(["split", str(tmp_path / "a"), "--out", str(tmp_path / "s2.json"), "--seed", str(s["seed"]),
+                     "--train", "0.6", "--val", "0.2", "--test", "0.2"]) == 0
+    assert (tmp_path / "s1.json").read_bytes() == (tmp_path / "s2.json").read_bytes()
+    capsys.readouterr()
+    assert cli_main(["make-standin", "--config", str(cfg), "--dataset", "objects", str(tmp_path / "c"),
+                     "--n-images", "30"]) == 2
+    assert "drop --n-images" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert cli_main(["split", str(tmp_path / "a"), "--out", str(tmp_path / "s3.json"), "--config", str(cfg),
+                     "--dataset", "nope"]) == 2
+    assert "no dataset 'nope'" in capsys.readouterr().err and not (tmp_path / "s3.json").exists()
