@@ -76,6 +76,18 @@ def test_metric_without_values_is_an_error(tmp_path):
         plot_metric_by_method(df, "miou", tmp_path / "miou")
 
 
+def test_ablation_without_full_megl_says_so_and_a_lost_pairing_is_an_error(tmp_path):
+    """A matrix without `megl` (baselines only, one ablation) is valid: the ablation figure says why it
+    is empty instead of failing the workflow. MEGL runs that pair with no variant stay an error."""
+    root = make_results(tmp_path / "results", seeds=(0, 1))
+    df = collect_runs(sorted(root.glob("runs/**/metrics.json")))
+    _assert_written(plot_ablation(df[df["method"] != "megl"], tmp_path / "no_megl"))
+    shifted = df.copy()
+    shifted.loc[shifted["method"] == "megl", "seed"] += 10  # MEGL present, but no seed in common
+    with pytest.raises(MEGLError, match="no run pairs with full MEGL"):
+        plot_ablation(shifted, tmp_path / "unpaired")
+
+
 def test_forest_plot_of_every_claim(tmp_path):
     root = make_results(tmp_path / "results")
     claims = evaluate_claims(collect_runs(sorted(root.glob("runs/**/metrics.json"))))

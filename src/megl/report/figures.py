@@ -48,6 +48,16 @@ def save_figure(fig: plt.Figure, out_stem: str | Path) -> list[Path]:
     return paths
 
 
+def plot_not_applicable(out_stem: str | Path, reason: str) -> list[Path]:
+    """A figure that says why it has nothing to show (e.g. a matrix without full MEGL has no ablation
+    against it): the step's outputs exist, and a reader sees the reason, never an empty or zero plot."""
+    _theme()
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH_IN, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, textwrap.fill(f"n/a: {reason}", 60), ha="center", va="center", fontsize=7, color="0.3")
+    return save_figure(fig, out_stem)
+
+
 def _with_labels(df: pd.DataFrame, labels: Labels | None) -> pd.DataFrame:
     labels = labels or Labels()
     out = df.copy()
@@ -102,6 +112,8 @@ def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accurac
     merged = data[data["method"] != "megl"].merge(full, on=["dataset", "backbone", "seed"],
                                                   suffixes=("", "_megl"))
     if merged.empty:
+        if full.empty:  # a valid matrix without `megl` (baselines only, one ablation): nothing to compare to
+            return plot_not_applicable(out_stem, "the run matrix has no full MEGL run to compare the variants with")
         raise MEGLError(f"figure {out_stem}: no run pairs with full MEGL for '{metric}'")
     merged["delta"] = (merged[metric] - merged[f"{metric}_megl"]) * 100
     merged = _with_labels(merged, labels)
