@@ -59,10 +59,12 @@ def _given(args, names) -> dict:
 def _from_config_or_flags(args, flags: dict, command: str) -> dict | None:
     """The config (with --dataset) or None (flags): refuses a mix, whose winner would be a guess."""
     if not args.dataset:
+        if args.set:
+            raise MEGLError(f"{command}: --set changes the config, which only --dataset reads")
         return None
     if flags:
         raise MEGLError(f"{command} --dataset reads its settings from {args.config}; drop "
-                        + ", ".join("--" + k.replace("_", "-") for k in flags))
+                        + ", ".join("KIND" if k == "kind" else "--" + k.replace("_", "-") for k in flags))
     config = _config(args)
     if args.dataset not in config["datasets"]:
         raise MEGLError(f"{args.config}: datasets: no dataset {args.dataset!r} (has {', '.join(config['datasets'])})")
@@ -72,9 +74,7 @@ def _from_config_or_flags(args, flags: dict, command: str) -> dict | None:
 def cmd_make_standin(args) -> int:
     from megl.data.standin import make_standin
 
-    split_flags = {"split_seed" if k == "seed" else k: v for k, v in
-                   _given(args, ["split_seed", "train", "val", "test"]).items()}
-    flags = {**_given(args, STANDIN_DEFAULTS), **split_flags, **({"kind": args.kind} if args.kind else {})}
+    flags = _given(args, ["kind", *STANDIN_DEFAULTS, "split_seed", "train", "val", "test"])
     config = _from_config_or_flags(args, flags, "make-standin")
     if config is not None:
         spec = config["datasets"][args.dataset]
@@ -87,7 +87,7 @@ def cmd_make_standin(args) -> int:
             raise MEGLError("make-standin: give a KIND (objects, actions, digits) or --dataset NAME")
         kind, knobs = args.kind, {**STANDIN_DEFAULTS, **_given(args, STANDIN_DEFAULTS)}
         split = {**SPLIT_DEFAULTS, **_given(args, ["train", "val", "test"]),
-                 **({"seed": args.split_seed} if args.split_seed is not None else {})}
+                 "seed": flags.get("split_seed", SPLIT_DEFAULTS["seed"])}
     info = make_standin(
         kind, Path(args.out), seed=knobs["seed"], n_images=knobs["n_images"], image_size=knobs["image_size"],
         annotated_fraction=knobs["annotated_fraction"], shortcut_strength=knobs["shortcut_strength"],
