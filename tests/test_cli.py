@@ -191,3 +191,5 @@ def test_make_standin_and_split_read_their_knobs_from_the_config(tmp_path, capsy
     assert cli_main(["split", str(tmp_path / "a"), "--out", str(tmp_path / "s3.json"), "--config", str(cfg),
                      "--dataset", "nope"]) == 2
     assert "no dataset 'nope'" in capsys.readouterr().err and not (tmp_path / "s3.json").exists()
+    assert cli_main(["make-standin", "objects", str(tmp_path / "d"), "--set", "split.seed=5"]) == 2
+    assert "only --dataset reads" in capsys.readouterr().err and not (tmp_path / "d").exists()
