@@ -1,6 +1,8 @@
 """The shipped configs validate; bad configs fail naming the key; config/README.md documents every key."""
 from __future__ import annotations
 
+import copy
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ CONFIG_DIR = ROOT / "config"
 CONFIGS = ["config.yaml", "smoke.yaml", "paper.yaml"]
 DEFAULT = CONFIG_DIR / "config.yaml"
 README = CONFIG_DIR / "README.md"
-NAMED = (("datasets",), ("backbones",), ("train", "by_backbone"))  # mappings keyed by user-chosen names (<name>)
+NAMED = (("datasets",), ("backbones",), ("train", "by_backbone"), ("pretrain", "by_backbone"))  # mappings keyed by user-chosen names (<name>)
 
 
 # ---------------------------------------------------------------- shipped configs
@@ -316,3 +318,27 @@ def test_per_backbone_training_regime_replaces_the_shared_one() -> None:
 def test_per_backbone_regime_for_an_unknown_backbone_is_named() -> None:
     with pytest.raises(MEGLError, match="train.by_backbone"):
         load_config(DEFAULT, {"train.by_backbone": {"resnet50": {"lr": 0.01}}})
+
+
+def test_per_backbone_pretraining_reaches_the_command(tiny_config, tmp_path) -> None:
+    """`pretrain.by_backbone` changes what `megl pretrain-backbone` trains for that backbone only."""
+    import yaml
+
+    from megl.cli import main
+
+    config = copy.deepcopy(tiny_config)
+    config["pretrain"].update(n_images=40, epochs=1, by_backbone={"vit_b_16": {"epochs": 2}})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    epochs = {}
+    for backbone in ("resnet18", "vit_b_16"):
+        report = tmp_path / f"{backbone}.json"
+        assert main(["pretrain-backbone", "--config", str(path), "--backbone", backbone,
+                     "--out", str(tmp_path / f"{backbone}.safetensors"), "--report", str(report)]) == 0
+        epochs[backbone] = len(json.loads(report.read_text())["losses"])
+    assert epochs == {"resnet18": 1, "vit_b_16": 2}
+
+
+def test_per_backbone_pretraining_for_an_unknown_backbone_is_named() -> None:
+    with pytest.raises(MEGLError, match="pretrain.by_backbone"):
+        load_config(DEFAULT, {"pretrain.by_backbone": {"resnet50": {"epochs": 2}}})

@@ -153,10 +153,11 @@ def cmd_pretrain_backbone(args) -> int:
     if args.backbone not in config["backbones"]:
         raise MEGLError(f"unknown backbone {args.backbone!r}; valid backbones: {', '.join(config['backbones'])}")
     torch_threads(config)
+    from megl.config import section_for_backbone
     from megl.runtime import resolve_device
 
-    pretrain_backbone(config["backbones"][args.backbone], config["pretrain"], Path(args.out),
-                      _path(args.report), resolve_device(config["device"]))
+    pretrain_backbone(config["backbones"][args.backbone], section_for_backbone(config["pretrain"], args.backbone),
+                      Path(args.out), _path(args.report), resolve_device(config["device"]))
     return 0
 
 

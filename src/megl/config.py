@@ -74,9 +74,10 @@ def _check_matrix_names(config: dict, source: str) -> None:
     for name in matrix["datasets"]:
         if name not in config["datasets"]:
             problems.append(f"{source}: key matrix.datasets: dataset {name!r} has no entry under datasets")
-    for name in config["train"].get("by_backbone") or {}:
-        if name not in config["backbones"]:
-            problems.append(f"{source}: key train.by_backbone: backbone {name!r} has no entry under backbones")
+    for section in ("train", "pretrain"):
+        for name in (config.get(section) or {}).get("by_backbone") or {}:
+            if name not in config["backbones"]:
+                problems.append(f"{source}: key {section}.by_backbone: backbone {name!r} has no entry under backbones")
     for name in matrix["backbones"]:
         if name not in config["backbones"]:
             problems.append(f"{source}: key matrix.backbones: backbone {name!r} has no entry under backbones")
@@ -113,9 +114,15 @@ def for_backbone(config: dict, backbone: str) -> dict:
     """The config a run on `backbone` reads: `train.by_backbone[backbone]` (lr, epochs)
     replaces the shared `train` values, and `by_backbone` itself is dropped, so the run records and
     uses exactly the settings it trained with (docs/experiment.md: the regime is chosen per backbone)."""
-    train = dict(config["train"])
-    overrides = (train.pop("by_backbone", None) or {}).get(backbone, {})
-    return {**config, "train": {**train, **overrides}}
+    return {**config, "train": section_for_backbone(config["train"], backbone)}
+
+
+def section_for_backbone(section: dict, backbone: str) -> dict:
+    """`section` (train: or pretrain:) with its `by_backbone[backbone]` values in place of the shared
+    ones and `by_backbone` dropped."""
+    section = dict(section)
+    overrides = (section.pop("by_backbone", None) or {}).get(backbone, {})
+    return {**section, **overrides}
 
 
 def image_size_for(config: dict, backbone_cfg: dict | None) -> int:

@@ -12,7 +12,8 @@ rule pretrain_backbone:
     params:
         megl=MEGL,
         config_file=CONFIG_FILE,
-        settings=lambda w: {"backbone": config["backbones"][w.backbone], "pretrain": config["pretrain"]},
+        settings=lambda w: {"backbone": config["backbones"][w.backbone],
+                            "pretrain": section_for_backbone(config["pretrain"], w.backbone)},
     benchmark:
         f"{RESULTS}/benchmarks/backbones/{{backbone}}.tsv"
     log:

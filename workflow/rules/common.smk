@@ -9,7 +9,7 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.logging import logger
 
 from megl.codedeps import code_deps as _code_deps
-from megl.config import dump_resolved, resolve_config, resolved_config_path
+from megl.config import dump_resolved, resolve_config, resolved_config_path, section_for_backbone
 from megl.io import write_text_if_changed
 from megl.matrix import enumerate_runs
 from megl.methods import MLLM_BACKBONE, get_method
