@@ -3,6 +3,7 @@
     python -m megl.bench.workflow --out results/bench/workflow.json          # smoke, --cores 1 and 2
     python -m megl.bench.workflow --out results/bench/workflow.json --full   # + the embedded default
     python -m megl.bench.workflow --full-from CLONE/results --full-wall-s S  # + a finished make reproduce's
+        [--full-cores1-wall-s S1]   # + the wall time of `make reproduce CORES=1` of the same commit
 
 Fields (seconds unless named otherwise): smoke_s (config/smoke.yaml end to end, --cores 2),
 smoke_cores1_s (the same with --cores 1), cores2_speedup (smoke_cores1_s / smoke_s); with --full:
@@ -10,7 +11,7 @@ full_default_s (config/config.yaml end to end, --cores 2, as `make reproduce` ru
 full_rules (per rule: jobs, summed wall s, max RSS MB, from Snakemake's `benchmark:` files),
 full_job_seconds (all jobs' wall summed), full_parallelism (full_job_seconds / full_default_s: how much of
 the 2 cores the DAG keeps busy; the --cores 1 run of the full default would take that long again and is
-not repeated), startup_s (one cell job's interpreter + imports, measured here: CELL_JOB_START) and
+not repeated unless its wall time is given: full_cores1_s and full_cores2_speedup), startup_s (one cell job's interpreter + imports, measured here: CELL_JOB_START) and
 startup_share (startup of every job over full_job_seconds). docs/benchmarks.md says how to read them.
 """
 from __future__ import annotations
@@ -130,10 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of --full's own run: the results/ folder of a finished `make reproduce` "
                              "of the default (e.g. in a fresh clone), with its wall time in --full-wall-s")
     parser.add_argument("--full-wall-s", type=float, help="with --full-from: that run's wall seconds")
+    parser.add_argument("--full-cores1-wall-s", type=float,
+                        help="with --full-from: wall seconds of the same commit's default run with --cores 1")
     parser.add_argument("--workdir", help="where the temporary copies go (default: the system temp dir)")
     args = parser.parse_args(argv)
     if bool(args.full_from) != (args.full_wall_s is not None):
         parser.error("--full-from and --full-wall-s go together")
+    if args.full_cores1_wall_s is not None and not args.full_from:
+        parser.error("--full-cores1-wall-s needs --full-from")
 
     workdir = Path(args.workdir or tempfile.gettempdir())
     smoke_2, _ = time_snakemake("config/smoke.yaml", "2", workdir)
@@ -158,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                       full_rules=rules, full_job_seconds=job_seconds,
                       full_parallelism=round(job_seconds / full_s, 3), startup_s=startup,
                       startup_share=startup_share(rules, startup))
+        if args.full_cores1_wall_s is not None:
+            result.update(full_cores1_s=args.full_cores1_wall_s,
+                          full_cores2_speedup=round(args.full_cores1_wall_s / full_s, 3))
         if copy is not None:
             shutil.rmtree(copy.parent, ignore_errors=True)
     write_json(args.out, result)
