@@ -15,6 +15,7 @@ from megl.cell import guidance_grid, run_cell, with_overrides
 from megl.data.tensors import load_cache, save_cache
 from megl.evaluate import evaluate_run
 from megl.features import cache_features
+from megl.errors import MEGLError
 from megl.methods import get_method
 from megl.train import lr_factor, train_run
 
@@ -165,8 +166,37 @@ def test_regime_pilot_scores_each_candidate_on_validation(tiny_data, frozen_setu
     assert candidate == {"train.lr": 0.003, "train.epochs": 1}
     row = pilot(config, "objects", "resnet18", candidate, [0, 1], data_root=tiny_data.root,
                 split_path=tiny_data.split, cache_path=cache, backbone_weights=weights)
-    assert len(row["val"]) == len(row["test"]) == 2
-    assert all(0.0 <= v <= 1.0 for v in row["val"] + row["test"])
+    assert len(row["val"]) == 2 and "test" not in row  # the pilot never reads the test split
+    assert all(0.0 <= v <= 1.0 for v in row["val"])
     again = pilot(config, "objects", "resnet18", candidate, [0], data_root=tiny_data.root,
                   split_path=tiny_data.split, cache_path=cache, backbone_weights=weights)
     assert again["val"][0] == row["val"][0]  # deterministic per seed
+    # a trunk-depth candidate trains from the images: the cache holds the frozen trunk's features
+    deeper = pilot(config, "objects", "resnet18", {"backbones.resnet18.frozen_stages": 0}, [0],
+                   data_root=tiny_data.root, split_path=tiny_data.split, cache_path=cache, backbone_weights=weights)
+    assert 0.0 <= deeper["val"][0] <= 1.0
+
+
+def test_one_se_rule_prefers_the_weaker_guidance_within_noise():
+    from megl.cell import binomial_se, choose
+
+    assert choose([0.80, 0.82, 0.70], 240, "best") == 1
+    assert binomial_se(0.82, 240) > 0.02  # .82 - .80 is within one SE on 240 images
+    assert choose([0.80, 0.82, 0.70], 240, "one_se") == 0
+    assert choose([0.70, 0.82, 0.80], 240, "one_se") == 1  # the stronger wins by more than its SE
+    assert choose([0.80, 0.80, 0.80], 240, "one_se") == 0
+
+
+def test_the_selection_seed_is_never_a_reported_seed(tiny_data, frozen_setup, tmp_path):
+    """The candidates train with selection.seed; every reported seed is trained afresh, and a cell
+    asked to report the selection seed is refused before anything is written."""
+    base, config, weights, cache = frozen_setup
+    sel_seed = int(config["selection"]["seed"])
+    with pytest.raises(MEGLError, match="must never be a reported seed"):
+        _cell(tiny_data, frozen_setup, "haics", tmp_path / "bad", seeds=(sel_seed,))
+    assert not (tmp_path / "bad").exists()
+    selection = json.loads(json.dumps(_cell(tiny_data, frozen_setup, "haics", tmp_path / "ok", seeds=(0,))))
+    assert selection["seed"] == sel_seed != 0 and selection["rule"] == "one_se"
+    assert all("se" in c for c in selection["candidates"]) and selection["n_val"] > 0
+    metrics = json.loads((tmp_path / "ok" / "runs" / "seed0" / "metrics.json").read_text())
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0 and metrics["num_classes"] == read_dataset(tiny_data.root).num_classes

@@ -20,26 +20,102 @@ CONFIG_DIR = ROOT / "config"
 CONFIGS = ["config.yaml", "smoke.yaml", "paper.yaml"]
 DEFAULT = CONFIG_DIR / "config.yaml"
 README = CONFIG_DIR / "README.md"
-NAMED = (("datasets",), ("backbones",), ("train", "by_backbone"), ("pretrain", "by_backbone"))  # mappings keyed by user-chosen names (<name>)
+NAMED = (("datasets",), ("backbones",), ("train", "by_backbone"), ("pretrain", "by_backbone"), ("matrix", "blocks"),
+         ("datasets", "<name>", "frozen_stages"))  # mappings keyed by user-chosen names (<name>)
 
 
 # ---------------------------------------------------------------- shipped configs
-@pytest.mark.parametrize("name", [*CONFIGS, "control.yaml"])
+@pytest.mark.parametrize("name", [*CONFIGS, "full.yaml"])
 def test_shipped_config_validates(name: str) -> None:
     config = load_config(CONFIG_DIR / name)
     assert enumerate_runs(config)
 
 
-def test_paper_config_runs_the_whole_matrix() -> None:
+def test_paper_config_runs_the_papers_matrix_shape() -> None:
+    """Tables 2/3/5's methods on both datasets, Table 4's ablations on Object-ME only."""
+    from megl.matrix import cells
+
     config = load_config(CONFIG_DIR / "paper.yaml")
-    m = config["matrix"]
-    assert m["methods"] == [n for n, meth in METHODS.items() if meth.kind == "classifier"]
-    assert m["mllm_methods"] == [n for n, meth in METHODS.items() if meth.kind == "mllm"]
-    assert len(m["seeds"]) == 5
-    assert len(enumerate_runs(config)) == 2 * 2 * 12 * 5 + 2 * 2 * 5
+    classifier = [n for n, meth in METHODS.items() if meth.kind == "classifier"]
+    ablations = [n for n in classifier if n.startswith("megl_")]
+    got = {(c.dataset, c.backbone, c.method) for c in cells(config)}
+    for backbone in ("resnet18", "vit_b_16"):
+        for method in classifier:
+            assert ("objects", backbone, method) in got
+            assert (("actions", backbone, method) in got) == (method not in ablations)
+    assert {("objects", "mllm", m) for m in ("llava_vqa", "finetune_cot")} <= got
+    assert len(config["matrix"]["seeds"]) == 5
+    assert len(enumerate_runs(config)) == (2 * 12 + 2 * 6) * 5 + 2 * 2 * 5
     assert all(d["source"] == "official" for d in config["datasets"].values())
     assert config["backbones"]["resnet18"]["widths"] == [64, 128, 256, 512]
     assert config["vision_encoder"]["kind"] == config["lm"]["kind"] == "pretrained"
+
+
+def test_a_cell_in_two_blocks_runs_once() -> None:
+    from megl.matrix import cells
+
+    config = load_config(DEFAULT)
+    config["matrix"]["blocks"]["again"] = {"datasets": ["objects"], "backbones": ["resnet18"], "methods": ["megl"]}
+    runs = enumerate_runs(config)
+    assert len(runs) == len(set(runs))
+    assert sum(1 for c in cells(config) if (c.dataset, c.backbone, c.method) == ("objects", "resnet18", "megl")) == 1
+
+
+def test_full_config_is_the_default_matrix_crossed_whole() -> None:
+    """config/full.yaml differs from config/config.yaml only in its matrix (every method on every
+    dataset) and results_dir."""
+    from megl.matrix import cells
+
+    default, full = (yaml.safe_load((CONFIG_DIR / name).read_text()) for name in ("config.yaml", "full.yaml"))
+    assert full.pop("results_dir") == "results/full"
+    assert {k: v for k, v in full.items() if k != "matrix"} == {k: v for k, v in default.items() if k != "matrix"}
+    config = load_config(CONFIG_DIR / "full.yaml")
+    classifier = [n for n, meth in METHODS.items() if meth.kind == "classifier"]
+    got = {(c.dataset, c.backbone, c.method) for c in cells(config)}
+    assert {(d, b, m) for d in ("objects", "actions", "digits") for b in ("resnet18", "vit_b_16")
+            for m in classifier} <= got
+    assert cells(load_config(DEFAULT)) != cells(config)
+
+
+def test_default_control_twins_differ_only_in_the_shortcut() -> None:
+    config = load_config(DEFAULT)
+    twins = {n: e["control_for"] for n, e in config["datasets"].items() if "control_for" in e}
+    assert set(twins.values()) == {"objects", "actions", "digits"}
+    for twin, target in twins.items():
+        a, b = dict(config["datasets"][twin]["standin"]), dict(config["datasets"][target]["standin"])
+        assert a.pop("shortcut_strength") == 0 and b.pop("shortcut_strength") > 0 and a == b
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"datasets.objects_control.standin.seed": 7}, "seed differ from objects"),
+    ({"datasets.objects_control.standin.shortcut_strength": 0.5}, "shortcut_strength must be 0"),
+    ({"datasets.objects_control.control_for": "nothing"}, "is not another dataset"),
+    ({"datasets.digits_control.frozen_stages": {"resnet18": 4}}, "frozen_stages must equal digits"),
+])
+def test_a_control_twin_that_is_not_a_twin_is_refused(change, words) -> None:
+    msg = _error(change)
+    assert "control_for" in msg and words in msg
+
+
+def test_selection_seed_must_not_be_a_reported_seed() -> None:
+    msg = _error({"selection.seed": 3})
+    assert "selection.seed" in msg and "reported seed" in msg
+
+
+def test_a_dataset_sets_the_trunk_depth_of_its_cells() -> None:
+    from megl.config import for_cell
+    from megl.matrix import training_config
+
+    config = load_config(DEFAULT, {"datasets.digits.frozen_stages": {"resnet18": 1},
+                                   "datasets.digits_control.frozen_stages": {"resnet18": 1}})
+    assert for_cell(config, "digits", "resnet18")["backbones"]["resnet18"]["frozen_stages"] == 1
+    assert for_cell(config, "objects", "resnet18")["backbones"]["resnet18"]["frozen_stages"] == 4
+    assert training_config(config, "baseline", "resnet18", "digits")["backbone"]["frozen_stages"] == 1
+    assert "datasets.digits.frozen_stages" in _error({"datasets.digits.frozen_stages": {"resnet99": 0}})
+
+
+def test_blocks_and_a_flat_matrix_are_not_mixed() -> None:
+    assert "not both" in _error({"matrix.methods": ["baseline"]})
 
 
 # ---------------------------------------------------------------- bad configs
@@ -50,12 +126,12 @@ def _error(overrides: dict) -> str:
 
 
 def test_unknown_method_is_named() -> None:
-    msg = _error({"matrix.methods": ["baseline", "megl_plus_plus"]})
-    assert "megl_plus_plus" in msg and "matrix.methods" in msg
+    msg = _error({"matrix.blocks.comparison.methods": ["baseline", "megl_plus_plus"]})
+    assert "megl_plus_plus" in msg and "matrix.blocks.comparison.methods" in msg
 
 
 def test_unknown_mllm_method_is_named() -> None:
-    msg = _error({"matrix.mllm_methods": ["gpt_vqa"]})
+    msg = _error({"matrix.blocks.comparison.mllm_methods": ["gpt_vqa"]})
     assert "gpt_vqa" in msg
 
 
@@ -67,23 +143,23 @@ def test_unknown_key_is_rejected_naming_it(dotted: str, key: str) -> None:
 
 
 def test_matrix_dataset_without_entry() -> None:
-    msg = _error({"matrix.datasets": ["objects", "birds"]})
-    assert "birds" in msg and "datasets" in msg
+    msg = _error({"matrix.blocks.ablation.datasets": ["objects", "birds"]})
+    assert "birds" in msg and "matrix.blocks.ablation.datasets" in msg
 
 
 def test_matrix_backbone_without_entry() -> None:
-    msg = _error({"matrix.backbones": ["resnet50"]})
-    assert "resnet50" in msg and "backbones" in msg
+    msg = _error({"matrix.blocks.ablation.backbones": ["resnet50"]})
+    assert "resnet50" in msg and "matrix.blocks.ablation.backbones" in msg
 
 
 def test_classifier_method_under_mllm_methods() -> None:
-    msg = _error({"matrix.mllm_methods": ["megl"]})
-    assert "'megl'" in msg and "matrix.mllm_methods" in msg and "matrix.methods" in msg
+    msg = _error({"matrix.blocks.ablation.mllm_methods": ["megl"]})
+    assert "'megl'" in msg and "matrix.blocks.ablation.mllm_methods" in msg and "matrix.blocks.ablation.methods" in msg
 
 
 def test_mllm_method_under_methods() -> None:
-    msg = _error({"matrix.methods": ["baseline", "finetune_cot"]})
-    assert "'finetune_cot'" in msg and "matrix.mllm_methods" in msg
+    msg = _error({"matrix.blocks.ablation.methods": ["baseline", "finetune_cot"]})
+    assert "'finetune_cot'" in msg and "matrix.blocks.ablation.mllm_methods" in msg
 
 
 @pytest.mark.parametrize("dotted, path, key", [
@@ -144,11 +220,11 @@ def test_cli_set_parses_yaml_values() -> None:
     from megl.cli import _config
 
     config = _config(SimpleNamespace(config=str(DEFAULT),
-                                     set=["train.epochs=1", "train.lr=1.0e-4", "matrix.methods=[megl]"]))
+                                     set=["train.epochs=1", "train.lr=1.0e-4", "matrix.blocks.ablation.methods=[megl]"]))
     # (YAML 1.1: write 1.0e-4; a bare 1e-4 is a string and fails validation naming train.lr)
     assert config["train"]["epochs"] == 1
     assert config["train"]["lr"] == pytest.approx(1e-4)
-    assert config["matrix"]["methods"] == ["megl"]
+    assert config["matrix"]["blocks"]["ablation"]["methods"] == ["megl"]
 
 
 # ---------------------------------------------------------------- the resolved config (Snakefile)
@@ -160,7 +236,7 @@ def test_snakemake_config_overrides_are_typed_and_merged() -> None:
     apply_overrides(config, {"train": {"epochs": "1", "lr": "1e-3"}, "matrix": {"seeds": ["7"]}, "device": "cuda",
                              "lm": {"lora": "null"}})
     assert (config["train"]["epochs"], config["train"]["lr"], config["train"]["batch_size"]) == (1, 0.001, 32)
-    assert config["matrix"]["seeds"] == [7] and config["matrix"]["methods"]  # siblings kept
+    assert config["matrix"]["seeds"] == [7] and config["matrix"]["blocks"]  # siblings kept
     assert config["device"] == "cuda" and config["lm"]["lora"] is None
     validate_config(config)
 
@@ -284,20 +360,6 @@ def test_every_schema_key_is_documented() -> None:
     undocumented = [p for p in sorted(schema_paths(load_schema()))
                     if p not in documented and not any(d.startswith(p + ".") for d in documented)]
     assert not undocumented, f"schema keys missing from config/README.md: {undocumented}"
-
-
-def test_control_config_is_the_default_without_shortcuts() -> None:
-    """config/control.yaml (the no-shortcut control) differs from config/config.yaml only where it must."""
-    default, control = (yaml.safe_load((CONFIG_DIR / name).read_text()) for name in ("config.yaml", "control.yaml"))
-    assert control["results_dir"] == "results/control"
-    assert control["matrix"]["methods"] == ["baseline"] and control["matrix"]["mllm_methods"] == []
-    for name, entry in control["datasets"].items():
-        assert entry["standin"]["shortcut_strength"] == 0.0
-        entry["standin"]["shortcut_strength"] = default["datasets"][name]["standin"]["shortcut_strength"]
-    for key in ("methods", "mllm_methods"):
-        control["matrix"][key] = default["matrix"][key]
-    del control["results_dir"]
-    assert control == default
 
 
 def test_per_backbone_training_regime_replaces_the_shared_one() -> None:

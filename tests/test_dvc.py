@@ -16,7 +16,8 @@ import yaml
 
 from megl.bench.workflow import copy_repo, tool_env
 from megl.dvc_pipeline import derive_pipeline
-from megl.matrix import Run, enumerate_runs
+from megl.dvc_pipeline import MATRIX_VARS, matrix_vars_text
+from megl.matrix import Run, enumerate_runs, matrix_datasets, matrix_methods, matrix_mllm_methods
 from megl.report.summary import PLOT_ACCURACY, PLOT_DIRS, PLOT_LOSS, PLOT_MIOU, write_summary
 from test_report_summary import write_run
 from test_workflow import SMOKE_RUNS, planned_jobs, write_official_zip
@@ -36,6 +37,7 @@ def dvc_copy(dest: Path, config: dict | None = None) -> Path:
     repo = copy_repo(dest)
     if config is not None:
         (repo / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (repo / MATRIX_VARS).write_text(matrix_vars_text(config, "config/config.yaml"))
     run(repo, "git", "init", "-q")
     run(repo, "git", "add", "-A")
     run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-qm", "copy")
@@ -55,8 +57,8 @@ def with_mllm(config: dict) -> dict:
     return config
 
 
-@pytest.mark.parametrize("config", [load("config.yaml"), load("smoke.yaml"), with_mllm(load("config.yaml"))],
-                         ids=["default", "smoke", "default+mllm"])
+@pytest.mark.parametrize("config", [load("config.yaml"), load("smoke.yaml"), with_mllm(load("smoke.yaml"))],
+                         ids=["default", "smoke", "smoke+mllm"])
 def test_dvc_and_snakemake_enumerate_the_same_runs(tmp_path, config):
     repo = dvc_copy(tmp_path / "repo", config)
     stages = dvc(repo, "stage", "list", "--name-only").split()
@@ -68,16 +70,27 @@ def test_dvc_and_snakemake_enumerate_the_same_runs(tmp_path, config):
 
     cell_names = sorted(s for s in stages if s.startswith(("cell@", "cell_mllm@")))
     assert cell_names == sorted({r.dvc_stage for r in runs})
-    datasets = config["matrix"]["datasets"]
+    datasets = matrix_datasets(config["matrix"])
     for step in ("validate_data", "split", "pretrain_encoder"):
         assert sorted(s for s in stages if s.startswith(f"{step}@")) == sorted(f"{step}@{d}" for d in datasets)
-    assert sorted(s for s in stages if s.startswith("cache_features@")) == sorted(
-        f"cache_features@{d}-{b}" for d in datasets for b in config["matrix"]["backbones"])
+    caches = sorted(f"cache_features@{r.dataset}-{r.backbone}" for r in {Run(r.dataset, r.backbone, "", 0)
+                    for r in runs if r.backbone != "mllm"})
+    assert sorted(s for s in stages if s.startswith("cache_features@")) == caches
+    assert caches == sorted(f"cache_features@{w['dataset']}-{w['backbone']}" for rule, w in planned
+                            if rule == "cache_features")
     assert {"tables", "figures", "summarize"} <= set(stages)
-    if not config["matrix"].get("mllm_methods"):  # an empty list expands to no stage, without error
+    if not matrix_mllm_methods(config["matrix"]):  # no MLLM method expands to no stage, without error
         assert not any(s.startswith("cell_mllm") for s in stages)
     else:
         assert "cell_mllm@objects-llava_vqa" in stages
+
+
+def test_dvc_matrix_vars_file_is_up_to_date():
+    """config/dvc_matrix.yaml is what `megl dvc-matrix` derives from config/config.yaml today."""
+    from megl.config import load_config
+
+    expected = matrix_vars_text(load_config(REPO / "config" / "config.yaml"), "config/config.yaml")
+    assert (REPO / MATRIX_VARS).read_text() == expected, "stale: run `megl dvc-matrix --write`"
 
 
 def test_dvc_stage_names_are_readable(tmp_path):
@@ -101,11 +114,11 @@ def plotted(shown: dict, figures_made: bool = False) -> dict[str, list[dict]]:
 
 def plot_files(config: dict) -> list[str]:
     """What dvc.yaml's top-level plots must draw for `config`: one file per folder and cell."""
-    m = config["matrix"]
-    cells = [f"{d}_{b}" for d in m["datasets"] for b in m["backbones"]]
+    runs = enumerate_runs(config)
+    cells = {f"{r.dataset}_{r.backbone}" for r in runs if r.backbone != "mllm"}
+    mllm = {f"{r.dataset}_mllm" for r in runs if r.backbone == "mllm"}
     return sorted([f"results/dvc/plots/{kind}/{c}.csv" for kind in PLOT_DIRS for c in cells]
-                  + [f"results/dvc/plots/{PLOT_ACCURACY}/{d}_mllm.csv" for d in m["datasets"]
-                     if m.get("mllm_methods")])
+                  + [f"results/dvc/plots/{PLOT_ACCURACY}/{c}.csv" for c in mllm])
 
 
 def test_dvc_plots_are_the_folders_summarize_writes():
@@ -116,7 +129,7 @@ def test_dvc_plots_are_the_folders_summarize_writes():
     assert {"${dvc_root}/metrics", "${dvc_root}/plots"} <= set(spec["stages"]["summarize"]["outs"])
     plots = {k: v for entry in spec["plots"] for k, v in entry.items()}
     assert sorted(plots) == sorted(f"${{dvc_root}}/plots/{kind}" for kind in PLOT_DIRS)
-    assert plots[f"${{dvc_root}}/plots/{PLOT_LOSS}"].items() >= {"x": "step", "y": "${matrix.methods}"}.items()
+    assert plots[f"${{dvc_root}}/plots/{PLOT_LOSS}"].items() >= {"x": "step", "y": "${runs.methods}"}.items()
     for kind in (PLOT_ACCURACY, PLOT_MIOU):
         assert plots[f"${{dvc_root}}/plots/{kind}"].items() >= {"x": kind, "y": "method"}.items()
 
@@ -134,7 +147,7 @@ def test_dvc_plots_show_draws_what_summarize_writes(tmp_path):
     data = plotted(json.loads(dvc(repo, "plots", "show", "--json")))  # no figures made here
     assert sorted(data) == plot_files(config)
     loss = data["results/dvc/plots/loss/objects_resnet18.csv"]
-    assert {row["field"] for row in loss} == set(config["matrix"]["methods"])  # one line per method
+    assert {row["field"] for row in loss} == set(matrix_methods(config["matrix"]))  # one line per method
     assert sorted({float(row["dvc_inferred_y_value"]) for row in loss}) == [1.0, 1.5, 2.0]
     acc = data["results/dvc/plots/accuracy/objects_mllm.csv"]
     assert {row["method"]: float(row["accuracy"]) for row in acc} == {"llava_vqa": 0.55, "finetune_cot": 0.55}
@@ -167,12 +180,14 @@ def test_a_mixed_config_gets_an_unpack_stage_and_a_stand_in_stage():
     from the repository root and names the chosen config, never config/config.yaml."""
     config = load("config.yaml")
     config["datasets"]["actions"] = {"source": "official", "zip": "data/raw/Action_Classification.zip"}
+    del config["datasets"]["actions_control"]  # official data has no control twin
+    config["matrix"]["blocks"]["validity"]["datasets"].remove("actions_control")
     derived = derive_pipeline(yaml.safe_load((REPO / "dvc.yaml").read_text()), config, "config/mixed.yaml", "mixed")
     stages = derived["stages"]
     assert stages["unpack_data"]["foreach"] == {"actions": "data/raw/Action_Classification.zip"}
-    assert sorted(stages["make_standin"]["foreach"]) == ["digits", "objects"]
+    assert sorted(stages["make_standin"]["foreach"]) == ["digits", "digits_control", "objects", "objects_control"]
     assert all((st["do"] if "foreach" in st else st)["wdir"] == "../.." for st in stages.values())
-    assert derived["vars"] == ["../../config/mixed.yaml", {"dvc_root": "results/dvc/pipelines/mixed"}]
+    assert derived["vars"] == ["../../config/mixed.yaml", "dvc_matrix.yaml", {"dvc_root": "results/dvc/pipelines/mixed"}]
     assert "config/config.yaml" not in yaml.safe_dump(derived)
     assert derived["metrics"] == ["../../${dvc_root}/metrics"]
 

@@ -7,27 +7,31 @@ trunk's features come from one cache file; the text scorers' JVMs start once for
 seed still gets its own run folder (model, log, metrics, predictions), written atomically, and the
 numbers equal what `megl train` + `megl evaluate` give for that run (tests/test_cell.py).
 
-Selection protocol (docs/experiment.md), the same for every method: the method's guidance weights
+Selection protocol (docs/experiment.md §2), the same for every method: the method's guidance weights
 take each point of `selection.grid` in turn (the lists are zipped, so every guided method trains
-the same number of candidates); each candidate trains with `selection.seed` on the training split
-and is scored by `selection.metric` on the validation split; the first best wins (the grids are
-ordered from weak to strong). The test split is loaded only after the choice is written.
+the same number of candidates); each candidate trains with `selection.seed`, a seed that is never a
+reported seed, on the training split and is scored by `selection.metric` on the validation split.
+`selection.rule: one_se` (the default) takes the WEAKEST candidate whose score is within one binomial
+standard error of the best score (the grids are ordered from weak to strong): a stronger guidance
+must win by more than the validation score's own noise. The test split is loaded only after the
+choice is written; every reported seed is trained afresh at the chosen weights.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from pathlib import Path
 
 import torch
 
-from megl.config import for_backbone, image_size_for
+from megl.config import for_cell, image_size_for
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, load_cache, mean_map_of
 from megl.errors import MEGLError
-from megl.evaluate import Prediction, predict, write_evaluation
+from megl.evaluate import Prediction, predict, split_accuracy, write_evaluation
 from megl.io import write_json
 from megl.methods import Method, get_method
 from megl.metrics import text as text_metrics
@@ -66,15 +70,24 @@ def validation_score(model, val: SplitTensors, metric: str, device: torch.device
     """Accuracy (the only selection metric so far) of the classifier on the validation split."""
     if metric != "accuracy":
         raise MEGLError(f"selection.metric: {metric!r} is not supported (accuracy)")
-    model.train(False)
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(val), 256):
-            batch = val.batch(torch.arange(start, min(start + 256, len(val))), device)
-            out = (model.classifier.head_forward(batch["features"]) if "features" in batch
-                   else model.classifier.forward_with_features(batch["image"]))
-            correct += int((out.logits.argmax(1) == batch["label"]).sum())
-    return correct / len(val)
+    return split_accuracy(model, val, device)
+
+
+def binomial_se(score: float, n: int) -> float:
+    """Standard error of an accuracy `score` measured on `n` images: sqrt(p (1 - p) / n)."""
+    return math.sqrt(max(score * (1 - score), 0.0) / n) if n else float("nan")
+
+
+def choose(scores: list[float], n_val: int, rule: str) -> int:
+    """Index of the chosen candidate (candidates ordered weak to strong). `best`: the first highest
+    score. `one_se`: the first candidate scoring at least best - SE(best), SE binomial on n_val images."""
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    if rule == "best":
+        return best
+    if rule != "one_se":
+        raise MEGLError(f"selection.rule: {rule!r} is not supported (one_se, best)")
+    floor = scores[best] - binomial_se(scores[best], n_val)
+    return next(i for i, s in enumerate(scores) if s >= floor - 1e-12)
 
 
 class Cell:
@@ -91,7 +104,6 @@ class Cell:
         self.device = resolve_device(config["device"])
         self.data = read_dataset(self.data_root)
         self.class_names = class_names_of(self.data)
-        self.trained: dict[tuple[str, int], tuple] = {}  # (overrides, seed) -> (model, log rows, seconds) of a selection candidate
 
     def splits(self, names: tuple[str, ...]) -> dict[str, SplitTensors]:
         """Decoded splits (with the trunk's cached features when a cache is given)."""
@@ -113,23 +125,28 @@ class Cell:
     def select(self, train: SplitTensors, val: SplitTensors, mean_map) -> dict:
         sel = self.config["selection"]
         grid = guidance_grid(self.config, self.method)
+        rule = sel.get("rule", "one_se")
         record = {"method": self.method.name, "dataset": self.dataset, "backbone": self.backbone,
-                  "metric": sel["metric"], "split": "val", "seed": int(sel["seed"]), "candidates": [],
-                  "chosen": {}}
+                  "metric": sel["metric"], "split": "val", "n_val": len(val), "seed": int(sel["seed"]),
+                  "rule": rule, "candidates": [], "chosen": {}}
         if not grid:
             record["note"] = "no guidance weight to choose"
             return record
-        best = None
+        scores = []
         for overrides in grid:
-            model, rows, seconds = self.train(with_overrides(self.config, overrides), int(sel["seed"]), train,
-                                              mean_map, f"select {overrides} ")
+            model, _, _ = self.train(with_overrides(self.config, overrides), int(sel["seed"]), train, mean_map,
+                                     f"select {overrides} ")
             score = validation_score(model, val, sel["metric"], self.device)
-            record["candidates"].append({"overrides": overrides, f"val_{sel['metric']}": round(score, 6)})
+            scores.append(score)
+            record["candidates"].append({"overrides": overrides, f"val_{sel['metric']}": round(score, 6),
+                                         "se": round(binomial_se(score, len(val)), 6)})
             log.info("selection %s: %s -> val %s %.4f", self.method.name, overrides, sel["metric"], score)
-            self.trained[(repr(overrides), int(sel["seed"]))] = (model, rows, seconds)
-            if best is None or score > best[0]:
-                best = (score, overrides)
-        record["chosen"] = best[1]
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        chosen = choose(scores, len(val), rule)
+        record["best"] = grid[best]
+        record["chosen"] = grid[chosen]
+        record["margin_to_runner_up"] = round(scores[best] - max([x for i, x in enumerate(scores) if i != best],
+                                                                 default=float("nan")), 6)
         return record
 
 
@@ -137,7 +154,10 @@ def run_cell(config: dict, *, dataset: str, backbone: str, method: str, seeds: l
              selection_out: Path, data_root: Path, split_path: Path, cache_path: Path | None = None,
              pretrained_dir: Path | None = None, backbone_weights: Path | None = None) -> dict:
     """Select on validation, then train + evaluate each seed into runs_root/seed{N}/. Returns the selection."""
-    config = for_backbone(config, backbone)
+    config = for_cell(config, dataset, backbone)
+    if int(config["selection"]["seed"]) in {int(s) for s in seeds}:
+        raise MEGLError(f"selection.seed {config['selection']['seed']} is one of the reported seeds {list(seeds)}: "
+                        "the selection seed must never be a reported seed")
     cell = Cell(config, dataset, backbone, method, data_root, split_path, cache_path, pretrained_dir,
                 backbone_weights)
     m = cell.method
@@ -146,28 +166,32 @@ def run_cell(config: dict, *, dataset: str, backbone: str, method: str, seeds: l
     mean_map = mean_map_of(train).to(cell.device) if m.consistency else None
     selection = cell.select(train, val, mean_map)
     write_json(selection_out, selection)
-    del val
     run_config = with_overrides(config, selection["chosen"])
-    test = cell.splits(("test",))["test"]  # read only now: the choice above never saw it
 
-    predictions: dict[int, tuple] = {}
+    trained: dict[int, tuple] = {}
     for seed in seeds:
         run_dir = Path(runs_root) / f"seed{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
         identity = {"dataset": dataset, "backbone": backbone, "method": method, "seed": int(seed)}
         write_run_record(run_dir, run_config, identity, m, data_root, split_path, pretrained_dir,
                          backbone_weights, cell.device)
-        reuse = cell.trained.get((repr(selection["chosen"]), int(seed)))
-        model, rows, seconds = reuse if reuse else cell.train(run_config, int(seed), train, mean_map,
-                                                              f"{method} seed{seed} ")
+        model, rows, seconds = cell.train(run_config, int(seed), train, mean_map, f"{method} seed{seed} ")
         finish_run(run_dir, model, identity, run_config["train"], rows, seconds)
         set_determinism(int(seed), run_config["train"]["num_threads"])
         model.train(False)
-        predictions[seed] = (run_dir, identity, model, predict(model, test, run_config, cell.device, cell.class_names))
-    text = score_text_many(m, {s: p[3] for s, p in predictions.items()}, config["evaluate"])
-    for seed, (run_dir, identity, model, prediction) in predictions.items():
+        val_acc = split_accuracy(model, val, cell.device) if model.classifier is not None else None
+        trained[seed] = (run_dir, identity, model, val_acc)
+    del val
+    test = cell.splits(("test",))["test"]  # read only now: the choice above never saw it
+    predictions: dict[int, tuple] = {}
+    for seed, (run_dir, identity, model, val_acc) in trained.items():
+        set_determinism(int(seed), run_config["train"]["num_threads"])
+        predictions[seed] = (run_dir, identity, model, val_acc,
+                             predict(model, test, run_config, cell.device, cell.class_names))
+    text = score_text_many(m, {s: p[4] for s, p in predictions.items()}, config["evaluate"])
+    for seed, (run_dir, identity, model, val_acc, prediction) in predictions.items():
         write_evaluation(run_dir, identity, str(split_path), model, m, prediction, text.get(seed), run_config,
-                         cell.device, cell.data.num_classes)
+                         cell.device, cell.data.num_classes, val_acc)
     return selection
 
 

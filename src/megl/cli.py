@@ -165,7 +165,8 @@ def cmd_cache_features(args) -> int:
     from megl.features import cache_features
 
     cache_features(_config(args), dataset_root=Path(args.data_root), split_path=Path(args.split),
-                   backbone=args.backbone, backbone_weights=_path(args.backbone_weights), out=Path(args.out))
+                   backbone=args.backbone, backbone_weights=_path(args.backbone_weights), out=Path(args.out),
+                   dataset=args.dataset)
     return 0
 
 
@@ -310,6 +311,20 @@ def cmd_dvc_pipeline(args) -> int:
     return 0
 
 
+def cmd_dvc_matrix(args) -> int:
+    from megl.config import load_config
+    from megl.dvc_pipeline import MATRIX_VARS, matrix_vars_text
+    from megl.io import write_text
+
+    text = matrix_vars_text(load_config(args.config), args.config)
+    if args.write:
+        write_text(Path(MATRIX_VARS), text)
+        print(f"wrote {MATRIX_VARS}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 EPILOG = """exit status:
   0  success
   1  runtime failure: a tool that is not installed, a failed download or build, a check
@@ -397,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_summarize(sub)
     _parser_code_deps(sub)
     _parser_dvc_pipeline(sub)
+    _parser_dvc_matrix(sub)
     _parser_compare(sub)
     return parser
 
@@ -512,6 +528,7 @@ def _parser_cache_features(sub) -> None:
     _add_config(p)
     _add_data(p)
     p.add_argument("--backbone", required=True, help="key of config backbones")
+    p.add_argument("--dataset", help="key of config datasets: applies its trunk depth (datasets.<d>.frozen_stages)")
     _add_backbone_weights(p)
     p.add_argument("--out", required=True, help="cache file to write (.safetensors)")
     p.set_defaults(func=cmd_cache_features)
@@ -615,6 +632,13 @@ def _parser_dvc_pipeline(sub) -> None:
     p.add_argument("--name", help="the pipeline's folder name (default: the config file's stem)")
     p.add_argument("--dvc-yaml", default="dvc.yaml", help="the pipeline to derive from (default: %(default)s)")
     p.set_defaults(func=cmd_dvc_pipeline)
+
+
+def _parser_dvc_matrix(sub) -> None:
+    p = _command(sub, "dvc-matrix", "print (or --write) config/dvc_matrix.yaml: the root dvc.yaml's run-matrix lists")
+    p.add_argument("--config", default="config/config.yaml", help="the root pipeline's config (default: %(default)s)")
+    p.add_argument("--write", action="store_true", help="write config/dvc_matrix.yaml instead of printing it")
+    p.set_defaults(func=cmd_dvc_matrix)
 
 
 def _parser_compare(sub) -> None:

@@ -66,34 +66,83 @@ def validate_config(config: dict, source: str = "<config>") -> dict:
 
 
 def _check_matrix_names(config: dict, source: str) -> None:
-    """Every dataset and backbone of the matrix must be defined; every method must be registered."""
+    """Every dataset and backbone of the matrix must be defined; every method must be registered; a
+    dataset's per-backbone trunk depth names declared backbones; a control twin names a dataset."""
+    from megl.matrix import blocks, check_method_kinds
     from megl.methods import METHODS  # late import: methods imports nothing heavy, but keep config light
 
     matrix = config["matrix"]
     problems = []
-    for name in matrix["datasets"]:
-        if name not in config["datasets"]:
-            problems.append(f"{source}: key matrix.datasets: dataset {name!r} has no entry under datasets")
+    if "blocks" in matrix and any(k in matrix for k in ("datasets", "backbones", "methods", "mllm_methods")):
+        problems.append(f"{source}: key matrix: give either matrix.blocks or the flat datasets/backbones/methods, "
+                        "not both")
+    for block_name, block in blocks(matrix).items():
+        where = f"matrix.blocks.{block_name}" if "blocks" in matrix else "matrix"
+        for name in block["datasets"]:
+            if name not in config["datasets"]:
+                problems.append(f"{source}: key {where}.datasets: dataset {name!r} has no entry under datasets")
+        for name in block["backbones"]:
+            if name not in config["backbones"]:
+                problems.append(f"{source}: key {where}.backbones: backbone {name!r} has no entry under backbones")
+        for name in [*block["methods"], *block["mllm_methods"]]:
+            if name not in METHODS:
+                problems.append(f"{source}: key {where}.methods: unknown method {name!r}; known: {', '.join(METHODS)}")
+    if int(config["selection"]["seed"]) in {int(s) for s in matrix["seeds"]}:
+        problems.append(f"{source}: key selection.seed: {config['selection']['seed']} is one of matrix.seeds; "
+                        "the selection seed must never be a reported seed")
     for section in ("train", "pretrain"):
         for name in (config.get(section) or {}).get("by_backbone") or {}:
             if name not in config["backbones"]:
                 problems.append(f"{source}: key {section}.by_backbone: backbone {name!r} has no entry under backbones")
-    for name in matrix["backbones"]:
-        if name not in config["backbones"]:
-            problems.append(f"{source}: key matrix.backbones: backbone {name!r} has no entry under backbones")
-    for name in [*matrix["methods"], *matrix.get("mllm_methods", [])]:
-        if name not in METHODS:
-            problems.append(
-                f"{source}: key matrix.methods: unknown method {name!r}; known: {', '.join(METHODS)}"
-            )
+    for dataset, entry in config["datasets"].items():
+        for name in entry.get("frozen_stages") or {}:
+            if name not in config["backbones"]:
+                problems.append(f"{source}: key datasets.{dataset}.frozen_stages: backbone {name!r} has no entry "
+                                "under backbones")
+        problems += _control_twin_problems(config, dataset, entry, source)
     if problems:
         raise MEGLError("invalid config:\n" + "\n".join(problems))
-    from megl.matrix import check_method_kinds
-
     try:
         check_method_kinds(matrix)
     except MEGLError as exc:
         raise MEGLError(f"invalid config:\n{source}: {exc}") from None
+
+
+def _control_twin_problems(config: dict, dataset: str, entry: dict, source: str) -> list[str]:
+    """A control twin (`control_for: X`) is X without its shortcut: the same stand-in with
+    shortcut_strength 0 and the same trunk depth, so that its baseline measures what the shortcut
+    costs on the same images (the validity check, docs/experiment.md)."""
+    target = entry.get("control_for")
+    if target is None:
+        return []
+    key = f"{source}: key datasets.{dataset}.control_for"
+    if target not in config["datasets"] or target == dataset:
+        return [f"{key}: {target!r} is not another dataset under datasets"]
+    twin = config["datasets"][target]
+    if entry["source"] != "standin" or twin["source"] != "standin":
+        return [f"{key}: a control twin is a stand-in of a stand-in (official data has no known shortcut)"]
+    mine, theirs = dict(entry["standin"]), dict(twin["standin"])
+    if mine.pop("shortcut_strength") != 0:
+        return [f"{key}: the twin's standin.shortcut_strength must be 0"]
+    theirs.pop("shortcut_strength")
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        return [f"{key}: standin keys {', '.join(diff)} differ from {target}'s; only shortcut_strength may"]
+    if (entry.get("frozen_stages") or {}) != (twin.get("frozen_stages") or {}):
+        return [f"{key}: frozen_stages must equal {target}'s (the same regime)"]
+    return []
+
+
+def for_cell(config: dict, dataset: str, backbone: str) -> dict:
+    """The config one (dataset, backbone) cell reads: `for_backbone`, and the dataset's trunk depth
+    (`datasets.<dataset>.frozen_stages[backbone]`, chosen per dataset by the regime protocol of
+    docs/experiment.md) in place of the backbone's own `frozen_stages`."""
+    config = for_backbone(config, backbone)
+    depth = ((config["datasets"].get(dataset) or {}).get("frozen_stages") or {}).get(backbone)
+    if depth is None or backbone not in config["backbones"]:
+        return config
+    backbones = {**config["backbones"], backbone: {**config["backbones"][backbone], "frozen_stages": int(depth)}}
+    return {**config, "backbones": backbones}
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict:

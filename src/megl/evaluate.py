@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megl.config import for_backbone, image_size_for
+from megl.config import for_cell, image_size_for
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, trunk_features
@@ -35,7 +35,7 @@ def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
     run_dir = Path(run_dir)
     identity = read_json(run_dir / "run.json")["run"]
     method = get_method(identity["method"])
-    config = for_backbone(config, identity["backbone"])
+    config = for_cell(config, identity["dataset"], identity["backbone"])
     bb_cfg = backbone_entry(config, identity["backbone"], method)
     set_determinism(identity["seed"], config["train"]["num_threads"])
     device = resolve_device(config["device"])
@@ -43,13 +43,32 @@ def evaluate_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
     split = read_split(split_path, data)
     model = load_trained_model(config, run_dir, method, bb_cfg, data.num_classes, pretrained_dir,
                                backbone_weights, device)
-    test = decode_split(data, split["test"], image_size_for(config, bb_cfg))
+    size = image_size_for(config, bb_cfg)
+    val_acc = None
+    if model.classifier is not None:
+        val = decode_split(data, split["val"], size, with_full_maps=False)
+        val.features = trunk_features(model.classifier, val.images, device)
+        val_acc = split_accuracy(model, val, device)
+    test = decode_split(data, split["test"], size)
     if model.classifier is not None:
         test.features = trunk_features(model.classifier, test.images, device)
     prediction = predict(model, test, config, device, class_names_of(data))
     text = score_text(method, prediction.records, config["evaluate"])
     return write_evaluation(run_dir, identity, str(split_path), model, method, prediction, text, config, device,
-                            data.num_classes)
+                            data.num_classes, val_acc)
+
+
+def split_accuracy(model, split, device: torch.device) -> float:
+    """Accuracy of the run's classifier on one decoded split (validation: selection and validity)."""
+    model.train(False)
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(split), 256):
+            batch = split.batch(torch.arange(start, min(start + 256, len(split))), device)
+            out = (model.classifier.head_forward(batch["features"]) if "features" in batch
+                   else model.classifier.forward_with_features(batch["image"]))
+            correct += int((out.logits.argmax(1) == batch["label"]).sum())
+    return correct / len(split)
 
 
 def load_trained_model(config: dict, run_dir: Path, method, bb_cfg, num_classes: int, pretrained_dir,
@@ -141,11 +160,15 @@ def score_text(method, records: list[dict], ev: dict) -> dict | None:
 
 
 def write_evaluation(run_dir: Path, identity: dict, split_name: str, model, method, prediction: Prediction,
-                     text_scores: dict | None, config: dict, device: torch.device, num_classes: int) -> dict:
-    """metrics.json, predictions.jsonl and saliency.npz of one run, each written atomically."""
+                     text_scores: dict | None, config: dict, device: torch.device, num_classes: int,
+                     val_accuracy: float | None = None) -> dict:
+    """metrics.json, predictions.jsonl and saliency.npz of one run, each written atomically.
+    `val_accuracy` (the trained model on the validation split) feeds the cell validity check."""
     ev = config["evaluate"]
     records = prediction.records
-    metrics = {"run": identity, "n_test": len(records), "split": split_name}
+    metrics = {"run": identity, "n_test": len(records), "split": split_name, "num_classes": int(num_classes)}
+    if val_accuracy is not None:
+        metrics["val_accuracy"] = float(val_accuracy)
     metrics.update(_classification_block([r["label"] for r in records], [r["prediction"] for r in records],
                                          num_classes))
     saliency_block = _saliency_block(method, prediction, ev)

@@ -14,6 +14,7 @@ import torch
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SPLITS, decode_split, save_cache, trunk_features
+from megl.config import for_cell
 from megl.errors import MEGLError
 from megl.runtime import resolve_device, set_determinism
 
@@ -31,11 +32,16 @@ def _sha256(path: Path | None) -> str | None:
 
 
 def cache_features(config: dict, *, dataset_root: Path, split_path: Path, backbone: str,
-                   backbone_weights: Path | None, out: Path) -> None:
+                   backbone_weights: Path | None, out: Path, dataset: str | None = None) -> None:
+    """`dataset` (its config key) applies that dataset's trunk depth (datasets.<d>.frozen_stages)."""
     from megl.models.backbones import build_classifier
 
     if backbone not in config["backbones"]:
         raise MEGLError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(config['backbones'])}")
+    if dataset is not None:
+        if dataset not in config["datasets"]:
+            raise MEGLError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(config['datasets'])}")
+        config = for_cell(config, dataset, backbone)
     set_determinism(0, config["train"]["num_threads"])
     device = resolve_device(config["device"])
     bb_cfg = config["backbones"][backbone]

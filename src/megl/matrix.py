@@ -1,7 +1,11 @@
 """The run matrix, read from the config: the one enumeration Snakemake and DVC both follow.
 
-Classifier methods run on every backbone; MLLM baselines have no classifier and run once per
-dataset and seed under the backbone folder `mllm`.
+The matrix is a union of BLOCKS, each a cross product datasets × backbones × methods (and MLLM
+methods, which have no classifier backbone and run once per dataset under the backbone folder
+`mllm`), all over the shared `matrix.seeds`. The paper's shape is three blocks: its Table 2/3/5
+methods on every dataset, its Table 4 ablations on Object-ME only, and (ours) the positive control.
+A flat matrix (`datasets`, `backbones`, `methods`, `mllm_methods` directly under `matrix`) is one
+block. A cell named by two blocks is one cell: it runs once.
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from dataclasses import dataclass
 from megl.config import for_backbone
 from megl.errors import MEGLError
 from megl.methods import MLLM_BACKBONE, get_method
+
+BLOCK_KEYS = ("datasets", "backbones", "methods", "mllm_methods")
 
 
 @dataclass(frozen=True, order=True)
@@ -25,48 +31,126 @@ class Run:
         return f"runs/{self.dataset}/{self.backbone}/{self.method}/seed{self.seed}"
 
     @property
+    def cell(self) -> str:
+        """The cell's key: `{dataset}-{backbone}-{method}` (`{dataset}-{method}` for an MLLM run)."""
+        if self.backbone == MLLM_BACKBONE:
+            return f"{self.dataset}-{self.method}"
+        return f"{self.dataset}-{self.backbone}-{self.method}"
+
+    @property
     def dvc_stage(self) -> str:
         """DVC's name of the stage that trains and evaluates the run's cell (`dvc repro <name>`)."""
-        if self.backbone == MLLM_BACKBONE:
-            return f"cell_mllm@{self.dataset}-{self.method}"
-        return f"cell@{self.dataset}-{self.backbone}-{self.method}"
+        return f"{'cell_mllm' if self.backbone == MLLM_BACKBONE else 'cell'}@{self.cell}"
+
+
+def blocks(matrix: dict) -> dict[str, dict]:
+    """The matrix's blocks by name, each with all four keys (empty lists where absent); a flat
+    matrix is the one block `all`."""
+    if "blocks" in matrix:
+        raw = matrix["blocks"]
+    else:
+        raw = {"all": {k: matrix[k] for k in BLOCK_KEYS if k in matrix}}
+    return {name: {k: list(block.get(k) or []) for k in BLOCK_KEYS} for name, block in raw.items()}
+
+
+def _union(matrix: dict, key: str) -> list[str]:
+    return list(dict.fromkeys(x for block in blocks(matrix).values() for x in block[key]))
+
+
+def matrix_datasets(matrix: dict) -> list[str]:
+    """Every dataset some block names, in order of first appearance."""
+    return _union(matrix, "datasets")
+
+
+def matrix_backbones(matrix: dict) -> list[str]:
+    """Every classifier backbone some block crosses with at least one classifier method."""
+    return list(dict.fromkeys(b for block in blocks(matrix).values() if block["methods"] for b in block["backbones"]))
+
+
+def matrix_methods(matrix: dict) -> list[str]:
+    return _union(matrix, "methods")
+
+
+def matrix_mllm_methods(matrix: dict) -> list[str]:
+    return _union(matrix, "mllm_methods")
 
 
 def check_method_kinds(matrix: dict) -> None:
-    for key, kind in (("methods", "classifier"), ("mllm_methods", "mllm")):
-        for name in matrix.get(key, []):
-            if get_method(name).kind != kind:
-                raise MEGLError(f"config key matrix.{key}: method {name!r} is a {get_method(name).kind} method; "
-                                f"list it under matrix.{'mllm_methods' if kind == 'classifier' else 'methods'}")
+    for name, block in blocks(matrix).items():
+        where = f"matrix.blocks.{name}" if "blocks" in matrix else "matrix"
+        for key, kind in (("methods", "classifier"), ("mllm_methods", "mllm")):
+            for method in block[key]:
+                if get_method(method).kind != kind:
+                    other = "mllm_methods" if kind == "classifier" else "methods"
+                    raise MEGLError(f"config key {where}.{key}: method {method!r} is a {get_method(method).kind} "
+                                    f"method; list it under {where}.{other}")
 
 
 def enumerate_runs(config: dict) -> list[Run]:
+    """Every run of the matrix, each once, block by block in the config's order."""
     matrix = config["matrix"]
     check_method_kinds(matrix)
-    runs = [Run(d, b, m, s) for d in matrix["datasets"] for b in matrix["backbones"]
-            for m in matrix["methods"] for s in matrix["seeds"]]
-    runs += [Run(d, MLLM_BACKBONE, m, s) for d in matrix["datasets"]
-             for m in matrix.get("mllm_methods", []) for s in matrix["seeds"]]
-    return runs
+    seeds = matrix["seeds"]
+    runs: dict[Run, None] = {}
+    for block in blocks(matrix).values():
+        for run in [Run(d, b, m, s) for d in block["datasets"] for b in block["backbones"]
+                    for m in block["methods"] for s in seeds]:
+            runs[run] = None
+        for run in [Run(d, MLLM_BACKBONE, m, s) for d in block["datasets"]
+                    for m in block["mllm_methods"] for s in seeds]:
+            runs[run] = None
+    return list(runs)
 
 
-def training_config(config: dict, method: str, backbone: str) -> dict:
+def cells(config: dict) -> list[Run]:
+    """One seed-less entry (seed -1) per (dataset, backbone, method) cell, in enumeration order."""
+    return list(dict.fromkeys(Run(r.dataset, r.backbone, r.method, -1) for r in enumerate_runs(config)))
+
+
+def cell_methods(config: dict, dataset: str, backbone: str) -> list[str]:
+    """The methods the matrix runs on one (dataset, backbone) cell, in matrix order (`mllm`: the
+    MLLM methods of the dataset)."""
+    return list(dict.fromkeys(c.method for c in cells(config) if (c.dataset, c.backbone) == (dataset, backbone)))
+
+
+def dvc_matrix(config: dict) -> dict:
+    """The lists and mappings DVC's `foreach` stages iterate over (dvc.yaml): DVC cannot compute a
+    union of blocks itself, so `megl dvc-matrix` writes these into a vars file beside the config."""
+    all_cells = cells(config)
+    classifier = [c for c in all_cells if c.backbone != MLLM_BACKBONE]
+    caches = dict.fromkeys((c.dataset, c.backbone) for c in classifier)
+    return {
+        "datasets": matrix_datasets(config["matrix"]),
+        "backbones": matrix_backbones(config["matrix"]),
+        "methods": matrix_methods(config["matrix"]),
+        "caches": {f"{d}-{b}": {"dataset": d, "backbone": b} for d, b in caches},
+        "cells": {c.cell: {"dataset": c.dataset, "backbone": c.backbone, "method": c.method} for c in classifier},
+        "mllm_cells": {c.cell: {"dataset": c.dataset, "method": c.method}
+                       for c in all_cells if c.backbone == MLLM_BACKBONE},
+    }
+
+
+def training_config(config: dict, method: str, backbone: str, dataset: str | None = None) -> dict:
     """The part of the config one run's training reads (megl.train). As a rule's params it makes a
     change to another method's hyperparameter (e.g. train.lambda_t, baselines.haics) leave this run alone."""
+    from megl.config import for_cell
+
     m = get_method(method)
-    train = dict(for_backbone(config, backbone)["train"])
+    resolved = for_cell(config, dataset, backbone) if dataset is not None else for_backbone(config, backbone)
+    train = dict(resolved["train"])
     if not m.textual:
         train.pop("lambda_t", None)
         train.pop("text_batch_size", None)
     if m.visual_loss != "l1" and not m.consistency:
         train.pop("lambda_v", None)
-    bb = config["backbones"] if backbone == MLLM_BACKBONE else config["backbones"][backbone]
+    bb = resolved["backbones"] if backbone == MLLM_BACKBONE else resolved["backbones"][backbone]
     return {
         "device": config["device"],
         "train": train,
         "backbone": bb,
         "pretrain": config.get("pretrain") if backbone != MLLM_BACKBONE and bb.get("weights") == "source" else None,
         "baseline": config.get("baselines", {}).get(m.visual_loss),
+        "saliency_target": config.get("saliency_target") if m.visual_loss or m.consistency else None,
         "selection": _selection_of(config, m),
         "seeds": list(config["matrix"]["seeds"]),
         "evaluate": config.get("evaluate"),
@@ -79,7 +163,7 @@ def _selection_of(config: dict, method) -> dict | None:
     keys = method.guidance_keys
     if not keys:
         return None
-    sel = config["selection"]
+    sel = dict(config["selection"])
     grids = {"train.lambda_v": "lambda_v", "train.lambda_t": "lambda_t"}
-    return {"seed": sel["seed"], "metric": sel["metric"],
-            "grid": {grids.get(k, "weight"): sel["grid"][grids.get(k, "weight")] for k in keys}}
+    sel["grid"] = {grids.get(k, "weight"): sel["grid"][grids.get(k, "weight")] for k in keys}
+    return sel

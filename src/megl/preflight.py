@@ -21,7 +21,9 @@ def needs_java(config: dict) -> list[str]:
     """The methods of the matrix whose evaluation runs the Java text scorers (empty: no Java needed)."""
     from megl.methods import get_method
 
-    methods = [*config["matrix"]["methods"], *config["matrix"].get("mllm_methods", [])]
+    from megl.matrix import matrix_methods, matrix_mllm_methods
+
+    methods = [*matrix_methods(config["matrix"]), *matrix_mllm_methods(config["matrix"])]
     return [m for m in methods if get_method(m).writes_text]
 
 

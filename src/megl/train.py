@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from megl import losses
-from megl.config import for_backbone, image_size_for
+from megl.config import for_cell, image_size_for
 from megl.data.annotations import MEData, read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, mean_map_of, trunk_features
@@ -269,7 +269,7 @@ def train_run(config: dict, *, dataset: str, backbone: str, method: str, seed: i
               data_root: Path, split_path: Path, pretrained_dir: Path | None = None,
               backbone_weights: Path | None = None, resume: bool = False, force: bool = False) -> Path:
     """Train one run into `run_dir`; returns the path of the final weights."""
-    config = for_backbone(config, backbone)
+    config = for_cell(config, dataset, backbone)
     method_obj = get_method(method)
     dataset_entry(config, dataset)
     bb_cfg = backbone_entry(config, backbone, method_obj)

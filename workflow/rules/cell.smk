@@ -40,7 +40,7 @@ rule cache_features:
         megl=MEGL,
         config_file=CONFIG_FILE,
         weights_arg=lambda w, input: f"--backbone-weights {input.weights}" if input.weights else "",
-        settings=lambda w: config["backbones"][w.backbone],
+        settings=lambda w: for_cell(config, w.dataset, w.backbone)["backbones"][w.backbone],
     benchmark:
         f"{RESULTS}/benchmarks/features/{{dataset}}/{{backbone}}.tsv"
     log:
@@ -52,7 +52,8 @@ rule cache_features:
         CONDA_ENV
     shell:
         "{params.megl} cache-features --config {params.config_file} --data-root {input.data} "
-        "--split {input.split} --backbone {wildcards.backbone} {params.weights_arg} --out {output} > {log} 2>&1"
+        "--split {input.split} --backbone {wildcards.backbone} --dataset {wildcards.dataset} {params.weights_arg} "
+        "--out {output} > {log} 2>&1"
 
 
 rule run_cell:

@@ -9,9 +9,9 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.logging import logger
 
 from megl.codedeps import code_deps as _code_deps
-from megl.config import dump_resolved, resolve_config, resolved_config_path, section_for_backbone
+from megl.config import dump_resolved, for_cell, resolve_config, resolved_config_path, section_for_backbone
 from megl.io import write_text_if_changed
-from megl.matrix import enumerate_runs
+from megl.matrix import enumerate_runs, matrix_methods
 from megl.methods import MLLM_BACKBONE, get_method
 from megl.models import SOURCE_PRETRAINED  # not megl.models.backbones: every Snakemake process would import torch
 from megl.matrix import training_config as training_config_of
@@ -55,7 +55,7 @@ GPU_JOB = 1 if config["device"] != "cpu" else 0
 TABLES = [f"{RESULTS}/tables/{s}.{ext}" for s in
           ("table2", "table3", "table4", "table5", "paper_vs_ours", "claims") for ext in ("csv", "md", "tex")]
 FIGURES = [f"figures/{s}.{ext}" for s in ("accuracy", "miou", "ablation", "training", "forest") for ext in ("png", "pdf")]
-if {"baseline", "megl"} <= set(config["matrix"]["methods"]):
+if {"baseline", "megl"} <= set(matrix_methods(config["matrix"])):
     FIGURES += ["figures/qualitative.png", "figures/qualitative.pdf"]
 
 
@@ -139,4 +139,4 @@ def cell_outputs(name):
 
 def cell_config(wildcards):
     """What this cell's runs read (megl.matrix.training_config), as the rule's params."""
-    return training_config_of(config, wildcards.method, wildcards.backbone)
+    return training_config_of(config, wildcards.method, wildcards.backbone, wildcards.dataset)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from megl.config import load_config
+from megl.matrix import matrix_backbones
 from megl.data.annotations import read_dataset
 from megl.data.dataset import MEDataset, load_full_maps, resize_map
 from megl.data.standin import make_standin
@@ -71,7 +72,7 @@ def measure(config: dict[str, Any], kinds: list[str], workdir: Path) -> dict[str
         ids = [s.sample_id for s in data.samples]
         full = load_full_maps(root)
         res: dict[str, Any] = {"knobs": knobs}
-        for name in config["matrix"]["backbones"]:
+        for name in matrix_backbones(config["matrix"]):
             bcfg = config["backbones"][name]
             size, grid = int(bcfg["image_size"]), cam_grid_size(bcfg)
             ds = MEDataset(data, ids, size)

@@ -1,6 +1,7 @@
-"""Training-regime pilot: the plain baseline over several seeds for each candidate (lr, epochs),
-scored on the VALIDATION split (which decides); the test accuracy is printed beside it only to
-report the shortcut's cost afterwards, never to choose (docs/experiment.md §1).
+"""Training-regime pilot: the plain baseline over several seeds for each candidate regime (lr, epochs,
+trunk depth), scored on the VALIDATION split only (docs/experiment.md §1): the test split is not read.
+A candidate that changes a backbone's `frozen_stages` trains from the decoded images (the feature
+cache holds another trunk depth's features).
 
     python -m megl.bench.regime_pilot --results results --dataset objects --backbone resnet18 \
         --candidate train.lr=1e-3,train.epochs=4 --candidate train.lr=3e-3,train.epochs=8
@@ -14,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from megl.cell import Cell, validation_score, with_overrides
-from megl.config import coerce_overrides, for_backbone, load_config
+from megl.config import coerce_overrides, for_cell, load_config
 
 
 def parse_candidate(text: str) -> dict:
@@ -25,15 +26,16 @@ def parse_candidate(text: str) -> dict:
 def pilot(config: dict, dataset: str, backbone: str, candidate: dict, seeds: list[int], *, data_root: Path,
           split_path: Path, cache_path: Path, backbone_weights: Path) -> dict:
     """Val and test accuracy of the plain baseline under one candidate regime, per seed."""
-    config = with_overrides(for_backbone(config, backbone), candidate)
+    config = with_overrides(for_cell(config, dataset, backbone), candidate)
+    if any(key.endswith(".frozen_stages") for key in candidate) or not Path(cache_path).exists():
+        cache_path = None  # decode the images (the same tensors the cache would hold)
     cell = Cell(config, dataset, backbone, "baseline", data_root, split_path, cache_path, None, backbone_weights)
-    splits = cell.splits(("train", "val", "test"))
-    val, test = [], []
+    splits = cell.splits(("train", "val"))
+    val = []
     for seed in seeds:
         model, _, _ = cell.train(config, seed, splits["train"], None, f"{candidate} seed{seed} ")
         val.append(validation_score(model, splits["val"], "accuracy", cell.device))
-        test.append(validation_score(model, splits["test"], "accuracy", cell.device))
-    return {"candidate": candidate, "val": val, "test": test}
+    return {"candidate": candidate, "val": val, "n_val": len(splits["val"])}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,9 +54,10 @@ def main(argv: list[str] | None = None) -> None:
                  cache_path=res / "features" / d / f"{b}.safetensors", backbone_weights=res / "backbones" / f"{b}.safetensors")
     rows = [pilot(config, d, b, c, args.seeds, **paths) for c in args.candidate]
     for row in rows:
-        v, t = row["val"], row["test"]
+        v = row["val"]
         print(f"{args.dataset} {args.backbone} {row['candidate']}: val {statistics.mean(v):.3f} "
-              f"(sd {statistics.stdev(v):.3f}) | test {statistics.mean(t):.3f} (sd {statistics.stdev(t):.3f})")
+              f"(sd {statistics.stdev(v) if len(v) > 1 else float('nan'):.3f}, seeds {' '.join(f'{x:.3f}' for x in v)}, "
+              f"n_val {row['n_val']})", flush=True)
     best = max(rows, key=lambda r: statistics.mean(r["val"]))
     print(f"chosen on validation: {best['candidate']}")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from megl.errors import MEGLError, RunFailure
 from megl.io import write_bytes
-from megl.matrix import enumerate_runs
+from megl.matrix import cell_methods, cells, enumerate_runs, matrix_datasets
 from megl.report.labels import labels_from_config
 
 TABLE_STEMS = ["table2", "table3", "table4", "table5", "paper_vs_ours", "claims"]
@@ -24,7 +24,7 @@ def metrics_paths(config: dict, results_dir: Path) -> list[Path]:
 
 
 def standin_flags(config: dict) -> dict[str, bool]:
-    return {d: config["datasets"][d]["source"] == "standin" for d in config["matrix"]["datasets"]}
+    return {d: config["datasets"][d]["source"] == "standin" for d in matrix_datasets(config["matrix"])}
 
 
 def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path: Path, alpha: float) -> list[Path]:
@@ -85,11 +85,12 @@ def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float =
 
 def qualitative_pair(config: dict, results_dir: Path) -> tuple[Path, Path] | None:
     """(baseline run, MEGL run) of the first dataset, backbone and seed, when the matrix has both."""
-    m = config["matrix"]
-    if not {"baseline", "megl"} <= set(m["methods"]):
-        return None
-    base = Path(results_dir) / "runs" / m["datasets"][0] / m["backbones"][0]
-    return base / "baseline" / f"seed{m['seeds'][0]}", base / "megl" / f"seed{m['seeds'][0]}"
+    seed = config["matrix"]["seeds"][0]
+    for cell in cells(config):
+        if cell.method == "megl" and "baseline" in cell_methods(config, cell.dataset, cell.backbone):
+            base = Path(results_dir) / "runs" / cell.dataset / cell.backbone
+            return base / "baseline" / f"seed{seed}", base / "megl" / f"seed{seed}"
+    return None
 
 
 def copy_for_paper(tables_dir: Path, figures_dir: Path, out_dir: Path) -> list[Path]:

@@ -18,7 +18,7 @@ VISUAL_KEYS: tuple[str, ...] = ("miou", "saliency_auprc")
 TEXT_KEYS: tuple[str, ...] = ("bleu4", "meteor", "rouge_l", "cider", "spice", "clipscore")
 EFFICIENCY_KEYS: tuple[str, ...] = ("params", "latency_ms", "fps")
 OPTIONAL_KEYS: tuple[str, ...] = ("miou_all", "saliency_auprc_all", "accuracy_closed_norm", "generate_accuracy",
-                                  "generate_n_parsed")
+                                  "generate_n_parsed", "val_accuracy", "num_classes")
 # Optional keys that sit in a block of metrics.json (MLLM runs): column -> (block, key).
 NESTED_KEYS: dict[str, tuple[str, str]] = {"generate_accuracy": ("generate", "accuracy"),
                                            "generate_n_parsed": ("generate", "n_parsed")}
@@ -134,7 +134,8 @@ def expected_runs(matrix: Mapping[str, Any]) -> pd.DataFrame:
     """Every run the matrix asks for, exactly as megl.matrix.enumerate_runs lists them (classifier
     methods on every backbone; `mllm_methods` once per dataset and seed under backbone 'mllm'):
     columns dataset, backbone, method, seed, in matrix order."""
-    for key in ("datasets", "backbones", "methods", "seeds"):
+    required = ("seeds", "blocks") if "blocks" in matrix else ("datasets", "backbones", "methods", "seeds")
+    for key in required:
         if key not in matrix:
             raise MEGLError(f"config matrix: missing key '{key}'")
     rows = [(r.dataset, r.backbone, r.method, int(r.seed)) for r in enumerate_runs({"matrix": dict(matrix)})]

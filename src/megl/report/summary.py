@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from megl.io import atomic_dir, write_json, write_text
-from megl.matrix import Run, enumerate_runs
+from megl.matrix import Run, cell_methods, enumerate_runs, matrix_methods
+from megl.methods import MLLM_BACKBONE
 from megl.report.collect import collect_runs, expected_runs, read_csv, read_train_log
 from megl.report.tables import fmt_number, to_markdown
 
@@ -80,9 +81,10 @@ def write_summary(config: dict, results_dir: Path, out_dir: Path, plots_dir: Pat
 
 
 def mean_loss_curves(config: dict, results_dir: Path, dataset: str, backbone: str) -> pd.DataFrame:
-    """step, then one column per classifier method of the matrix: the `loss` column of the runs'
-    train_log.csv, mean over the seeds found at that step (empty where a method has no log yet)."""
-    methods = list(config["matrix"]["methods"])
+    """step, then one column per classifier method of the matrix (of any block): the `loss` column of
+    the runs' train_log.csv, mean over the seeds found at that step (empty where a method has no log
+    in this cell)."""
+    methods = matrix_methods(config["matrix"])  # every CSV has every column: dvc.yaml's plot names them all
     curves = []
     for method in methods:
         per_seed = []
@@ -113,14 +115,12 @@ def write_plot_data(config: dict, results_dir: Path, summary: pd.DataFrame, cell
                     plots_dir: Path) -> list[Path]:
     """`plots_dir/<PLOT_DIRS>/{dataset}_{backbone}.csv` (dvc.yaml's top-level plots). The folder is
     replaced whole, so a cell dropped from the matrix leaves no stale plot behind."""
-    matrix = config["matrix"]
-    classifier = set(matrix["backbones"])
     written: list[Path] = []
     with atomic_dir(plots_dir) as tmp:
         for dataset, backbone in cells.itertuples(index=False):
             name = f"{dataset}_{backbone}.csv"
-            is_classifier = backbone in classifier
-            methods = list(matrix["methods"] if is_classifier else matrix.get("mllm_methods", []))
+            is_classifier = backbone != MLLM_BACKBONE
+            methods = cell_methods(config, dataset, backbone)
             frames = {PLOT_ACCURACY: method_means(summary, methods, dataset, backbone, "accuracy")}
             if is_classifier:
                 frames[PLOT_LOSS] = mean_loss_curves(config, results_dir, dataset, backbone)
