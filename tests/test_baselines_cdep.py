@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from megl.baselines import cd_forward, get_baseline
+from megl.baselines import baseline_config, cd_forward, get_baseline
 from megl.models.backbones import build_classifier
 from megl.models.gradcam import saliency
 
@@ -25,7 +25,8 @@ def _threads():
 
 
 def _cfg() -> dict:
-    return yaml.safe_load(SNIPPET.read_text())["baselines"]["cdep"]
+    """CDEP's settings as the trainer hands them over (with the shared saliency_target)."""
+    return baseline_config(yaml.safe_load(SNIPPET.read_text()), "cdep")
 
 
 def _model(name: str) -> torch.nn.Module:

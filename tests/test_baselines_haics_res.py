@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from megl.baselines import get_baseline
+from megl.baselines import baseline_config, get_baseline
 from megl.baselines.res import ImputationConv, brute_force_threshold, gaussian_imputation, solve_threshold
 from megl.errors import MEGLError
 from megl.models.backbones import build_classifier
@@ -22,7 +22,8 @@ def _threads():
 
 
 def _cfg(name: str) -> dict:
-    return yaml.safe_load(SNIPPET.read_text())["baselines"][name]
+    """The baseline's settings as the trainer hands them over (with the shared saliency_target)."""
+    return baseline_config(yaml.safe_load(SNIPPET.read_text()), name)
 
 
 # ---------------------------------------------------------------- threshold solver

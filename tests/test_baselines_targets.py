@@ -15,7 +15,7 @@ from megl.losses import binary_grid_target, downsample_map
 from megl.models.backbones import cam_grid_size
 
 CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
-THRESHOLDS = sorted({float(CONFIG["baselines"][b]["binarize_threshold"]) for b in ("haics", "res_g", "res_l", "cdep")})
+THRESHOLDS = [float(CONFIG["saliency_target"]["threshold"])]  # the one threshold of every saliency target
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +85,88 @@ def test_no_empty_targets_on_the_standins(kind, grids, tmp_path):
             assert empty == 0, f"{kind}/{name}: {empty} of 60 annotated maps have no positive cell on {grid}"
             # and the baselines are not told the whole image is evidence
             assert float(target.mean()) < 0.9, f"{kind}/{name}: target covers {float(target.mean()):.0%} of the grid"
+
+
+# ---------------------------------------------------------------- one target for every method
+SUPERVISED = ("megl_visual_l1_only", "haics", "res_g", "res_l", "cdep")  # every visual_loss: l1 + the baselines
+
+
+def _capture_targets(monkeypatch, config: dict) -> dict[str, list]:
+    """Run the trainer's real `batch_losses` for every saliency-supervising method on one batch,
+    recording each call of `saliency_target` (grid, settings, result) per method. The spy replaces
+    the function where each loss module looks it up, so a loss that built its own target would
+    record nothing and fail the test below."""
+    from megl import losses
+    from megl.baselines import cdep, haics, res
+    from megl.methods import get_method
+    from megl.train import batch_losses, build_run_model
+
+    real, current, calls = losses.saliency_target, [None], {}
+
+    def spy(maps, grid_hw, target_cfg):
+        out = real(maps, grid_hw, target_cfg)
+        calls.setdefault(current[0], []).append((tuple(int(v) for v in grid_hw), target_cfg, out.detach().clone()))
+        return out
+
+    for module in (losses, haics, res, cdep):
+        monkeypatch.setattr(module, "saliency_target", spy)  # raises if a module no longer imports it
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    maps = torch.zeros(4, 1, 32, 32)
+    maps[:, :, 12:20, 9:23] = 0.55                      # a soft blob below the area average's reach
+    maps[:, :, 5, 3:28] = 0.9                           # and a one-pixel line
+    maps[3] = torch.rand(1, 32, 32, generator=gen) * 0.4  # unannotated sample: must not count
+    batch = {"image": torch.rand(4, 3, 32, 32, generator=gen), "label": torch.tensor([0, 1, 2, 0]),
+             "has_map": torch.tensor([True, True, True, False]), "visual_map": maps}
+    bb = dict(family="resnet18", widths=[8, 8, 16, 16], image_size=32)  # small stem: a 4x4 Grad-CAM grid
+    mean_map = torch.full((32, 32), 1 / 32 ** 2)
+    for name in SUPERVISED:
+        current[0] = name
+        model = build_run_model(config, get_method(name), bb, 3, None)
+        model.train(True)
+        batch_losses(model, batch, config["train"], mean_map, config, [""] * 4)
+        if name == "res_l":
+            assert model.explanation_state.binarize_threshold == config["saliency_target"]["threshold"]
+    return {"maps": maps[:3], **calls}
+
+
+def test_every_saliency_loss_trains_towards_the_same_target(monkeypatch):
+    from megl.config import load_config
+    from megl.losses import saliency_target
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
+    calls = _capture_targets(monkeypatch, config)
+    maps = calls.pop("maps")
+    assert sorted(calls) == sorted(SUPERVISED)  # every method built its target through saliency_target
+    for name, seen in calls.items():
+        assert all(cfg is config["saliency_target"] for _, cfg, _ in seen), name  # the one config key
+    reference = calls["megl_visual_l1_only"][0][2]
+    assert reference.shape == (3, 4, 4) and set(reference.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(reference, saliency_target(maps, (4, 4), config["saliency_target"]), rtol=0, atol=0)
+    for name in ("haics", "res_g", "res_l"):
+        grids = {grid for grid, _, _ in calls[name]}
+        assert grids == {(4, 4)}, name
+        for _, _, target in calls[name]:
+            assert torch.equal(target, reference), f"{name}'s target differs from MEGL's L1 target"
+    # CDEP decomposes the image, so its target is on the image's grid: the same rule, and the same
+    # cells once brought to Â's grid
+    (grid, _, inside), = calls["cdep"]
+    assert grid == (32, 32)
+    assert torch.equal(torch.nn.functional.adaptive_max_pool2d(inside[:3, None], (4, 4))[:, 0], reference)
+
+
+def test_the_target_threshold_is_one_key(monkeypatch):
+    """Moving saliency_target.threshold moves every method's target; no baseline has a key of its own."""
+    from megl.config import load_config
+    from megl.errors import MEGLError
+
+    path = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+    high = load_config(path, {"saliency_target.threshold": 0.7})
+    calls = _capture_targets(monkeypatch, high)
+    calls.pop("maps")
+    l1 = calls["megl_visual_l1_only"][0][2]
+    assert float(l1.sum()) == 3 * 4  # only the 0.9 line (row 5 -> grid row 0, 4 cells) is left
+    for name in ("haics", "res_g", "res_l"):
+        assert all(torch.equal(t, l1) for _, _, t in calls[name]), name
+    with pytest.raises(MEGLError, match="binarize_threshold"):
+        load_config(path, {"baselines.haics.binarize_threshold": 0.3})

@@ -149,12 +149,12 @@ def test_text_loss_reads_only_the_first_k_samples(tiny_data, tiny_config):
     model.train(False)
     batch = train.batch(torch.arange(8), torch.device("cpu"))
     rationales = [r[0] for r in batch["rationales"]]
-    a = batch_losses(model, batch, cfg["train"], None, cfg["baselines"], rationales)["loss_textual"]
+    a = batch_losses(model, batch, cfg["train"], None, cfg, rationales)["loss_textual"]
     other = rationales[:3] + ["something else entirely"] * 5
-    b = batch_losses(model, batch, cfg["train"], None, cfg["baselines"], other)["loss_textual"]
+    b = batch_losses(model, batch, cfg["train"], None, cfg, other)["loss_textual"]
     assert float(a) == pytest.approx(float(b))
     cfg["train"]["text_batch_size"] = None
-    c = batch_losses(model, batch, cfg["train"], None, cfg["baselines"], other)["loss_textual"]
+    c = batch_losses(model, batch, cfg["train"], None, cfg, other)["loss_textual"]
     assert float(c) != pytest.approx(float(a))
 
 

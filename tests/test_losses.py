@@ -8,6 +8,8 @@ import torch
 from megl.errors import MEGLError
 from megl.losses import distribution_consistency_loss, downsample_map, prediction_loss, visual_l1_loss
 
+TARGET = {"threshold": 0.5}  # a config's saliency_target section
+
 
 def test_prediction_loss_is_cross_entropy():
     logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
@@ -35,18 +37,39 @@ def test_visual_l1_hand_case_and_subset():
     maps[1, 0, :, :2] = 1.0   # -> [[1, 0], [1, 0]]: |diff| = 0.5 everywhere
     maps[2] = float("nan")    # unannotated: must not leak
     has = torch.tensor([True, True, False])
-    loss = visual_l1_loss(sal, maps, has)
+    loss = visual_l1_loss(sal, maps, has, TARGET)
     assert loss.item() == pytest.approx((0.0 + 0.5) / 2)
     loss.backward()
     assert sal.grad[2].abs().sum() == 0 and sal.grad[1].abs().sum() > 0
     sal2 = sal.detach().clone()
     sal2[2] = 0.9
-    assert visual_l1_loss(sal2, maps, has).item() == loss.item()
+    assert visual_l1_loss(sal2, maps, has, TARGET).item() == loss.item()
+
+
+def test_visual_l1_target_is_binary_on_the_scale_of_a_hat():
+    """The L1 target is the shared binary target, not the area average: a blurred, thin annotation
+    whose area average peaks well below 1 gives a {0, 1} target, so an Â equal to it (min-max
+    scaled, peak 1) has loss 0, and the loss changes with saliency_target.threshold."""
+    maps = torch.zeros(1, 1, 16, 16)
+    maps[0, 0, 5, 2:14] = 0.8   # one pixel thick, peak 0.8
+    maps[0, 0, 6, 2:14] = 0.3   # a faint blurred edge
+    area = downsample_map(maps, (4, 4))
+    assert float(area.max()) < 0.5  # what the area average would ask Â to reach
+    target = (maps[0, 0] >= 0.5).float().view(4, 4, 4, 4).amax(dim=(1, 3))[None]
+    assert float(target.max()) == 1.0 and set(target.unique().tolist()) == {0.0, 1.0}
+    has = torch.tensor([True])
+    assert visual_l1_loss(target.clone(), maps, has, TARGET).item() == 0.0
+    assert visual_l1_loss(area, maps, has, TARGET).item() > 0.1
+    low = visual_l1_loss(target.clone(), maps, has, {"threshold": 0.2})  # the faint edge's row counts too
+    assert low.item() == 0.0  # rows 5 and 6 fall in the same grid row: same cells
+    assert visual_l1_loss(target.clone(), maps, has, {"threshold": 0.9}).item() > 0.0  # nothing annotated at 0.9
+    with pytest.raises(MEGLError, match="saliency_target.threshold"):
+        visual_l1_loss(target.clone(), maps, has, None)
 
 
 def test_visual_l1_none_annotated_is_connected_zero():
     sal = torch.rand(2, 3, 3, requires_grad=True)
-    loss = visual_l1_loss(sal, torch.zeros(2, 6, 6), torch.tensor([False, False]))
+    loss = visual_l1_loss(sal, torch.zeros(2, 6, 6), torch.tensor([False, False]), TARGET)
     assert loss.item() == 0 and loss.requires_grad
     loss.backward()
     assert torch.equal(sal.grad, torch.zeros_like(sal))
@@ -112,6 +135,6 @@ def test_kl_all_annotated_is_connected_zero():
 
 def test_bad_shapes_raise():
     with pytest.raises(MEGLError, match="has_map"):
-        visual_l1_loss(torch.rand(2, 4, 4), torch.rand(2, 8, 8), torch.tensor([True]))
+        visual_l1_loss(torch.rand(2, 4, 4), torch.rand(2, 8, 8), torch.tensor([True]), TARGET)
     with pytest.raises(MEGLError, match="mean_map"):
         distribution_consistency_loss(torch.rand(2, 4, 4), torch.rand(1, 4, 4), torch.tensor([False, True]))

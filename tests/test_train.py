@@ -287,7 +287,7 @@ def textual_only_grads(tiny_data, config, method: str) -> tuple[dict, object]:
 
     model.sdtg.loss = capture
     rationales = [r[0] for r in batch["rationales"]]
-    batch_losses(model, batch, config["train"], mean_map, config["baselines"], rationales)
+    batch_losses(model, batch, config["train"], mean_map, config, rationales)
     del model.sdtg.loss
     assert captured["tokens"] is not None and captured["tokens"].requires_grad
     loss = model.sdtg.loss(captured["images"], captured["saliency"], captured["tokens"].detach(),
@@ -329,7 +329,7 @@ def test_total_loss_follows_the_formula(tiny_data, tiny_config, method):
     batch = one_batch(tiny_data, n_annotated=3, n_free=5)
     data = read_dataset(tiny_data.root)
     mean_map = mean_annotation_map(data, read_split(tiny_data.split)["train"], 32)
-    terms = batch_losses(model, batch, cfg["train"], mean_map, cfg["baselines"],
+    terms = batch_losses(model, batch, cfg["train"], mean_map, cfg,
                          [r[0] for r in batch["rationales"]])
     share = 3 / 8
     expected = terms["loss_pred"]

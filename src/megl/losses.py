@@ -69,6 +69,24 @@ def binary_grid_target(maps: Tensor, grid_hw: tuple[int, int] | torch.Size, thre
     return x[:, 0]
 
 
+def saliency_target(maps: Tensor, grid_hw: tuple[int, int] | torch.Size, target_cfg: dict | None) -> Tensor:
+    """THE training target of every method that supervises saliency (MEGL's L1, HAICS, RES-G, RES-L,
+    CDEP's inside/outside): `binary_grid_target(maps, grid_hw, target_cfg["threshold"])`.
+
+    `target_cfg` is the config's `saliency_target` section, the one place the threshold is set. The
+    result is {0, 1}, the scale of Â (min-max scaled per sample to [0, 1], peak 1), so a perfect Â
+    can reach it; docs/choices.md#saliency-target says why. Every loss calls this function (tested).
+    """
+    return binary_grid_target(maps, grid_hw, target_threshold(target_cfg))
+
+
+def target_threshold(target_cfg: dict | None) -> float:
+    """The pixel threshold of `saliency_target` (config `saliency_target.threshold`)."""
+    if not isinstance(target_cfg, dict) or target_cfg.get("threshold") is None:
+        raise MEGLError("config: key saliency_target.threshold missing (see config/config.yaml)")
+    return float(target_cfg["threshold"])
+
+
 def _check(sal: Tensor, has_map: Tensor, name: str) -> Tensor:
     if sal.dim() != 3:
         raise MEGLError(f"{name}: saliency must be (B, h, w), got {tuple(sal.shape)}")
@@ -78,13 +96,14 @@ def _check(sal: Tensor, has_map: Tensor, name: str) -> Tensor:
     return has_map
 
 
-def visual_l1_loss(sal: Tensor, maps: Tensor, has_map: Tensor) -> Tensor:
-    """L_visual: mean absolute difference per grid cell between Â (B, h, w) and the annotation
-    brought to Â's grid, averaged over annotated samples; a graph-connected 0 if none is annotated."""
+def visual_l1_loss(sal: Tensor, maps: Tensor, has_map: Tensor, target_cfg: dict | None) -> Tensor:
+    """L_visual: mean absolute difference per grid cell between Â (B, h, w) and the annotation's
+    target on Â's grid (`saliency_target`, the baselines' target too), averaged over annotated
+    samples; a graph-connected 0 if none is annotated. `target_cfg`: the config's `saliency_target`."""
     has_map = _check(sal, has_map, "visual_l1_loss")
     if not bool(has_map.any()):
         return 0.0 * sal.sum()
-    target = downsample_map(maps[has_map.to(maps.device)], sal.shape[-2:]).to(sal)
+    target = saliency_target(maps[has_map.to(maps.device)], sal.shape[-2:], target_cfg).to(sal)
     return (sal[has_map] - target).abs().mean()
 
 
@@ -108,4 +127,4 @@ def distribution_consistency_loss(sal: Tensor, mean_map: Tensor, has_map: Tensor
     return (p * (p.log() - q.log())).sum(dim=1).mean()
 
 
-__all__ = ["prediction_loss", "downsample_map", "binary_grid_target", "visual_l1_loss", "distribution_consistency_loss", "KL_EPS"]
+__all__ = ["prediction_loss", "downsample_map", "binary_grid_target", "saliency_target", "target_threshold", "visual_l1_loss", "distribution_consistency_loss", "KL_EPS"]

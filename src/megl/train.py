@@ -99,9 +99,10 @@ def mllm_target(method: Method, class_name: str, rationale: str) -> str:
 
 
 def batch_losses(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch.Tensor | None,
-                 baselines_cfg: dict, rationales: list[str], class_names: list[str] | None = None
+                 config: dict, rationales: list[str], class_names: list[str] | None = None
                  ) -> dict[str, torch.Tensor]:
-    """Every loss term the method switches on, and their weighted total."""
+    """Every loss term the method switches on, and their weighted total. `config`: the validated
+    config (its `saliency_target` and `baselines` sections; `cfg_train` is its resolved `train`)."""
     method = model.method
     images, labels = batch["image"], batch["label"]
     terms: dict[str, torch.Tensor] = {}
@@ -126,12 +127,13 @@ def batch_losses(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch.
     n = float(len(labels))
     share_annotated = has_map.float().sum() / n
     if method.visual_loss == "l1":
-        terms["loss_visual"] = losses.visual_l1_loss(saliency, batch["visual_map"], has_map)
+        terms["loss_visual"] = losses.visual_l1_loss(saliency, batch["visual_map"], has_map,
+                                                     config.get("saliency_target"))
         total = total + cfg_train["lambda_v"] * share_annotated * terms["loss_visual"]
     elif method.visual_loss is not None:  # a baseline: its own loss and weight, on annotated samples
-        from megl.baselines import get_baseline
+        from megl.baselines import baseline_config, get_baseline
 
-        cfg = baselines_cfg[method.visual_loss]
+        cfg = baseline_config(config, method.visual_loss)
         baseline = get_baseline(method.visual_loss)
         extra = {key: batch[key] for key in baseline.batch_keys if key in batch}
         terms["loss_visual"] = baseline.loss_fn(
@@ -208,8 +210,7 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
                 group["lr"] = base_lr * lr_factor(epoch * per_epoch + step, total, cfg_train.get("schedule", "constant"),
                                                   float(cfg_train.get("warmup_fraction", 0.0)))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                terms = batch_losses(model, batch, cfg_train, mean_map, config.get("baselines", {}),
-                                     rationales, class_names)
+                terms = batch_losses(model, batch, cfg_train, mean_map, config, rationales, class_names)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()

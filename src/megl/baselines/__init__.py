@@ -11,8 +11,10 @@ and may have `prepare(classifier, split, cfg, device) -> {key: (N, ...) tensor}`
 computed once per training split, which batches then carry; `batch_keys` names the batch entries
 its loss_fn takes as keyword arguments (CDEP: the trunk's features and its decomposition).
 
-`cfg` is the method's entry of the config's `baselines:` mapping (config/config.yaml);
-its `weight` is the factor the trainer puts in front of the loss.
+`cfg` is `baseline_config(config, name)`: the method's entry of the config's `baselines:` mapping
+(config/config.yaml), its `weight` the factor the trainer puts in front of the loss, plus the
+config's shared `saliency_target` section under the key `saliency_target`, from which every loss
+builds its target (`megl.losses.saliency_target`, the same target as MEGL's L1).
 """
 
 from __future__ import annotations
@@ -59,11 +61,12 @@ def get_baseline(name: str) -> Baseline:
 
 
 def baseline_config(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """The `baselines.<name>` entry of a validated config, or a MEGLError naming the key."""
+    """The `baselines.<name>` entry of a validated config with the shared `saliency_target` section
+    added (the one target rule of every saliency-supervising method), or a MEGLError naming the key."""
     entry = (config.get("baselines") or {}).get(name)
     if not isinstance(entry, dict):
         raise MEGLError(f"config: key baselines.{name} missing (see config/config.yaml)")
-    return entry
+    return {**entry, "saliency_target": config.get("saliency_target")}
 
 
 __all__ = ["Baseline", "BASELINES", "get_baseline", "baseline_config", "cd_forward", "solve_threshold"]

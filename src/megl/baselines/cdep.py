@@ -37,7 +37,7 @@ from torchvision.models.resnet import BasicBlock
 
 from megl.baselines.haics import check_inputs
 from megl.errors import MEGLError
-from megl.losses import binary_grid_target
+from megl.losses import saliency_target
 
 NAME = "cdep"
 NONLINEARITIES = ("cdep", "shapley")
@@ -352,13 +352,13 @@ def cdep_loss(
     classes = _param(cfg, "classes")
     if classes not in CLASS_MODES:
         raise MEGLError(f"baselines.{NAME}.classes: {classes!r} not one of {', '.join(CLASS_MODES)}")
-    thr = float(_param(cfg, "binarize_threshold"))
+    target_cfg = cfg.get("saliency_target")
     if not bool(has_map.any()):
         return _zero(model)
     if features is not None and cd_trunk_rel is not None and getattr(model, "frozen_stages", 0) > 0:
         rel, irr = cd_from_trunk(model, cd_trunk_rel.to(features), features, rule)
     else:
-        rel, irr = cd_forward(model, images, _outside(maps, has_map, images.shape[-2:], thr).to(images), rule)
+        rel, irr = cd_forward(model, images, _outside(maps, has_map, images.shape[-2:], target_cfg).to(images), rule)
     sel = has_map.to(rel.device)
     rel, irr = rel[sel], irr[sel]
     if classes == "target":
@@ -367,10 +367,10 @@ def cdep_loss(
     return torch.softmax(torch.stack([rel, irr], dim=-1), dim=-1)[..., 0].mean()
 
 
-def _outside(maps: Tensor, has_map: Tensor, size: tuple[int, int], thr: float) -> Tensor:
-    """(B, 1, H, W): 1 outside the binarised annotation of annotated samples, 0 elsewhere. The map is
-    binarised at its own resolution; any annotated pixel makes its image pixel "inside"."""
-    inside = binary_grid_target(maps, size, thr).float()[:, None]
+def _outside(maps: Tensor, has_map: Tensor, size: tuple[int, int], target_cfg: dict | None) -> Tensor:
+    """(B, 1, H, W): 1 outside the shared target (`saliency_target` on the image's grid) of annotated
+    samples, 0 elsewhere: any annotated pixel makes its image pixel "inside"."""
+    inside = saliency_target(maps, size, target_cfg).float()[:, None]
     return torch.where(has_map.to(inside.device).view(-1, 1, 1, 1), 1.0 - inside, torch.zeros_like(inside))
 
 
@@ -383,7 +383,7 @@ def prepare(classifier: nn.Module, split: Any, cfg: dict[str, Any], device: torc
     stages. {} when nothing is frozen or the split carries no trunk features."""
     if getattr(classifier, "frozen_stages", 0) == 0 or split.features is None:
         return {}
-    rule, thr = _param(cfg, "nonlinearity"), float(_param(cfg, "binarize_threshold"))
+    rule, target_cfg = _param(cfg, "nonlinearity"), cfg.get("saliency_target")
     rel = torch.zeros_like(split.features)
     annotated = split.has_map.nonzero().flatten()
     with torch.no_grad():
@@ -391,7 +391,7 @@ def prepare(classifier: nn.Module, split: Any, cfg: dict[str, Any], device: torc
             idx = annotated[start:start + TRUNK_CHUNK]
             images = split.images[idx].to(device).float().div_(255.0)
             outside = _outside(split.maps[idx].to(device), torch.ones(len(idx), dtype=torch.bool, device=device),
-                               images.shape[-2:], thr)
+                               images.shape[-2:], target_cfg)
             rel[idx] = cd_forward(classifier, images, outside, rule, stop=classifier.frozen_stages)[0].float().cpu()
     return {"cd_trunk_rel": rel}
 

@@ -1,8 +1,9 @@
 """HAICS baseline (Shen et al., CHI EA 2021): binary cross-entropy between Â and the annotation.
 
 L = mean over the cells of the annotated samples of BCE(Â, A*), with A* the annotation on Â's
-grid: binary (target: binary; a cell is 1 when any of its pixels is >= `binarize_threshold`,
-`megl.losses.binary_grid_target`) or soft (target: soft; the area-averaged annotation).
+grid: binary (target: binary, the default; the shared target of every saliency-supervising method,
+`megl.losses.saliency_target`: a cell is 1 when any of its pixels is >= saliency_target.threshold)
+or soft (target: soft, a documented deviation knob; the area-averaged annotation).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from megl.errors import MEGLError
-from megl.losses import binary_grid_target, downsample_map
+from megl.losses import downsample_map, saliency_target
 
 NAME = "haics"
 TARGETS = ("binary", "soft")
@@ -59,7 +60,7 @@ def haics_loss(
     sal = sal_scaled[has_map]
     sel = maps[has_map.to(maps.device)]
     if target_kind == "binary":
-        target = binary_grid_target(sel, sal.shape[-2:], float(_param(cfg, "binarize_threshold"))).to(sal)
+        target = saliency_target(sel, sal.shape[-2:], cfg.get("saliency_target")).to(sal)
     else:
         target = downsample_map(sel, sal.shape[-2:]).to(sal)
     # Clamp away from {0, 1}: the per-sample min-max scaling puts exact 0s and 1s in every map,

@@ -2,7 +2,7 @@
 Explanation"; code github.com/YuyangGao/RES).
 
 On the annotated samples of a batch, with Â the scaled Grad-CAM and y = +1 on annotated cells
-(cells holding any pixel with A ≥ binarize_threshold, `megl.losses.binary_grid_target`),
+(cells holding any pixel with A ≥ saliency_target.threshold, `megl.losses.saliency_target`),
 y = -1 elsewhere:
 
     L = robust_weight · relu( mean_cells |tanh(k (Â - a)) - y| - eta )
@@ -26,7 +26,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from megl.baselines.haics import check_inputs
 from megl.errors import MEGLError
-from megl.losses import binary_grid_target, downsample_map
+from megl.losses import downsample_map, saliency_target, target_threshold
 
 SCOPES = ("batch", "sample")
 
@@ -154,7 +154,6 @@ def _res_loss(
     scope = _param(cfg, "threshold_scope", name)
     if scope not in SCOPES:
         raise MEGLError(f"baselines.{name}.threshold_scope: {scope!r} not one of {', '.join(SCOPES)}")
-    thr = float(_param(cfg, "binarize_threshold", name))
     w_robust = float(_param(cfg, "robust_weight", name))
     w_imp = float(_param(cfg, "imputation_weight", name))
     if name == "res_l" and not isinstance(state, ImputationConv):
@@ -167,7 +166,7 @@ def _res_loss(
 
     sal = sal_scaled[has_map]
     sel_maps = maps[has_map.to(maps.device)]
-    positive = binary_grid_target(sel_maps, sal.shape[-2:], thr).to(sal)
+    positive = saliency_target(sel_maps, sal.shape[-2:], cfg.get("saliency_target")).to(sal)
     y = 2.0 * positive - 1.0  # +1 annotated, -1 not: every cell of an annotated map is labelled
 
     a = _thresholds(sal, y, scope, float(_param(cfg, "threshold_eps", name)))
@@ -222,11 +221,8 @@ def make_state_g(cfg: dict[str, Any], grid_hw: tuple[int, int]) -> None:
 
 def make_state_l(cfg: dict[str, Any], grid_hw: tuple[int, int]) -> ImputationConv:
     """The learnable imputation of RES-L; the trainer adds its parameters to the optimiser."""
-    return ImputationConv(
-        grid_hw,
-        int(_param(cfg, "imputation_factor", "res_l")),
-        float(_param(cfg, "binarize_threshold", "res_l")),
-    )
+    return ImputationConv(grid_hw, int(_param(cfg, "imputation_factor", "res_l")),
+                          target_threshold(cfg.get("saliency_target")))
 
 
 __all__ = [

@@ -38,7 +38,7 @@ def _latency(cfg: dict, device: torch.device, warmup: int, repeats: int) -> dict
     return out
 
 
-def _train_step(cfg: dict, device: torch.device, batch: int, steps: int) -> dict:
+def _train_step(cfg: dict, device: torch.device, batch: int, steps: int, target_cfg: dict) -> dict:
     torch.manual_seed(0)
     size, k = int(cfg["image_size"]), 40
     model = build_classifier(cfg, num_classes=k).to(device)
@@ -59,7 +59,7 @@ def _train_step(cfg: dict, device: torch.device, batch: int, steps: int) -> dict
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits, _, sal, _ = saliency(model, images, labels, create_graph=True)
             l_pred = losses.prediction_loss(logits.float(), labels)
-            l_vis = losses.visual_l1_loss(sal.float(), maps, has_map)
+            l_vis = losses.visual_l1_loss(sal.float(), maps, has_map, target_cfg)
             l_dc = losses.distribution_consistency_loss(sal.float(), mean_map, has_map)
         # gradient that reaches the classifier through Â alone (double backprop)
         (g,) = torch.autograd.grad(l_vis, [p for p in model.parameters() if p.requires_grad][0],
@@ -86,7 +86,7 @@ def run(config: dict, device: torch.device, quick: bool) -> dict:
                     "latency": {}, "train_step": {}, "errors": {}}
     for name, cfg in config["backbones"].items():
         cfg = {**cfg, "weights": None, "frozen_stages": 0}  # the architecture's speed: random weights, all trained
-        for section, fn, args in (("latency", _latency, (warmup, repeats)), ("train_step", _train_step, (batch, steps))):
+        for section, fn, args in (("latency", _latency, (warmup, repeats)), ("train_step", _train_step, (batch, steps, config.get("saliency_target")))):
             try:
                 report[section][name] = fn(cfg, device, *args)
             except Exception:  # record and go on: one device call must bring back every section it can

@@ -1,6 +1,6 @@
 """Empty binary targets of the grid baselines on the stand-ins: how many annotated maps have NO
 positive cell on the Grad-CAM grid, under the old rule (area-average the map to the grid, then
->= binarize_threshold) and the current one (`megl.losses.binary_grid_target`: binarise at the
+>= saliency_target.threshold) and the current one (`megl.losses.saliency_target`: binarise at the
 map's resolution, then max-pool, so a cell is positive when any of its pixels is annotated).
 
     PYTHONPATH=src python -m megl.bench.empty_targets --config config/config.yaml \\
@@ -31,7 +31,7 @@ from megl.data.annotations import read_dataset
 from megl.data.dataset import MEDataset, load_full_maps, resize_map
 from megl.data.standin import make_standin
 from megl.io import write_json
-from megl.losses import binary_grid_target, downsample_map
+from megl.losses import binary_grid_target, downsample_map, target_threshold
 from megl.models.backbones import cam_grid_size
 
 # knobs for a kind without a `datasets.<kind>.standin` entry (digits: the recommended DecoyMNIST setting)
@@ -40,25 +40,25 @@ DEFAULT_KNOBS = {
     "actions": {"seed": 0, "n_images": 1200, "image_size": 64, "annotated_fraction": 0.1, "shortcut_strength": 0.9},
     "digits": {"seed": 0, "n_images": 1797, "image_size": 64, "annotated_fraction": 1.0, "shortcut_strength": 1.0},
 }
-GRID_BASELINES = ("haics", "res_g", "res_l")
 
 
 def count_empty(maps: torch.Tensor, grid: tuple[int, int], threshold: float) -> dict[str, int]:
     """maps (N, S, S) in [0, 1] -> {"n", "old", "new"}: maps whose grid target has no positive cell,
-    and "old_share" / "new_share": the mean share of positive cells per map."""
-    old = downsample_map(maps, grid) >= threshold
+    "old_share" / "new_share": the mean share of positive cells per map, and "area_peak_median" /
+    "area_peak_below": the median peak of the area-averaged map on the grid (the L1 target before
+    `saliency_target`; Â peaks at 1) and how many maps peak below `threshold` there."""
+    area = downsample_map(maps, grid)
+    old = area >= threshold
     new = binary_grid_target(maps, grid, threshold) > 0
+    peak = area.flatten(1).amax(1)
     return {"n": int(maps.shape[0]), "old": int((~old.flatten(1).any(1)).sum()),
             "new": int((~new.flatten(1).any(1)).sum()),
-            "old_share": round(float(old.float().mean()), 4), "new_share": round(float(new.float().mean()), 4)}
+            "old_share": round(float(old.float().mean()), 4), "new_share": round(float(new.float().mean()), 4),
+            "area_peak_median": round(float(peak.median()), 3), "area_peak_below": int((peak < threshold).sum())}
 
 
 def measure(config: dict[str, Any], kinds: list[str], workdir: Path) -> dict[str, Any]:
-    thresholds = {float(config["baselines"][b]["binarize_threshold"]) for b in GRID_BASELINES}
-    if len(thresholds) != 1:
-        raise SystemExit(f"baselines use different binarize_threshold values {sorted(thresholds)}; this script assumes one")
-    thr = thresholds.pop()
-    cdep_thr = float(config["baselines"]["cdep"]["binarize_threshold"])
+    thr = cdep_thr = target_threshold(config.get("saliency_target"))  # one threshold for every method
     split = {k: config["split"][k] for k in ("train", "val", "test")}
     out: dict[str, Any] = {"threshold": thr, "kinds": {}}
     for kind in kinds:

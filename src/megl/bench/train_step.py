@@ -78,12 +78,12 @@ def loop_gradcam(classifier, images: torch.Tensor, labels: torch.Tensor):
     return torch.cat(logits), scale_per_sample(torch.cat(cams))
 
 
-def explanation_total(logits, sal, batch: dict, cfg_train: dict) -> torch.Tensor:
+def explanation_total(logits, sal, batch: dict, cfg_train: dict, target_cfg: dict) -> torch.Tensor:
     """Same total as batch_losses for megl_visual_only, from given logits and saliency."""
     has_map = batch["has_map"]
     share = has_map.float().mean()
     return (losses.prediction_loss(logits, batch["label"])
-            + cfg_train["lambda_v"] * share * losses.visual_l1_loss(sal, batch["visual_map"], has_map)
+            + cfg_train["lambda_v"] * share * losses.visual_l1_loss(sal, batch["visual_map"], has_map, target_cfg)
             + cfg_train["lambda_v"] * (1 - share)
             * losses.distribution_consistency_loss(sal, batch["mean_map"], has_map))
 
@@ -121,12 +121,13 @@ def run(config: dict, *, batch_size: int, image_size: int, num_classes: int, ann
 
     variants = {
         "ce": lambda: step(opt_cls, lambda: F.cross_entropy(classifier(batch["image"]), batch["label"])),
-        "explain": lambda: step(opt_cls, lambda: batch_losses(visual, batch, cfg_train, batch["mean_map"], {},
+        "explain": lambda: step(opt_cls, lambda: batch_losses(visual, batch, cfg_train, batch["mean_map"], config,
                                                               batch["rationales"])["loss"]),
-        "megl": lambda: step(opt_full, lambda: batch_losses(full, batch, cfg_train, batch["mean_map"], {},
+        "megl": lambda: step(opt_full, lambda: batch_losses(full, batch, cfg_train, batch["mean_map"], config,
                                                             batch["rationales"])["loss"]),
         "loop": lambda: step(opt_cls, lambda: explanation_total(*loop_gradcam(classifier, batch["image"],
-                                                                              batch["label"]), batch, cfg_train)),
+                                                                              batch["label"]), batch, cfg_train,
+                                                                              config.get("saliency_target"))),
     }
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in variants}
