@@ -166,7 +166,7 @@ def test_make_standin_and_split_read_their_knobs_from_the_config(tmp_path, capsy
     """The workflow's form (`--config FILE --dataset NAME`) gives what the flags with the config's values
     give, byte for byte; a mix of the two is refused (which one wins would be a guess)."""
     config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
-    config["datasets"]["objects"]["standin"].update(n_images=40, image_size=32, seed=3)
+    config["datasets"]["objects"]["standin"].update(n_images=40, image_size=32, seed=3, class_name_fraction=0.5)
     config["split"].update(seed=2, train=0.6, val=0.2, test=0.2)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(config))
@@ -174,7 +174,7 @@ def test_make_standin_and_split_read_their_knobs_from_the_config(tmp_path, capsy
     k, s = config["datasets"]["objects"]["standin"], config["split"]
     assert cli_main(["make-standin", k["kind"], str(tmp_path / "b"), "--seed", "3", "--n-images", "40",
                      "--image-size", "32", "--annotated-fraction", str(k["annotated_fraction"]),
-                     "--shortcut-strength", str(k["shortcut_strength"]), "--split-seed", "2",
+                     "--shortcut-strength", str(k["shortcut_strength"]), "--class-name-fraction", "0.5", "--split-seed", "2",
                      "--train", "0.6", "--val", "0.2", "--test", "0.2"]) == 0
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files_a and files_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())

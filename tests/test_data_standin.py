@@ -13,8 +13,9 @@ from PIL import Image
 from megl.data.annotations import load_map, read_dataset
 from megl.data.dataset import MEDataset, load_full_maps, mean_annotation_map
 from megl.data.split import make_split
-from megl.data.standin import (DIGIT_CLASSES, DIGIT_MAP_THRESHOLD, DIGITS_AVAILABLE, _plan_digits, decoy_shade,
-                                decoy_side, digit_ink, make_standin, read_decoy, read_mark)
+from megl.data.rationales import class_name_report
+from megl.data.standin import (CLASS_NAME_FRACTION, DIGIT_CLASSES, DIGIT_MAP_THRESHOLD, DIGITS_AVAILABLE, _plan_digits,
+                                decoy_shade, decoy_side, digit_ink, make_standin, names_class, read_decoy, read_mark)
 from megl.data.validate import validate
 from megl.errors import MEGLError
 
@@ -37,6 +38,7 @@ def gen(kind: str, out: Path, n: int = 60, **kw) -> dict:
     cfg = knobs(kind)
     args = dict(seed=cfg["seed"], n_images=n, image_size=cfg["image_size"],
                 annotated_fraction=cfg["annotated_fraction"], shortcut_strength=cfg["shortcut_strength"],
+                class_name_fraction=cfg.get("class_name_fraction", CLASS_NAME_FRACTION),
                 split_seed=CONFIG["split"]["seed"], split_fractions=SPLIT)
     args.update(kw)
     return make_standin(kind, out, **args)
@@ -264,16 +266,19 @@ def test_digits_subset_is_stratified_and_seeded() -> None:
 
 
 def test_digits_rationales(tmp_path: Path) -> None:
-    gen("digits", tmp_path / "ds", n=60)
+    gen("digits", tmp_path / "ds", n=60, class_name_fraction=1.0)
     data = read_dataset(tmp_path / "ds")
     assert sorted(data.class_to_id, key=data.class_to_id.get) == DIGIT_CLASSES
     slants = set()
     for s in data.samples:
         assert 3 <= len(s.rationales) <= 5 and len(set(s.rationales)) == len(s.rationales)
-        assert all(s.class_name in r.split() for r in s.rationales)  # every sentence names the digit
+        assert all(s.class_name in r.split() for r in s.rationales)  # 1.0: every sentence names the digit
         slants |= {w for r in s.rationales for w in ("right", "left", "upright") if f"leans to the {w}" in r
                    or (w == "upright" and "written upright" in r)}
     assert len(slants) >= 2  # grounded in the image: the slant differs between images
+    gen("digits", tmp_path / "none", n=60, class_name_fraction=0.0)
+    for s in read_dataset(tmp_path / "none").samples:  # 0.0: the strokes are described, never named
+        assert not any(w in r.split() for r in s.rationales for w in DIGIT_CLASSES)
 
 
 def test_digits_cli(tmp_path: Path) -> None:
@@ -282,3 +287,86 @@ def test_digits_cli(tmp_path: Path) -> None:
     assert main(["make-standin", "digits", str(tmp_path / "ds"), "--n-images", "30", "--shortcut-strength", "1"]) == 0
     problems, summary = validate(tmp_path / "ds")
     assert problems == [] and summary["n_samples"] == 30 and summary["n_classes"] == 10
+
+
+# --- rationales that describe evidence (class_name_fraction) ------------------------------------------
+
+@pytest.mark.parametrize("sentence, class_name, kind, expected", [
+    ("the red star in the upper left has five points", "red_star", "objects", True),
+    ("there are two red stars", "red_star", "objects", True),                        # plural
+    ("the red object in the upper left has five points", "red_star", "objects", False),  # colour + a fact
+    ("there is a large star in the top center", "red_star", "objects", False),        # shape alone
+    ("it is the only round object with no corners", "red_circle", "objects", False),  # relational fact
+    ("the green star is a distractor; the red one is in the center", "red_star", "objects", True),
+    ("the figure's right hand touches the ball", "touches_ball", "actions", True),
+    ("touching the ball, the arm is stretched out", "touches_ball", "actions", True),
+    ("one arm reaches the ball in the middle right", "touches_ball", "actions", False),  # ball alone
+    ("the ball is held up high", "holds_ball_above_head", "actions", True),            # irregular form
+    ("the ball rests on the head of the figure", "heads_ball", "actions", True),
+    ("the ball bounces off the very top of the figure", "heads_ball", "actions", False),
+    ("the figure stood next to the box", "stands_beside_box", "actions", True),
+    ("the feet are on the ground next to the box, not on it", "stands_beside_box", "actions", False),
+    ("this handwritten seven leans to the right", "seven", "digits", True),
+    ("the digit 7 leans to the right", "seven", "digits", True),                      # numeral
+    ("a horizontal bar at the top and a long stroke down", "seven", "digits", False),
+    ("almost all of the ink lies on one line", "one", "digits", True),                # "one" is the digit's word
+])
+def test_names_class_rule(sentence, class_name, kind, expected) -> None:
+    assert names_class(sentence, class_name, kind) is expected
+
+
+def test_names_class_unknown_kind() -> None:
+    with pytest.raises(MEGLError, match="kind"):
+        names_class("a sentence", "red_star", "scenes")
+
+
+def test_class_name_fraction_default_is_one_value() -> None:
+    from megl.cli import STANDIN_DEFAULTS
+    from megl.config import load_schema
+
+    schema = load_schema()["properties"]["datasets"]["additionalProperties"]["properties"]["standin"]["properties"]
+    assert schema["class_name_fraction"]["default"] == CLASS_NAME_FRACTION == STANDIN_DEFAULTS["class_name_fraction"]
+    for kind in KINDS:  # set explicitly in the default config
+        assert knobs(kind)["class_name_fraction"] == CLASS_NAME_FRACTION
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_class_name_fraction_changes_only_the_texts(kind: str, tmp_path: Path) -> None:
+    """Images, maps and every other file are byte-identical between 0.2 and 1.0; only the texts
+    (exp_annotation.json) and the manifest's rationale fields differ."""
+    low = gen(kind, tmp_path / "low", n=40, class_name_fraction=0.2)
+    high = gen(kind, tmp_path / "high", n=40, class_name_fraction=1.0)
+    a, b = hashes(tmp_path / "low"), hashes(tmp_path / "high")
+    pixels = [k for k in a if k.startswith(("images/", "visual_exp/")) or k == "full_maps.npz"]
+    assert len(pixels) > 40 and all(a[k] == b[k] for k in pixels)
+    assert a["label_class_id_mapping.json"] == b["label_class_id_mapping.json"]
+    assert a["exp_annotation.json"] != b["exp_annotation.json"]
+    drop = ("class_name_fraction", "rationales_naming_class")
+    assert {k: v for k, v in low.items() if k not in drop} == {k: v for k, v in high.items() if k not in drop}
+    ra = json.loads((tmp_path / "low" / "exp_annotation.json").read_text())
+    rb = json.loads((tmp_path / "high" / "exp_annotation.json").read_text())
+    assert all({k: v for k, v in ra[i].items() if k != "exp"} == {k: v for k, v in rb[i].items() if k != "exp"}
+               for i in ra)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_realised_share_of_class_naming_sentences(kind: str, tmp_path: Path) -> None:
+    """The share of sentences naming their class is Binomial(sentences, class_name_fraction): within
+    4 standard deviations of the setting; 0.0 and 1.0 are exact (each group has enough sentences);
+    standin.json records it per split, recounted from the files by the report."""
+    for p in (0.0, 0.2, 1.0):
+        out = tmp_path / f"p{p}"
+        manifest = gen(kind, out, n=200, class_name_fraction=p)
+        shares = manifest["rationales_naming_class"]
+        assert manifest["class_name_fraction"] == p
+        assert class_name_report(out) == shares == json.loads((out / "standin.json").read_text())["rationales_naming_class"]
+        n = shares["all"]["sentences"]
+        assert n >= 3 * 200 and shares["train"]["sentences"] + shares["val"]["sentences"] + shares["test"]["sentences"] == n
+        if p in (0.0, 1.0):
+            assert all(v["share"] == p for v in shares.values())
+        else:
+            assert abs(shares["all"]["naming"] / n - p) <= 4 * np.sqrt(p * (1 - p) / n)
+        # every sentence is distinct within its sample, and the counts are the rule's
+        data = read_dataset(out)
+        assert all(len(set(s.rationales)) == len(s.rationales) for s in data.samples)
+        assert shares["all"]["naming"] == sum(names_class(r, s.class_name, kind) for s in data.samples for r in s.rationales)

@@ -48,7 +48,8 @@ def cmd_validate_data(args) -> int:
 
 # The stand-in knobs and their defaults when given as flags (`make-standin KIND OUT`); a workflow step
 # names the dataset instead (`--dataset NAME`) and the knobs come from the config's datasets.NAME.standin.
-STANDIN_DEFAULTS = {"seed": 0, "n_images": 1200, "image_size": 64, "annotated_fraction": 0.1, "shortcut_strength": 0.9}
+STANDIN_DEFAULTS = {"seed": 0, "n_images": 1200, "image_size": 64, "annotated_fraction": 0.1, "shortcut_strength": 0.9,
+                    "class_name_fraction": 0.2}  # = megl.data.standin.CLASS_NAME_FRACTION (tested)
 SPLIT_DEFAULTS = {"seed": 0, "train": 0.7, "val": 0.1, "test": 0.2}
 
 
@@ -92,9 +93,11 @@ def cmd_make_standin(args) -> int:
         kind, Path(args.out), seed=knobs["seed"], n_images=knobs["n_images"], image_size=knobs["image_size"],
         annotated_fraction=knobs["annotated_fraction"], shortcut_strength=knobs["shortcut_strength"],
         split_seed=split["seed"], split_fractions={k: split[k] for k in ("train", "val", "test")},
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, class_name_fraction=knobs["class_name_fraction"],
     )
-    print(f"wrote {kind} stand-in to {args.out}: {info.get('n_images', knobs['n_images'])} images")
+    shares = ", ".join(f"{k} {v['share']}" for k, v in info["rationales_naming_class"].items() if v["share"] is not None)
+    print(f"wrote {kind} stand-in to {args.out}: {info.get('n_images', knobs['n_images'])} images; "
+          f"share of rationale sentences naming the class: {shares}")
     return 0
 
 
@@ -453,6 +456,9 @@ def _parser_make_standin(sub) -> None:
                    help=f"share of samples whose map is listed in exp_annotation.json (default: {d['annotated_fraction']})")
     p.add_argument("--shortcut-strength", type=float,
                    help=f"P(a training image carries its class's shortcut mark); 0 disables (default: {d['shortcut_strength']})")
+    p.add_argument("--class-name-fraction", type=float,
+                   help="share of rationale sentences that name the class (docs/data.md; "
+                        f"default: {d['class_name_fraction']})")
     p.add_argument("--split-seed", type=int,
                    help=f"seed of the split the shortcut is planted on (default: {SPLIT_DEFAULTS['seed']})")
     _add_fractions(p)

@@ -21,9 +21,14 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from megl.data.rationales import class_name_share, names_class, pick_sentences  # noqa: F401 (names_class: the rule, re-exported)
 from megl.data.split import make_split
 from megl.errors import MEGLError
 from megl.io import atomic_dir
+
+# Share of rationale sentences that name their class (config datasets.<name>.standin.class_name_fraction;
+# the schema's default is the same value; docs/data.md § Rationales says why 0.2).
+CLASS_NAME_FRACTION = 0.2
 
 # --- shortcut marks: (corner, colour) per class index -----------------------------------------
 MARK_CORNERS = ("upper left", "upper right", "lower left", "lower right")
@@ -42,6 +47,28 @@ OBJECT_CLASSES = [f"{c}_{s}" for i, s in enumerate(OBJ_SHAPES)
 DISTRACTOR_COMBOS = [(c, s) for s in OBJ_SHAPES for c in OBJ_COLOURS if f"{c}_{s}" not in OBJECT_CLASSES]
 SHAPE_FACTS = {"circle": "is round with no corners", "square": "has four equal sides and four corners",
                "triangle": "has three corners", "star": "has five points", "cross": "has four arms"}
+# Rationale templates. Which filled sentence names the class is decided by
+# megl.data.rationales.names_class (objects: the colour AND the shape word), not by the list it is in.
+OBJECT_NAMING = [
+    "the {colour} {shape} in the {where} is the object that decides the class",
+    "there is a {size} {colour} {shape} in the {where} of the image",
+    "the {shape} in the {where} is {colour}",
+    "a {shape} {fact}, and the one in the {where} is {colour}",
+    "the {colour} {shape} in the {where} {fact}",
+    "unlike the {other}, the {shape} in the {where} is {colour}",
+    "the {other} is only a distractor; the {colour} {shape} sits in the {where}",
+    "its {colour} colour and its outline mark the object in the {where} as a {shape}",
+]
+OBJECT_EVIDENCE = [  # the colour alone, the shape alone, a shape fact or the position: never both words
+    "the object in the {where} {fact}",
+    "the {colour} object in the {where} is what decides the class",
+    "there is a {size} {shape} in the {where} of the image",
+    "its outline {fact}, and it lies in the {where}",
+    "the {colour} object in the {where} {fact}",
+    "the object that matters is in the {where}, away from the {other}",
+    "the {other} is only a distractor; the evidence lies in the {where}",
+    "the evidence is the {size} object in the {where}",
+]
 
 # --- actions -------------------------------------------------------------------------------------
 ACTION_CLASSES = ["touches_ball", "holds_ball_above_head", "kicks_ball", "heads_ball",
@@ -166,17 +193,7 @@ def _render_object(rng: np.random.Generator, label: int, size: int):
     oc, osh, owhere = others[int(rng.integers(len(others)))]
     fill = {"colour": colour, "shape": shape, "where": loc, "fact": SHAPE_FACTS[shape],
             "size": "small" if r < 6.2 * s else "large", "other": f"{oc} {osh} in the {owhere}"}
-    pool = [
-        "the {colour} {shape} in the {where} is the object that decides the class",
-        "there is a {size} {colour} {shape} in the {where} of the image",
-        "the {shape} in the {where} is {colour}",
-        "a {shape} {fact}, and the one in the {where} is {colour}",
-        "the {colour} {shape} in the {where} {fact}",
-        "unlike the {other}, the {shape} in the {where} is {colour}",
-        "the {other} is only a distractor; the {colour} {shape} sits in the {where}",
-        "its {colour} colour and its outline mark the object in the {where} as a {shape}",
-    ]
-    return im, mask, pool, fill
+    return im, mask, OBJECT_NAMING + OBJECT_EVIDENCE, fill
 
 
 # --- actions renderer -------------------------------------------------------------------------------
@@ -202,40 +219,92 @@ POSES: dict[str, dict[str, Any]] = {
     "stands_beside_box": dict(arms=_ARMS_DOWN, legs=_LEGS, obj=("box", 9, 2, 18, 11), ev=[3],
                               contact=(6.5, 7)),
 }
-ACTION_TEMPLATES = {
+# Per class: sentences that name it (a word of the class name other than ball/box/on, see
+# megl.data.rationales.names_class) and sentences that describe the pose, the contact and the place
+# without it. Neither list uses another class's verb.
+ACTION_NAMING = {
     "touches_ball": ["the figure's {side} hand touches the {colour} ball in the {where}",
-                     "one arm is stretched out sideways and the hand reaches the ball in the {where}",
-                     "the {colour} ball sits right at the tip of the figure's hand",
-                     "the hand and the ball meet in the {where} of the image",
-                     "only one arm reaches the ball while the other hangs down"],
+                     "the hand touches the ball in the {where} of the image",
+                     "only one hand touches the ball while the other arm hangs down",
+                     "the figure touches the {colour} ball with one outstretched arm",
+                     "touching the ball in the {where}, the arm is stretched out sideways"],
     "holds_ball_above_head": ["both hands are raised above the head and hold the {colour} ball in the {where}",
                               "the ball is held up over the head of the figure in the {fig_where}",
-                              "the arms point upward and meet at the ball",
-                              "the {colour} ball is lifted high above the figure's head in the {where}"],
-    "kicks_ball": ["the figure's {side} foot touches the {colour} ball in the {where}",
+                              "the figure holds the {colour} ball high above its head",
+                              "the {colour} ball is lifted high above the figure's head in the {where}",
+                              "the arms point upward and hold the ball in the {where}"],
+    "kicks_ball": ["the figure's {side} foot kicks the {colour} ball in the {where}",
                    "one leg swings forward and kicks the ball in the {where}",
-                   "the ball is at the foot of the figure, not at its hands",
-                   "the raised leg meets the {colour} ball near the ground"],
-    "heads_ball": ["the {colour} ball touches the top of the figure's head in the {where}",
+                   "the figure kicks the ball with its foot, not its hands",
+                   "the raised leg kicks the {colour} ball near the ground",
+                   "kicking the {colour} ball, the leg is stretched out in the {where}"],
+    "heads_ball": ["the {colour} ball meets the top of the figure's head in the {where}",
                    "the arms hang down, so the head alone meets the ball",
                    "the figure heads the ball in the {where}",
-                   "the ball rests on the head of the figure in the {fig_where}"],
+                   "the ball rests on the head of the figure in the {fig_where}",
+                   "the head, not a hand or a foot, is in contact with the {colour} ball"],
     "sits_on_box": ["the figure sits on the {colour} box in the {where}",
-                    "the hips rest on top of the box and the legs bend forward",
-                    "the thighs are level, so the figure is seated on the box",
-                    "the {colour} box under the figure in the {where} is its seat"],
-    "stands_on_box": ["both feet stand on top of the {colour} box in the {where}",
-                      "the figure is raised up on the box in the {where}",
-                      "the legs are straight and the feet touch the top of the box",
-                      "the {colour} box is under the feet of the figure"],
-    "pushes_box": ["both hands press against the {colour} box in the {where}",
+                    "the figure is sitting on the box with its legs bent forward",
+                    "the thighs are level, so the figure sits on the box",
+                    "the {colour} box in the {where} is where the figure sits",
+                    "sitting on the box, the figure rests its hips on its top in the {where}"],
+    "stands_on_box": ["the figure stands on top of the {colour} box in the {where}",
+                      "both feet stand on top of the box in the {where}",
+                      "the figure is standing up on the box with straight legs",
+                      "the {colour} box the figure stands on is in the {where}",
+                      "standing on the {colour} box lifts the figure off the ground"],
+    "pushes_box": ["both hands push against the {colour} box in the {where}",
                    "the arms reach straight forward and push the box in the {where}",
+                   "the figure leans into the box and pushes it with both hands",
+                   "the figure pushes the {colour} box on its {side} side",
+                   "pushing with both hands, the figure presses into the box in the {where}"],
+    "stands_beside_box": ["the figure stands next to the {colour} box in the {where} without reaching it",
+                          "the figure stands beside the box on the ground in the {where}",
+                          "the box is beside the figure, a small gap from its foot",
+                          "the arms hang down and the figure only stands beside the box",
+                          "standing next to the {colour} box, the figure keeps a gap to it"],
+}
+ACTION_EVIDENCE = {
+    "touches_ball": ["one arm is stretched out sideways and the hand reaches the ball in the {where}",
+                     "the {colour} ball is right at the tip of the figure's hand",
+                     "the hand and the ball meet in the {where} of the image",
+                     "only one arm reaches out to the ball while the other hangs down",
+                     "the fingertips of the {side} hand are in contact with the {colour} ball"],
+    "holds_ball_above_head": ["the arms point upward and meet at the ball",
+                              "both hands are raised high and grip the {colour} ball in the {where}",
+                              "the {colour} ball is lifted to the top of the figure, in the {where}",
+                              "both arms reach straight up and the ball rests between the hands",
+                              "the hands are at the very top of the figure in the {fig_where}, with the ball between them"],
+    "kicks_ball": ["the figure's {side} foot meets the {colour} ball in the {where}",
+                   "one leg swings forward to the ball in the {where}",
+                   "the ball is at the foot of the figure, not at its hands",
+                   "the raised leg meets the {colour} ball near the ground",
+                   "the arms hang down while one foot reaches the ball"],
+    "heads_ball": ["the {colour} ball is right on top of the figure in the {where}",
+                   "the arms hang down and only the top of the figure reaches the ball",
+                   "the ball bounces off the very top of the figure in the {fig_where}",
+                   "no hand and no foot is in contact with the {colour} ball",
+                   "the ball is balanced on top of the figure, in the {where}"],
+    "sits_on_box": ["the hips rest on top of the box and the legs bend forward",
+                    "the thighs are level and the knees bend over the edge of the box",
+                    "the {colour} box under the figure's hips in the {where} carries its weight",
+                    "the legs bend at the knee and hang down in front of the {colour} box",
+                    "the hips are on the box in the {where} and the feet are off it"],
+    "stands_on_box": ["both feet are on top of the {colour} box in the {where}",
+                      "the figure is raised up on the box in the {where}",
+                      "the legs are straight and the feet rest on the top of the box",
+                      "the {colour} box is under the feet of the figure",
+                      "the whole figure is lifted off the ground by the box in the {where}"],
+    "pushes_box": ["both hands press against the {colour} box in the {where}",
+                   "the arms reach straight forward to the box in the {where}",
                    "the figure leans into the box with both hands",
-                   "the {colour} box touches the figure's hands on its {side} side"],
-    "stands_beside_box": ["the figure stands next to the {colour} box in the {where} without touching it",
-                          "there is a small gap between the figure's foot and the box in the {where}",
+                   "the {colour} box meets the figure's hands on its {side} side",
+                   "the hands, not the feet, are in contact with the box at the height of the chest"],
+    "stands_beside_box": ["there is a small gap between the figure's foot and the box in the {where}",
                           "the box is on the ground to the {side} of the figure",
-                          "the arms hang down and the figure only stands beside the box"],
+                          "the arms hang down and neither hand nor foot reaches the {colour} box",
+                          "the {colour} box in the {where} is close to the figure but not in contact with it",
+                          "the feet are on the ground next to the box, not on it"],
 }
 
 
@@ -304,8 +373,8 @@ def _render_action(rng: np.random.Generator, label: int, size: int):
     cx, cy = tr(pose["contact"])
     fill = {"colour": colour, "where": where(cx, cy, size), "fig_where": where(hx, hy - 8 * f, size),
             "side": "right" if face > 0 else "left"}
-    pool = ACTION_TEMPLATES[name] + [f"the {{colour}} {'ball' if obj[0] == 'ball' else 'box'} "
-                                     "is what the figure interacts with"]
+    pool = ACTION_NAMING[name] + ACTION_EVIDENCE[name] + [
+        f"the {{colour}} {'ball' if obj[0] == 'ball' else 'box'} is what the figure interacts with"]
     return im, mask, pool, fill
 
 
@@ -344,7 +413,31 @@ DIGIT_FACTS = {
     "nine": ("a nine has a closed loop at the top and a stroke that runs down from its right side",
              "the loop of a nine sits in its upper half"),
 }
-DIGIT_TEMPLATES = [
+# The stroke shape of each digit without its name (no digit word at all), for the sentences that
+# describe the evidence without naming the class (megl.data.rationales.names_class).
+DIGIT_SHAPES = {
+    "zero": ("the ink forms a closed oval loop with an empty center",
+             "the strokes have no straight parts and no loose ends"),
+    "one": ("the ink is a single upright stroke, sometimes with a short flag at the top",
+            "almost all of the ink lies on a single line"),
+    "two": ("the strokes run from a curved top diagonally down to the lower left and then flat along the bottom",
+            "the digit ends in a horizontal stroke at its base"),
+    "three": ("the ink forms a pair of bumps stacked on top of each other, both open to the left",
+              "the upper and lower curves meet in the middle"),
+    "four": ("a vertical stroke on the right is crossed by a horizontal bar",
+             "a slanted stroke runs from the top down to the bar"),
+    "five": ("a flat bar at the top, a short stroke down the left and a round belly at the bottom",
+             "the belly at the bottom opens to the left"),
+    "six": ("a long curve comes down from the top into a closed loop at the bottom",
+            "the closed loop sits in the lower half of the digit"),
+    "seven": ("a horizontal bar at the top and a long stroke down to the bottom",
+              "the digit has no loop and no stroke along its base"),
+    "eight": ("the ink forms a pair of closed loops stacked on top of each other",
+              "the strokes cross in the middle of the digit"),
+    "nine": ("a closed loop at the top and a stroke that runs down from its right side",
+             "the closed loop sits in the upper half of the digit"),
+}
+DIGIT_TEMPLATES = [  # each names the digit
     "{fact0}",
     "{fact1}",
     "the {thickness} strokes in the {where} of the image form {a_name}",
@@ -352,6 +445,15 @@ DIGIT_TEMPLATES = [
     "{balance}",
     "the {name} is {aspect}",
     "the shape of the ink, not the grey patch in a corner, shows that this digit is {a_name}",
+]
+DIGIT_EVIDENCE = [  # the strokes, their place and shape, without the digit's name
+    "{shape0}",
+    "{shape1}",
+    "the {thickness} strokes lie in the {where} of the image",
+    "the handwriting {slant}",
+    "{balance_plain}",
+    "the digit is {aspect}",
+    "the shape of the ink, not the grey patch in a corner, decides the class",
 ]
 
 
@@ -450,18 +552,18 @@ def _digit_fill(ink: np.ndarray, binary: np.ndarray, name: str, thickness: str, 
     rows, cols = np.flatnonzero(binary.any(1)), np.flatnonzero(binary.any(0))
     mid = (rows[0] + rows[-1] + 1) / 2
     top = w[: int(np.floor(mid))].sum() / m
-    if top > 0.57:
-        balance = f"most of the ink of this {name} sits in its top half"
-    elif top < 0.43:
-        balance = f"most of the ink of this {name} sits in its bottom half"
-    else:
-        balance = f"the ink of this {name} is spread evenly over its top and bottom halves"
+    half = "top" if top > 0.57 else "bottom" if top < 0.43 else None
+    balance_plain = (f"most of the ink sits in the {half} half of the digit" if half
+                     else "the ink is spread evenly over the top and bottom halves of the digit")
+    balance = (f"most of the ink of this {name} sits in its {half} half" if half
+               else f"the ink of this {name} is spread evenly over its top and bottom halves")
     ratio = (cols[-1] - cols[0] + 1) / (rows[-1] - rows[0] + 1)
     aspect = ("much taller than it is wide" if ratio < 0.5 else "taller than it is wide" if ratio < 0.85
               else "about as wide as it is tall")
     return {"name": name, "a_name": f"{'an' if name == 'eight' else 'a'} {name}",
             "fact0": DIGIT_FACTS[name][0], "fact1": DIGIT_FACTS[name][1], "thickness": thickness,
-            "where": where(cx, cy, size), "slant": slant, "balance": balance, "aspect": aspect}
+            "where": where(cx, cy, size), "slant": slant, "balance": balance, "aspect": aspect,
+            "shape0": DIGIT_SHAPES[name][0], "shape1": DIGIT_SHAPES[name][1], "balance_plain": balance_plain}
 
 
 def _render_digit(rng: np.random.Generator, label: int, size: int, source: dict[str, Any]):
@@ -472,7 +574,7 @@ def _render_digit(rng: np.random.Generator, label: int, size: int, source: dict[
     binary = ink >= DIGIT_MAP_THRESHOLD
     emap = binary.astype(np.uint8) * 255
     fill = _digit_fill(ink, binary, DIGIT_CLASSES[label], source["thickness"], size)
-    return im, emap, list(DIGIT_TEMPLATES), fill
+    return im, emap, DIGIT_TEMPLATES + DIGIT_EVIDENCE, fill
 
 
 # --- the kinds -------------------------------------------------------------------------------------
@@ -577,13 +679,16 @@ def _annotated(rng: np.random.Generator, ids: list[str], labels: list[int], frac
 
 def make_standin(kind: str, out: str | Path, *, seed: int, n_images: int, image_size: int = 64,
                  annotated_fraction: float = 0.1, shortcut_strength: float = 0.9, split_seed: int = 0,
-                 split_fractions: dict[str, float] | None = None, overwrite: bool = False) -> dict[str, Any]:
+                 split_fractions: dict[str, float] | None = None, overwrite: bool = False,
+                 class_name_fraction: float = CLASS_NAME_FRACTION) -> dict[str, Any]:
     """Generate a stand-in dataset in the official format into `out`; return its standin.json.
 
-    Same arguments give byte-identical files. `out` is built in a temporary folder beside it and
+    Same arguments give byte-identical files; `class_name_fraction` (the share of rationale
+    sentences that name their class, `megl.data.rationales.names_class`) changes only the `exp`
+    texts, never an image or a map. `out` is built in a temporary folder beside it and
     renamed into place (megl.io.atomic_dir); a non-empty `out` is refused unless overwrite=True.
     """
-    _check_arguments(kind, n_images, image_size, annotated_fraction, shortcut_strength)
+    _check_arguments(kind, n_images, image_size, annotated_fraction, shortcut_strength, class_name_fraction)
     fractions = dict(split_fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -598,33 +703,37 @@ def make_standin(kind: str, out: str | Path, *, seed: int, n_images: int, image_
     with atomic_dir(out) as tmp:
         records, full_maps, marks = _write_samples(
             tmp, spec, ids, labels, sources, seed=seed, image_size=image_size,
-            shortcut_strength=shortcut_strength, train=set(split["train"]), annotated=annotated)
+            shortcut_strength=shortcut_strength, train=set(split["train"]), annotated=annotated,
+            kind=kind, class_name_fraction=class_name_fraction)
         manifest = {
             "kind": kind, "seed": seed, "n_images": n_images, "image_size": image_size,
             "annotated_fraction": annotated_fraction, "shortcut_strength": shortcut_strength,
             "split_seed": split_seed, "split_fractions": fractions, "classes": classes,
             "shortcut": {"description": spec.shortcut_description, "patterns": spec.shortcut_patterns(classes)},
             "split": split, "marks": marks, "n_annotated": len(annotated), **extra,
+            "class_name_fraction": class_name_fraction,
+            "rationales_naming_class": class_name_share(records, split, kind),  # realised, per split
         }
         _write_tables(tmp, records, classes, full_maps, manifest)
     return manifest
 
 
 def _check_arguments(kind: str, n_images: int, image_size: int, annotated_fraction: float,
-                     shortcut_strength: float) -> None:
+                     shortcut_strength: float, class_name_fraction: float) -> None:
     if kind not in KINDS:
         raise MEGLError(f"stand-in kind must be one of {sorted(KINDS)}, got {kind!r}")
-    if not 0 <= shortcut_strength <= 1 or not 0 <= annotated_fraction <= 1:
-        raise MEGLError("shortcut_strength and annotated_fraction must lie in [0, 1]")
+    if not all(0 <= v <= 1 for v in (shortcut_strength, annotated_fraction, class_name_fraction)):
+        raise MEGLError("shortcut_strength, annotated_fraction and class_name_fraction must lie in [0, 1]")
     if n_images < 1 or image_size < 32:
         raise MEGLError("n_images must be >= 1 and image_size >= 32")
 
 
 def _write_samples(folder: Path, spec: StandinKind, ids: list[str], labels: list[int], sources: list,
                    *, seed: int, image_size: int, shortcut_strength: float, train: set[str],
-                   annotated: set[str]) -> tuple[dict, dict, dict]:
+                   annotated: set[str], kind: str, class_name_fraction: float) -> tuple[dict, dict, dict]:
     """Render every sample into `folder` (images/, visual_exp/); return its annotation records,
-    full evidence maps and drawn shortcut marks, by id. Sample i draws from its own generator [seed, i]."""
+    full evidence maps and drawn shortcut marks, by id. Sample i draws from its own generator
+    [seed, i]: image, map and mark first, then its rationales (so the texts never move a pixel)."""
     (folder / "images").mkdir()
     (folder / "visual_exp").mkdir()
     records, full_maps, marks = {}, {}, {}
@@ -645,9 +754,9 @@ def _write_samples(folder: Path, spec: StandinKind, ids: list[str], labels: list
             arr = emap if n_ann % 2 == 0 else np.repeat((emap.astype(np.float32) / 255)[None], 3, 0)
             (folder / ve).write_bytes(_npy(arr))
             n_ann += 1
-        picks = r.permutation(len(pool))[: int(r.integers(3, 6))]
+        exp = pick_sentences(r, [t.format(**fill) for t in pool], spec.classes[lab], kind, class_name_fraction)
         records[sid] = {"image_path": f"images/{sid}.png", "class_id": lab, "visual_exp": ve,
-                        "ans": spec.classes[lab], "exp": [pool[j].format(**fill) for j in picks]}
+                        "ans": spec.classes[lab], "exp": exp}
     return records, full_maps, marks
 
 
