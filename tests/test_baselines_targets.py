@@ -12,6 +12,7 @@ from megl.data.annotations import read_dataset
 from megl.data.dataset import MEDataset
 from megl.data.standin import make_standin
 from megl.losses import binary_grid_target, downsample_map
+from megl.matrix import matrix_backbones
 from megl.models.backbones import cam_grid_size
 
 CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
@@ -67,7 +68,7 @@ def test_every_single_pixel_reaches_a_cell(size, grid):
 def grids() -> dict[str, tuple[int, tuple[int, int]]]:
     """backbone -> (image size, Grad-CAM grid), from config/config.yaml's default backbones."""
     return {b: (int(CONFIG["backbones"][b]["image_size"]), cam_grid_size(CONFIG["backbones"][b]))
-            for b in CONFIG["matrix"]["backbones"]}
+            for b in matrix_backbones(CONFIG["matrix"])}
 
 
 @pytest.mark.parametrize("kind", ["objects", "actions", "digits"])
