@@ -37,7 +37,7 @@ def runs(tmp_path):
     paths = []
     for seed, acc in zip((0, 1, 2), (0.70, 0.72, 0.74)):
         paths.append(write_run(tmp_path, "objects", "resnet18", "megl", seed, accuracy=acc,
-                               miou=0.30 + 0.01 * seed, spice=None,
+                               miou=0.30 + 0.01 * seed, miou_all=0.41 + 0.01 * seed, spice=None,
                                notes={"spice": "Java not installed"}))
     # baseline: seed 2 missing
     for seed, acc in zip((0, 1), (0.60, 0.64)):
@@ -68,12 +68,17 @@ def test_summary_exact_mean_std_and_missing(runs):
     t2 = table2(summ)
     assert list(t2["Method"]) == ["- (baseline)", "MEGL"]
     assert t2.loc[1, "Accuracy"] == ".7200 ± .0200 (n=3)"
-    assert t2.loc[1, "mIoU"] == ".3100 ± .0100 (n=3)"
+    assert t2.loc[1, "mIoU (annotated images)"] == ".3100 ± .0100 (n=3)"
+    assert t2.loc[1, "mIoU (every test image)"] == ".4200 ± .0100 (n=3)"      # miou_all, labelled apart
     assert t2.loc[0, "Accuracy"] == ".6200 ± .0283 (n=2)"
     t3 = table3(summ)
     assert t3.loc[0, "SPICE"] == "n/a (Java not installed)"
     t4 = table4(summ)
     assert t4.loc[t4["Method"] == "- (baseline)", "Change in Accuracy"].item() == "-10.00 pp"
+    assert list(t4.columns[5:]) == ["mIoU (annotated images)", "Change in mIoU (annotated images)",
+                                    "mIoU (every test image)", "Change in mIoU (every test image)"]
+    assert t4.loc[t4["Method"] == "MEGL", "mIoU (every test image)"].item() == ".4200 ± .0100 (n=3)"
+    assert t4.loc[t4["Method"] == "- (baseline)", "mIoU (every test image)"].item().startswith("n/a")
     t5 = table5(summ)
     assert t5.loc[t5["Method"] == "MEGL", "Params (M)"].item() == "11.00 (n=3)"
 
@@ -117,7 +122,8 @@ def test_mllm_runs_need_no_saliency_and_sit_under_mllm(tmp_path):
     exp = expected_runs(matrix)
     assert set(exp.loc[exp["method"] == "finetune_cot", "backbone"]) == {"mllm"}
     t2 = table2(summarise(collect_runs([p]), exp))
-    assert t2.loc[t2["Backbone"] == "mllm", "mIoU"].item() == "n/a (no saliency map)"
+    for col in ("mIoU (annotated images)", "mIoU (every test image)"):
+        assert t2.loc[t2["Backbone"] == "mllm", col].item() == "n/a (no saliency map)"
 
 
 def test_expected_runs_are_the_matrix_enumeration():
