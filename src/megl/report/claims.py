@@ -73,7 +73,9 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     p = np.asarray(pvalues, dtype="float64")
     out = np.full(p.shape, np.nan)
     tested = ~np.isnan(p)
-    if tested.any():
+    if tested.sum() == 1:  # a family of one is its own adjustment (and multipletests runs gc.collect)
+        out[tested] = p[tested]
+    elif tested.any():
         out[tested] = multipletests(p[tested], method="holm")[1]
     return out
 
