@@ -289,12 +289,14 @@ def evaluate_claims(df: pd.DataFrame, alpha: float = 0.05, expected: pd.DataFram
                     claims: Sequence[str] = tuple(CLAIMS), validity: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (claim, valid cell, comparison present there): the columns of COLUMNS.
 
-    `validity` (megl.report.validity.cell_validity) removes invalid cells from every family before
-    Holm; without it every cell counts as valid."""
+    With `validity` (megl.report.validity.cell_validity) only its valid cells enter the families
+    (invalid cells and control twins are left out before Holm); without it every cell counts."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    bad = invalid_cells(validity)
-    rows = [r for r in comparison_rows(df, expected, claims) if (r["dataset"], r["backbone"]) not in bad]
+    rows = comparison_rows(df, expected, claims)
+    if validity is not None:  # its cells are the claim cells (control twins are not), its valid ones count
+        valid = set(zip(validity["dataset"], validity["backbone"])) - invalid_cells(validity)
+        rows = [r for r in rows if (r["dataset"], r["backbone"]) in valid]
     decided: list[dict[str, Any]] = []
     for cid in claims:
         family = [r for r in rows if r["claim"] == cid]
@@ -371,7 +373,7 @@ def header(alpha: float) -> str:
         "alpha · p / p (Holm); it is > 0 exactly when the comparison holds (claims.csv also has the "
         "unadjusted two-sided 95 % t interval, ci_low/ci_high). (5) MDE: the mean difference the design "
         "detects with 80 % power, one-sided, at alpha / k (Holm's first, strictest step), solved on the "
-        "noncentral t (statsmodels TTestPower). (6) When every paired difference is the same, t is "
+        "noncentral t (scipy.stats.nct). (6) When every paired difference is the same, t is "
         "undefined: p is the exact sign-flip permutation p-value (2^-n for n identical positive "
         "differences, 1 when all are zero). C2 compares mIoU over every test image's true map "
         "(miou_all) where the runs report it, else mIoU over the annotated images (miou).")

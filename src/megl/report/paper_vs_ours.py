@@ -208,7 +208,7 @@ def rank_agreement(runs: pd.DataFrame, published: pd.DataFrame, validity: pd.Dat
     weights = np.stack([np.bincount(rng.integers(0, len(seeds), len(seeds)), minlength=len(seeds))
                         for _ in range(n_boot)]) if seeds else np.zeros((0, 0))
     rows: list[dict[str, Any]] = []
-    pooled: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {m: [] for m in metrics}
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray, float, np.ndarray]]] = {m: [] for m in metrics}
     classifier = runs[runs["backbone"] != MLLM_BACKBONE] if len(runs) else runs
     for ours_ds, paper_ds in PAPER_DATASETS.items():
         backbones = list(dict.fromkeys(classifier.loc[classifier["dataset"] == ours_ds, "backbone"])) if len(runs) else []
@@ -231,22 +231,22 @@ def rank_agreement(runs: pd.DataFrame, published: pd.DataFrame, validity: pd.Dat
                     rows.append({**row, "Note": f"fewer than {MIN_METHODS} methods in common"})
                     continue
                 res = stats.kendalltau(x, ours[keep])
-                boot = [_tau(x, _means(values, w)) for w in weights]
-                pooled[metric].append((x, values, float(res.statistic)))
+                boot = np.array([_tau(x, _means(values, w)) for w in weights])
+                pooled[metric].append((x, values, float(res.statistic), boot))
                 rows.append({**row, "Kendall tau": f"{res.statistic:+.2f}", "95% CI (bootstrap over seeds)": _ci(boot),
                              "p": fmt_number(float(res.pvalue), 3), "Note": ""})
     for metric, cells in pooled.items():
         if not cells:
             continue
-        w = np.array([len(x) * (len(x) - 1) / 2 for x, _, _ in cells])
-        tau = float(np.dot(w, [t for _, _, t in cells]) / w.sum())
-        boot = [np.dot(w, [_tau(x, _means(v, wt)) for x, v, _ in cells]) / w.sum() for wt in weights]
-        means = [_means(v, np.ones(v.shape[1])) for _, v, _ in cells]
-        perm = [np.dot(w, [_tau(x, rng.permutation(m)) for (x, _, _), m in zip(cells, means)]) / w.sum()
+        w = np.array([len(x) * (len(x) - 1) / 2 for x, _, _, _ in cells])
+        tau = float(np.dot(w, [t for _, _, t, _ in cells]) / w.sum())
+        boot = np.stack([b for _, _, _, b in cells], axis=1) @ w / w.sum()   # the same seed draws in every cell
+        means = [_means(v, np.ones(v.shape[1])) for _, v, _, _ in cells]
+        perm = [np.dot(w, [_tau(x, rng.permutation(m)) for (x, _, _, _), m in zip(cells, means)]) / w.sum()
                 for _ in range(n_boot)]
         p = (1 + sum(abs(t) >= abs(tau) - 1e-12 for t in perm)) / (1 + n_boot)
         rows.append({"Dataset": "pooled (valid cells)", "Backbone": "-", "Metric": METRIC_LABELS.get(metric, metric),
-                     "n methods": int(sum(len(x) for x, _, _ in cells)), "Methods": f"{len(cells)} cells",
+                     "n methods": int(sum(len(x) for x, _, _, _ in cells)), "Methods": f"{len(cells)} cells",
                      "Kendall tau": f"{tau:+.2f}", "95% CI (bootstrap over seeds)": _ci(boot),
                      "p": fmt_number(p, 3), "Note": "pairs-weighted mean of the cells' taus; p by permutation"})
     return pd.DataFrame(rows, columns=TAU_COLUMNS).astype(object).fillna("")
