@@ -78,8 +78,12 @@ def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float =
     expected = expected_runs(config["matrix"])
     validity = cell_validity(runs, config, expected, alpha=alpha, results_dir=results_dir)
     claims = claims_mod.evaluate_claims(runs, alpha=alpha, expected=expected, validity=validity)
-    written += figures.plot_forest(claims, out_dir / "forest",
-                                   {cid: text for cid, (text, _) in claims_mod.CLAIMS.items()}, labels=labels)
+    if claims.empty:  # e.g. every cell invalid: the figure says so (validity.csv says why)
+        written += figures.plot_not_applicable(out_dir / "forest", "no claim comparison on a valid cell "
+                                               "(results/tables/validity.csv and claims.md say why)")
+    else:
+        written += figures.plot_forest(claims, out_dir / "forest",
+                                       {cid: text for cid, (text, _) in claims_mod.CLAIMS.items()}, labels=labels)
     written += figures.plot_training_curves([p.parent / "train_log.csv" for p in paths], out_dir / "training")
     pair = qualitative_pair(config, results_dir)
     if pair is not None:
