@@ -177,6 +177,10 @@ def _tau(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.kendalltau(x[ok], y[ok]).statistic)
 
 
+def _p(p: float) -> str:
+    return "< .001" if p < 0.001 else fmt_number(p, 3)
+
+
 def _ci(values: list[float] | np.ndarray) -> str:
     v = np.asarray(values, dtype="float64")
     v = v[np.isfinite(v)]
@@ -234,7 +238,7 @@ def rank_agreement(runs: pd.DataFrame, published: pd.DataFrame, validity: pd.Dat
                 boot = np.array([_tau(x, _means(values, w)) for w in weights])
                 pooled[metric].append((x, values, float(res.statistic), boot))
                 rows.append({**row, "Kendall tau": f"{res.statistic:+.2f}", "95% CI (bootstrap over seeds)": _ci(boot),
-                             "p": fmt_number(float(res.pvalue), 3), "Note": ""})
+                             "p": _p(float(res.pvalue)), "Note": ""})
     for metric, cells in pooled.items():
         if not cells:
             continue
@@ -248,7 +252,7 @@ def rank_agreement(runs: pd.DataFrame, published: pd.DataFrame, validity: pd.Dat
         rows.append({"Dataset": "pooled (valid cells)", "Backbone": "-", "Metric": METRIC_LABELS.get(metric, metric),
                      "n methods": int(sum(len(x) for x, _, _, _ in cells)), "Methods": f"{len(cells)} cells",
                      "Kendall tau": f"{tau:+.2f}", "95% CI (bootstrap over seeds)": _ci(boot),
-                     "p": fmt_number(p, 3), "Note": "pairs-weighted mean of the cells' taus; p by permutation"})
+                     "p": _p(p), "Note": "pairs-weighted mean of the cells' taus; p by permutation"})
     return pd.DataFrame(rows, columns=TAU_COLUMNS).astype(object).fillna("")
 
 
