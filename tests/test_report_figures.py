@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from megl.errors import MEGLError
-from megl.report.collect import REQUIRED_KEYS, collect_runs
+from megl.report.collect import REQUIRED_KEYS, collect_runs, expected_runs
 from megl.report.claims import CLAIMS, evaluate_claims
 from megl.report.figures import (plot_ablation, plot_forest, plot_metric_by_method, plot_qualitative,
                                  plot_training_curves)
@@ -90,9 +90,11 @@ def test_ablation_without_full_megl_says_so_and_a_lost_pairing_is_an_error(tmp_p
 
 def test_forest_plot_of_every_claim(tmp_path):
     root = make_results(tmp_path / "results")
-    claims = evaluate_claims(collect_runs(sorted(root.glob("runs/**/metrics.json"))))
-    # rows with a CI, rows with no paired run (cdep, ... not run) and more than one verdict
-    assert claims["ci_low"].notna().any() and claims["diff"].isna().any()
+    matrix = {"datasets": ["objects"], "backbones": ["resnet18", "vit_b_16"], "methods": METHODS + ["cdep"],
+              "seeds": [0, 1, 2]}
+    claims = evaluate_claims(collect_runs(sorted(root.glob("runs/**/metrics.json"))), expected=expected_runs(matrix))
+    # rows with a bound, rows with no paired run (cdep in the matrix, never run) and more than one verdict
+    assert claims["lower_bound"].notna().any() and claims["diff"].isna().any()
     assert claims["verdict"].nunique() > 1
     _assert_written(plot_forest(claims, tmp_path / "forest", {c: s for c, (s, _) in CLAIMS.items()}))
     with pytest.raises(MEGLError, match="no claim"):

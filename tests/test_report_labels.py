@@ -12,6 +12,7 @@ import matplotlib.text
 import pytest
 import yaml
 
+from megl.matrix import enumerate_runs
 from megl.report import build, figures
 from megl.report.collect import REQUIRED_KEYS
 from megl.report.labels import Labels, labels_from_config
@@ -68,12 +69,15 @@ def _write_run(root: Path, dataset: str, backbone: str, method: str, seed: int) 
 @pytest.mark.parametrize("config_name", ["config.yaml", "smoke.yaml"])
 def test_no_table_or_figure_of_standin_runs_carries_a_paper_name(tmp_path, monkeypatch, config_name):
     config = _config(config_name)
-    config["matrix"].update(methods=["baseline", "megl"], mllm_methods=[], seeds=[0, 1, 2])
-    for d in config["matrix"]["datasets"]:
-        for b in config["matrix"]["backbones"]:
-            for m in config["matrix"]["methods"]:
-                for s in config["matrix"]["seeds"]:
-                    _write_run(tmp_path, d, b, m, s)
+    matrix = config["matrix"]
+    if "blocks" in matrix:   # every block kept with its baseline and MEGL only, no MLLM
+        blocks = {name: dict(block, methods=[m for m in block["methods"] if m in ("baseline", "megl")],
+                             mllm_methods=[]) for name, block in matrix["blocks"].items()}
+        matrix.update(blocks={name: block for name, block in blocks.items() if block["methods"]}, seeds=[0, 1, 2])
+    else:
+        matrix.update(methods=["baseline", "megl"], mllm_methods=[], seeds=[0, 1, 2])
+    for run in enumerate_runs(config):
+        _write_run(tmp_path, run.dataset, run.backbone, run.method, run.seed)
     written = build.build_tables(config, tmp_path, tmp_path / "tables", REPO / "config" / "published.yaml", 0.05)
     for path in written:
         text = path.read_text(encoding="utf-8")

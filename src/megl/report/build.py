@@ -32,6 +32,7 @@ def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path:
     from megl.report import claims as claims_mod
     from megl.report import paper_vs_ours, tables
     from megl.report.collect import collect_runs, expected_runs
+    from megl.report.validity import cell_validity
 
     runs = collect_runs([p for p in metrics_paths(config, results_dir) if p.exists()])
     expected = expected_runs(config["matrix"])
@@ -46,11 +47,14 @@ def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path:
                         ("table4", tables.table4(summary, labels=labels)),
                         ("table5", tables.table5(summary, labels=labels))):
         written += tables.write_table(frame, out_dir / stem, caption=note)
+    validity = cell_validity(runs, config, expected, alpha=alpha, results_dir=results_dir)
     published = paper_vs_ours.load_published(published_path)
-    written += tables.write_table(paper_vs_ours.paper_vs_ours(summary, published, flags, labels),
-                                  out_dir / "paper_vs_ours", caption=paper_vs_ours.caption(flags, labels))
-    claims = claims_mod.evaluate_claims(runs, alpha=alpha, expected=expected)
-    written += claims_mod.write_claims(claims, out_dir / "claims", alpha=alpha, labels=labels)
+    written += paper_vs_ours.write_paper_vs_ours(
+        paper_vs_ours.paper_vs_ours(summary, published, flags, labels, validity=validity),
+        paper_vs_ours.rank_agreement(runs, published, validity, labels), out_dir / "paper_vs_ours",
+        paper_vs_ours.caption(flags, labels))
+    claims = claims_mod.evaluate_claims(runs, alpha=alpha, expected=expected, validity=validity)
+    written += claims_mod.write_claims(claims, out_dir / "claims", alpha=alpha, labels=labels, validity=validity)
     return written
 
 
@@ -62,6 +66,7 @@ def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float =
     from megl.report import claims as claims_mod
     from megl.report import figures
     from megl.report.collect import collect_runs, expected_runs
+    from megl.report.validity import cell_validity
 
     paths = [p for p in metrics_paths(config, results_dir) if p.exists()]
     runs = collect_runs(paths)
@@ -70,9 +75,15 @@ def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float =
     written = figures.plot_metric_by_method(runs, "accuracy", out_dir / "accuracy", labels=labels)
     written += figures.plot_metric_by_method(runs, "miou", out_dir / "miou", labels=labels)
     written += figures.plot_ablation(runs, out_dir / "ablation", labels=labels)
-    claims = claims_mod.evaluate_claims(runs, alpha=alpha, expected=expected_runs(config["matrix"]))
-    written += figures.plot_forest(claims, out_dir / "forest",
-                                   {cid: text for cid, (text, _) in claims_mod.CLAIMS.items()}, labels=labels)
+    expected = expected_runs(config["matrix"])
+    validity = cell_validity(runs, config, expected, alpha=alpha, results_dir=results_dir)
+    claims = claims_mod.evaluate_claims(runs, alpha=alpha, expected=expected, validity=validity)
+    if claims.empty:  # e.g. every cell invalid: the figure says so (validity.csv says why)
+        written += figures.plot_not_applicable(out_dir / "forest", "no claim comparison on a valid cell "
+                                               "(results/tables/validity.csv and claims.md say why)")
+    else:
+        written += figures.plot_forest(claims, out_dir / "forest",
+                                       {cid: text for cid, (text, _) in claims_mod.CLAIMS.items()}, labels=labels)
     written += figures.plot_training_curves([p.parent / "train_log.csv" for p in paths], out_dir / "training")
     pair = qualitative_pair(config, results_dir)
     if pair is not None:

@@ -133,15 +133,16 @@ def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accurac
     return save_figure(fig, out_stem)
 
 
-VERDICT_COLORS = {"holds": "#1b7837", "fails": "#c51b7d", "undecided": "0.45"}
+VERDICT_COLORS = {"holds": "#1b7837", "not shown": "0.45", "untestable": "#c51b7d"}
 
 
 def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
                 statements: dict[str, str] | None = None, labels: Labels | None = None) -> list[Path]:
     """Every comparison of megl.report.claims.evaluate_claims as its mean paired difference A − B
-    with the 95 % CI (colour = verdict) over a grey ±MDE band (what the design can detect), a line
-    at 0; one panel per claim, rows grouped by dataset × backbone. Comparisons without two paired
-    seeds are listed with "no paired runs"."""
+    with its one-sided lower confidence bound at the Holm level (a bar from the bound to the mean;
+    colour = verdict; the bound is > 0 exactly when the comparison holds) over a grey ±MDE band
+    (what the design can detect), a line at 0; one panel per claim, rows grouped by dataset ×
+    backbone. Comparisons without two paired seeds are listed with "no paired runs"."""
     _theme()
     if claims.empty:
         raise MEGLError(f"figure {out_stem}: no claim comparisons to plot")
@@ -157,8 +158,8 @@ def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
         for y, group, r in zip(ys, groups, sub.itertuples(index=False)):
             if np.isfinite(r.mde):
                 ax.barh(y, 2 * r.mde, left=-r.mde, height=0.7, color="0.88", zorder=0)
-            if np.isfinite(r.ci_low):
-                ax.errorbar(r.diff, y, xerr=[[r.diff - r.ci_low], [r.ci_high - r.diff]], fmt="o",
+            if np.isfinite(r.lower_bound):
+                ax.errorbar(r.diff, y, xerr=[[r.diff - r.lower_bound], [0.0]], fmt="o",
                             markersize=3, capsize=1.5, linewidth=0.8, color=VERDICT_COLORS[r.verdict], zorder=2)
             elif np.isfinite(r.diff):
                 ax.plot(r.diff, y, "o", markersize=3, mfc="none", color=VERDICT_COLORS[r.verdict], zorder=2)
@@ -168,8 +169,9 @@ def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
             if g0 != g1:
                 ax.axhline(y + 0.5, color="0.6", linewidth=0.5)
         ax.axvline(0, color="0.2", linewidth=0.6, zorder=1)
-        span = np.concatenate([[0.0], sub["ci_low"], sub["ci_high"], sub["diff"], sub["mde"], -sub["mde"]])
-        lo, hi = np.nanmin(span), np.nanmax(span)
+        span = np.concatenate([[0.0], sub["lower_bound"], sub["diff"], sub["mde"], -sub["mde"]])
+        span = span[np.isfinite(span)]
+        lo, hi = span.min(), span.max()
         pad = 0.08 * (hi - lo) if hi > lo else 0.01
         ax.set_xlim(lo - pad, hi + pad)                  # 0 always in view, never on the frame
         ax.set_yticks(ys, [f"{g} · {method_label(a)} > {method_label(b)}"
@@ -179,10 +181,10 @@ def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
         title = f"{cid}: {statements[cid]}" if statements and cid in statements else cid
         ax.set_title(textwrap.fill(title, 110), loc="left")
         metrics = ", ".join(METRIC_LABELS.get(m, m) for m in dict.fromkeys(sub["metric"]))
-        ax.set_xlabel(f"paired difference A − B ({metrics}), 95 % CI")
+        ax.set_xlabel(f"paired difference A − B ({metrics}), one-sided bound at the Holm level")
     handles = [plt.Line2D([], [], marker="o", linestyle="none", markersize=3, color=c, label=v)
                for v, c in VERDICT_COLORS.items()]
-    handles.append(Patch(color="0.88", label="± MDE (80 % power)"))
+    handles.append(Patch(color="0.88", label="± MDE (80 % power, one-sided, alpha/k)"))
     fig.tight_layout()
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), frameon=False)
     return save_figure(fig, out_stem)
