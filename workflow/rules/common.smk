@@ -53,7 +53,7 @@ N_GPUS = int(getattr(_gpu, "value", _gpu) or 0)
 GPU_JOB = 1 if config["device"] != "cpu" else 0
 
 TABLES = [f"{RESULTS}/tables/{s}.{ext}" for s in
-          ("table2", "table3", "table4", "table5", "paper_vs_ours", "claims") for ext in ("csv", "md", "tex")]
+          ("table2", "table3", "table4", "table5", "paper_vs_ours", "claims", "shortcut") for ext in ("csv", "md", "tex")]
 TABLES += [f"{RESULTS}/tables/{s}.csv" for s in ("validity", "paper_vs_ours_tau")]  # megl.report.validity, Kendall's tau
 FIGURES = [f"figures/{s}.{ext}" for s in ("accuracy", "miou", "ablation", "training", "forest") for ext in ("png", "pdf")]
 if {"baseline", "megl"} <= set(matrix_methods(config["matrix"])):

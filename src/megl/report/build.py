@@ -32,6 +32,7 @@ def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path:
     from megl.report import claims as claims_mod
     from megl.report import paper_vs_ours, tables
     from megl.report.collect import collect_runs, expected_runs
+    from megl.report.shortcut import write_shortcut_table
     from megl.report.validity import cell_validity
 
     runs = collect_runs([p for p in metrics_paths(config, results_dir) if p.exists()])
@@ -55,6 +56,7 @@ def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path:
         paper_vs_ours.caption(flags, labels))
     claims = claims_mod.evaluate_claims(runs, alpha=alpha, expected=expected, validity=validity)
     written += claims_mod.write_claims(claims, out_dir / "claims", alpha=alpha, labels=labels, validity=validity)
+    written += write_shortcut_table(runs, config, out_dir / "shortcut", labels=labels)
     return written
 
 
