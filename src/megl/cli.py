@@ -275,6 +275,17 @@ def cmd_preflight(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from megl.io import write_json
+    from megl.plan import format_plan, plan
+
+    report = plan(_config(args))
+    print(format_plan(report))
+    if args.json:
+        write_json(Path(args.json), report)
+    return 0
+
+
 def cmd_code_deps(args) -> int:
     from megl.codedeps import code_deps, command_handlers, update_dvc_yaml
 
@@ -417,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_dvc_pipeline(sub)
     _parser_dvc_matrix(sub)
     _parser_compare(sub)
+    _parser_plan(sub)
     return parser
 
 
@@ -655,6 +667,14 @@ def _parser_compare(sub) -> None:
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any cell differs (|z| >= 2) or is missing in the new summary")
     p.set_defaults(func=cmd_compare)
+
+
+def _parser_plan(sub) -> None:
+    p = _command(sub, "plan", "size every job of the matrix on the meta device: parameters, memory, steps (no GPU, "
+                              "no download)")
+    _add_config(p)
+    p.add_argument("--json", help="also write the plan here (JSON)")
+    p.set_defaults(func=cmd_plan)
 
 
 def main(argv: list[str] | None = None) -> int:
