@@ -60,14 +60,14 @@ def build_run_model(config: dict, method: Method, backbone_cfg: dict | None, num
     classifier = build_classifier(backbone_cfg, num_classes, backbone_weights) if backbone_cfg is not None else None
     sdtg = clip = clip_tokenizer = state = None
     if method.writes_text:
-        from megl.models.lm import apply_lora
+        from megl.models.lm import prepare_lm
         from megl.models.sdtg import SDTG
         from megl.pretrain import load_lm, load_vision
 
         encoder, clip, clip_tokenizer = load_vision(config["vision_encoder"], pretrained_dir)
         lm, lm_tokenizer = load_lm(config["lm"], pretrained_dir)
         use_encoder = method.kind == "mllm" or method.saliency_path != "none"
-        sdtg = SDTG(apply_lora(lm, config["lm"].get("lora")), lm_tokenizer, encoder if use_encoder else None,
+        sdtg = SDTG(prepare_lm(lm, config["lm"]), lm_tokenizer, encoder if use_encoder else None,
                     feature_dim=classifier.feature_dim if classifier is not None else None,
                     prefix_tokens=config["sdtg"]["prefix_tokens"], prompt=config["sdtg"]["prompt"],
                     max_rationale_tokens=config["sdtg"]["max_rationale_tokens"])

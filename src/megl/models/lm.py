@@ -123,3 +123,16 @@ def apply_lora(lm: PreTrainedModel, lora_cfg: dict | None):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(lm, config)
+
+
+def prepare_lm(lm: PreTrainedModel, lm_cfg: dict):
+    """The LM as a run trains it: activation checkpointing when `lm.gradient_checkpointing` is on (each decoder
+    layer keeps only its input and recomputes the rest in the backward; same loss and gradients), then LoRA
+    (`lm.lora`). Checkpointing acts in training mode only; non-reentrant, so the LM's inputs need no grad."""
+    if lm_cfg.get("gradient_checkpointing", False):
+        kwargs = {"use_reentrant": False}
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated there)
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return apply_lora(lm, lm_cfg.get("lora"))
