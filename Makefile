@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 reproduce: $(STAMP)
-	$(VENV)/bin/snakemake --profile profiles/default --cores $(CORES)
+	$(VENV)/bin/snakemake --profile profiles/default --cores $(CORES) $(SNAKE_ARGS)
 
 # The Snakemake HTML report of a finished run (make reproduce first): every table and figure with
 # its caption (workflow/report/*.rst). Another config: make report SNAKE_ARGS="--configfile config/smoke.yaml"

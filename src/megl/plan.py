@@ -297,6 +297,8 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
            "train_samples": split["train"], "test_samples": split["test"], "epochs": int(tr["epochs"]),
            "steps_per_training": per_epoch * int(tr["epochs"]), "batch": batch}
     job["steps"] = job["trainings"] * job["steps_per_training"]
+    if classifiers is None:  # steps only (megl.bench.paper_scale): no model is built
+        return job
     params = trainable = weights = trainable_bytes = 0
     act = {"classifier": 0, "lm": 0, "lm_checkpointed": 0, "logits": 0, "clip": 0}
     if method.kind != "mllm":
@@ -340,13 +342,15 @@ def fits(total_bytes: int, gb: int) -> bool:
     return HEADROOM * total_bytes <= gb * 1e9
 
 
-def plan(config: dict) -> dict:
-    """The whole matrix: one entry per (dataset, backbone, method) job, per-method sums and totals."""
+def plan(config: dict, memory: bool = True) -> dict:
+    """The whole matrix: one entry per (dataset, backbone, method) job, per-method sums and totals.
+    memory=False: step counts only (nothing is built)."""
     groups = sorted({(r.dataset, r.backbone, r.method) for r in enumerate_runs(config)},
                     key=lambda g: (g[0], g[1] == MLLM_BACKBONE, g[1], g[2]))
     sizes = {d: dataset_size(config, d) for d in config["matrix"]["datasets"]}
-    text = build_text_models(config) if any(get_method(m).writes_text for _, _, m in groups) else None
-    classifiers: dict = {}
+    needs_text = memory and any(get_method(m).writes_text for _, _, m in groups)
+    text = build_text_models(config) if needs_text else None
+    classifiers: dict | None = {} if memory else None
     jobs = [job_plan(config, d, b, m, sizes, text, classifiers) for d, b, m in groups]
     methods: dict[str, dict] = {}
     for j in jobs:
@@ -355,14 +359,14 @@ def plan(config: dict) -> dict:
         m["jobs"] += 1
         m["trainings"] += j["trainings"]
         m["steps"] += j["steps"]
-        m["max_total_bytes"] = max(m["max_total_bytes"], j["total_bytes"])
+        m["max_total_bytes"] = max(m["max_total_bytes"], j.get("total_bytes", 0))
     out = {"datasets": {d: {**s, **split_sizes(s["samples"], config["split"])} for d, s in sizes.items()},
            "jobs": jobs, "methods": methods,
            "totals": {"jobs": len(jobs), "runs": len(enumerate_runs(config)),
                       "trainings": sum(j["trainings"] for j in jobs), "steps": sum(j["steps"] for j in jobs)},
            "headroom": HEADROOM, "cards_gb": list(CARDS_GB)}
     classifiers_by_backbone = {}
-    for (b, k, *_), c in classifiers.items():
+    for (b, k, *_), c in (classifiers or {}).items():
         classifiers_by_backbone.setdefault(f"{b} ({k} classes)", {x: c[x] for x in ("params", "trainable")})
     out["models"] = {"classifiers": classifiers_by_backbone}
     if text is not None:
