@@ -23,6 +23,7 @@ with k the text batch (train.text_batch_size or the batch) and seq = 1 (BOS) + s
 prompt tokens (words and punctuation of sdtg.prompt) + sdtg.max_rationale_tokens + 1 (EOS).
 The meta forward runs in each model's stored dtype: the classifier's numbers are fp32 (bf16
 autocast on CUDA roughly halves them), the LM's and CLIP's are at their configured dtype.
+`total_bytes` follows `lm.gradient_checkpointing`; `total_bytes_plain` / `_checkpointed` give both cases.
 A job "fits" a card when 1.2 x (weights + gradients + optimiser + activations) <= its memory: the
 20 % covers temporaries of the backward, the CUDA context and allocator fragmentation.
 """
@@ -300,7 +301,7 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
     if classifiers is None:  # steps only (megl.bench.paper_scale): no model is built
         return job
     params = trainable = weights = trainable_bytes = 0
-    act = {"classifier": 0, "lm": 0, "lm_checkpointed": 0, "logits": 0, "clip": 0}
+    act = {"classifier": 0, "lm": 0, "lm_plain": 0, "lm_checkpointed": 0, "logits": 0, "clip": 0}
     if method.kind != "mllm":
         mode = (method.needs_saliency_graph, method.saliency_path == "detached", method.visual_loss == "cdep")
         key = (backbone, data["classes"], mode)  # the class count changes the head only: saves once per mode
@@ -321,20 +322,22 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
         trainable += text.lm["trainable"] + proj
         weights += text.lm["weight_bytes"] + text.clip["weight_bytes"] + 4 * proj
         trainable_bytes += text.lm["trainable_bytes"] + 4 * proj
-        act["lm"] = text.lm_per_token_layer * d["layers"] * k * seq
+        act["lm_plain"] = text.lm_per_token_layer * d["layers"] * k * seq
         act["lm_checkpointed"] = (2 * d["hidden"] * d["layers"] + text.lm_per_token_layer) * k * seq
+        act["lm"] = act["lm_checkpointed" if config["lm"].get("gradient_checkpointing") else "lm_plain"]
         act["logits"] = LOGIT_BYTES * k * seq * d["vocab"]
         if method.saliency_path == "grad":
             act["clip"] = text.clip_per_token_layer * text.clip_dims["layers"] * k * text.clip_dims["tokens"]
         job.update(text_batch=k, seq_len=seq)
     fixed = weights + 2 * trainable_bytes + 2 * trainable_bytes  # weights, gradients, AdamW exp_avg + exp_avg_sq
-    total = fixed + act["classifier"] + act["lm"] + act["logits"] + act["clip"]
-    total_ckpt = fixed + act["classifier"] + act["lm_checkpointed"] + act["logits"] + act["clip"]
+    rest = fixed + act["classifier"] + act["logits"] + act["clip"]
+    total, plain, ckpt = rest + act["lm"], rest + act["lm_plain"], rest + act["lm_checkpointed"]
     job.update(params=params, trainable=trainable, weight_bytes=weights, grad_bytes=trainable_bytes,
                optimizer_bytes=2 * trainable_bytes, activation_bytes=act, total_bytes=total,
-               total_bytes_checkpointed=total_ckpt if method.writes_text else total,
+               total_bytes_plain=plain, total_bytes_checkpointed=ckpt,
                fits={f"{gb}GB": fits(total, gb) for gb in CARDS_GB},
-               fits_checkpointed={f"{gb}GB": fits(total_ckpt if method.writes_text else total, gb) for gb in CARDS_GB})
+               fits_plain={f"{gb}GB": fits(plain, gb) for gb in CARDS_GB},
+               fits_checkpointed={f"{gb}GB": fits(ckpt, gb) for gb in CARDS_GB})
     return job
 
 
@@ -364,7 +367,8 @@ def plan(config: dict, memory: bool = True) -> dict:
            "jobs": jobs, "methods": methods,
            "totals": {"jobs": len(jobs), "runs": len(enumerate_runs(config)),
                       "trainings": sum(j["trainings"] for j in jobs), "steps": sum(j["steps"] for j in jobs)},
-           "headroom": HEADROOM, "cards_gb": list(CARDS_GB)}
+           "headroom": HEADROOM, "cards_gb": list(CARDS_GB),
+           "gradient_checkpointing": bool(config["lm"].get("gradient_checkpointing", False))}
     classifiers_by_backbone = {}
     for (b, k, *_), c in (classifiers or {}).items():
         classifiers_by_backbone.setdefault(f"{b} ({k} classes)", {x: c[x] for x in ("params", "trainable")})
@@ -404,18 +408,20 @@ def format_plan(p: dict) -> str:
                      f"LM {lm['per_token_per_layer_saved_bytes']:,} B, CLIP {cv['per_token_per_layer_saved_bytes']:,} B")
     lines.append("")
     head = (f"{'dataset':8} {'backbone':9} {'method':25} {'train':>5} {'steps':>7} {'params':>8} {'trainable':>9} "
-            f"{'wts':>5} {'grad':>5} {'optim':>5} {'act':>5} {'total':>6} {'ckpt':>6}  fits 24/40/80 GB")
-    lines += ["per job (GiB; act = activations; ckpt = total with LM activation checkpointing):", head]
+            f"{'wts':>5} {'grad':>5} {'optim':>5} {'act':>5} {'total':>6} {'plain':>6} {'ckpt':>6}  fits 24/40/80 GB")
+    lines += [f"per job (GiB; act = activations as configured, lm.gradient_checkpointing = "
+              f"{p['gradient_checkpointing']}; total as configured; plain / ckpt: without / with checkpointing):", head]
     for j in p["jobs"]:
         a = j["activation_bytes"]
         act = a["classifier"] + a["lm"] + a["logits"] + a["clip"]
-        fit = "/".join("y" if j["fits"][f"{g}GB"] else ("c" if j["fits_checkpointed"][f"{g}GB"] else "-")
+        fit = "/".join("y" if j["fits_plain"][f"{g}GB"] else ("c" if j["fits_checkpointed"][f"{g}GB"] else "-")
                        for g in p["cards_gb"])
         lines.append(f"{j['dataset']:8} {j['backbone']:9} {j['method']:25} {j['trainings']:5d} {j['steps']:7,d} "
                      f"{_m(j['params']):>8} {_m(j['trainable']):>9} {_gib(j['weight_bytes']):>5} "
                      f"{_gib(j['grad_bytes']):>5} {_gib(j['optimizer_bytes']):>5} {_gib(act):>5} "
-                     f"{_gib(j['total_bytes']):>6} {_gib(j['total_bytes_checkpointed']):>6}  {fit}")
-    lines.append("fits: y = as configured, c = only with lm.gradient_checkpointing, - = no "
+                     f"{_gib(j['total_bytes']):>6} {_gib(j['total_bytes_plain']):>6} "
+                     f"{_gib(j['total_bytes_checkpointed']):>6}  {fit}")
+    lines.append("fits: y = even without checkpointing, c = only with lm.gradient_checkpointing, - = no "
                  f"(needs {p['headroom']} x total <= the card's memory)")
     lines.append("")
     lines.append(f"{'method':25} {'family':8} {'jobs':>4} {'trainings':>9} {'steps':>9} {'max GiB':>8}")
