@@ -30,9 +30,12 @@ def test_small_run_covers_every_family_with_finite_losses_and_gradients(tmp_path
         assert {"loss_textual", "loss_visual", "loss_dc"} <= set(text["losses"])
         assert text["text_grad_reaches_first_layer"]  # L_textual alone reaches the classifier's first layer
     assert r["families"]["mllm/mllm"]["grad_reaches"] == "LoRA adapters"
+    config = load_config(PAPER)  # shrunk shapes, but the configured dtype and checkpointing of the GPU run
+    assert r["text_models"]["lm_dtype"] == config["lm"]["dtype"]
+    assert r["text_models"]["gradient_checkpointing"] == bool(config["lm"].get("gradient_checkpointing"))
     assert r["scoring"]["scores_finite"] and r["scoring"]["ms_per_batch"] > 0
     # GPU-hours: plan's steps x measured ms per step, summed per method; 4 GPUs share the same work
-    steps = plan(load_config(PAPER), memory=False)
+    steps = plan(config, memory=False)
     one, four = r["gpu_hours"]["1"], r["gpu_hours"]["4"]
     assert one["missing"] == [] and four["total_gpu_hours"] == one["total_gpu_hours"]
     assert four["wall_hours_lower_bound"] < one["wall_hours_lower_bound"]

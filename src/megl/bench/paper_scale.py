@@ -57,7 +57,9 @@ def small_config(config: dict) -> dict:
     lora = c["lm"].get("lora")
     c["lm"] = {"kind": "tiny", "tiny": {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "vocab_size": 300},
                "lora": None if lora is None else {**lora, "r": min(int(lora["r"]), 4)},
-               "gradient_checkpointing": c["lm"].get("gradient_checkpointing", False)}
+               "gradient_checkpointing": c["lm"].get("gradient_checkpointing", False),
+               "dtype": c["lm"].get("dtype")}  # the configured dtypes stay: the CPU test builds what the GPU builds
+    c["vision_encoder"]["dtype"] = config["vision_encoder"].get("dtype")
     c["sdtg"] = {**c["sdtg"], "prefix_tokens": 4, "max_rationale_tokens": 6}
     c["train"] = {**c["train"], "batch_size": 2, "text_batch_size": None}
     c["evaluate"] = {**c["evaluate"], "batch_size": 2}
@@ -109,9 +111,8 @@ class TextStack:
         self.tokenizer = train_tokenizer([" ".join(WORDS)] * 8 + WORDS, 300, None)
         lcfg, self.lm_source = lm_config(config)
         ccfg, self.clip_source = clip_config(config)
-        pretrained = config["lm"]["kind"] == "pretrained"
-        lm_dtype = DTYPES[config["lm"].get("dtype")] if pretrained else torch.float32
-        clip_dtype = DTYPES[config["vision_encoder"].get("dtype")] if pretrained else torch.float32
+        lm_dtype = DTYPES[config["lm"].get("dtype")]
+        clip_dtype = DTYPES[config["vision_encoder"].get("dtype")]
         torch.manual_seed(0)
         self.lm = prepare_lm(_build(LlamaForCausalLM, lcfg, lm_dtype, device), config["lm"])
         self.clip = _build(CLIPModel, ccfg, clip_dtype, device)
@@ -180,6 +181,8 @@ def time_family(config: dict, family: str, backbone: str | None, num_classes: in
     first = next(p for p in model.classifier.parameters() if p.requires_grad) if model.classifier is not None else None
     times, finite, reached, text_reached = [], True, None, None
     for i in range(warmup + steps):
+        if i == warmup and i > 0 and device.type == "cuda":  # the peak of the timed steps only (not step 0's checks)
+            torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
@@ -210,6 +213,7 @@ def time_family(config: dict, family: str, backbone: str | None, num_classes: in
            "trainable_params": sum(p.numel() for p in model.trainable_parameters())}
     if text_reached is not None:
         out["text_grad_reaches_first_layer"] = text_reached
+    optimizer.zero_grad(set_to_none=True)  # the shared LM's LoRA gradients must not weigh on the next family
     del model, optimizer, terms
     return out
 
@@ -271,6 +275,7 @@ def run(config: dict, device: torch.device, *, small: bool, warmup: int, steps: 
             text = TextStack(bench_config, device)
             report["text_models"] = {"lm": text.lm_source, "lm_params": text.lm_params, "clip": text.clip_source,
                                      "clip_params": text.clip_params,
+                                     "lm_dtype": str(next(text.lm.parameters()).dtype).replace("torch.", ""),
                                      "gradient_checkpointing": bool(bench_config["lm"].get("gradient_checkpointing"))}
         except Exception:  # record and go on: the visual families' numbers still come back
             report["errors"]["text_models"] = traceback.format_exc(limit=4)
