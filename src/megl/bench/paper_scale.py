@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import platform
 import statistics
 import sys
@@ -165,7 +164,7 @@ def family_model(config: dict, family: str, backbone: str | None, num_classes: i
 def time_family(config: dict, family: str, backbone: str | None, num_classes: int, text: TextStack | None,
                 device: torch.device, warmup: int, steps: int) -> dict:
     """Warm-up and timed steps of the training loop's own step for one family."""
-    from megl.train import batch_losses, make_optimizer, mllm_target
+    from megl.train import batch_losses, make_optimizer
 
     cfg_train = config["train"]
     model = family_model(config, family, backbone, num_classes, text, device)
