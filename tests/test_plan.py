@@ -98,3 +98,16 @@ def test_unknown_official_dataset_stops_naming_the_key():
     config["matrix"]["datasets"] = ["mine"]
     with pytest.raises(MEGLError, match="datasets.mine"):
         plan(config)
+
+
+def test_micro_batch_shrinks_the_activations_not_the_steps():
+    config = load_config(REPO / "config" / "config.yaml")
+    config["train"]["text_batch_size"] = None
+    whole = plan(config)
+    config["train"]["micro_batch_size"] = 2
+    micro = plan(config)
+    for a, b in zip(whole["jobs"], micro["jobs"]):
+        assert b["steps"] == a["steps"] and b["weight_bytes"] == a["weight_bytes"]
+        assert b["activation_bytes"]["classifier"] * a["batch"] == a["activation_bytes"]["classifier"] * 2
+        if a["family"] in ("text", "mllm"):
+            assert b["activation_bytes"]["lm"] * a["text_batch"] == a["activation_bytes"]["lm"] * 2

@@ -19,7 +19,8 @@ layer saves) drops out. Then
                 + per_token_per_layer * k * seq (one layer recomputed) + the logits term
     CLIP vision: per_token_per_layer * layers * k * (patches + 1), only when L_textual's gradient
                 flows into Â (saliency path `grad`); the frozen tower otherwise runs without a graph
-with k the text batch (train.text_batch_size or the batch) and seq = 1 (BOS) + sdtg.prefix_tokens +
+with k the text batch (train.text_batch_size or the batch; at most train.micro_batch_size, as is the
+classifier's batch here) and seq = 1 (BOS) + sdtg.prefix_tokens +
 prompt tokens (words and punctuation of sdtg.prompt) + sdtg.max_rationale_tokens + 1 (EOS).
 The meta forward runs in each model's stored dtype: the classifier's numbers are fp32 (bf16
 autocast on CUDA roughly halves them), the LM's and CLIP's are at their configured dtype.
@@ -289,6 +290,7 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
     cfg = for_backbone(config, backbone)
     tr = cfg["train"]
     batch = int(tr["batch_size"])
+    micro = int(tr.get("micro_batch_size") or batch)  # activations are those of one chunk (megl.train.backward_step)
     data = sizes[dataset]
     split = split_sizes(data["samples"], config["split"])
     per_epoch = steps_per_epoch(split["train"], tr)
@@ -296,7 +298,7 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
     job = {"dataset": dataset, "backbone": backbone, "method": method_name, "family": family_of(method),
            "trainings": runs["trainings"], "candidates": runs["candidates"], "seeds": runs["seeds"],
            "train_samples": split["train"], "test_samples": split["test"], "epochs": int(tr["epochs"]),
-           "steps_per_training": per_epoch * int(tr["epochs"]), "batch": batch}
+           "steps_per_training": per_epoch * int(tr["epochs"]), "batch": batch, "micro_batch": micro}
     job["steps"] = job["trainings"] * job["steps_per_training"]
     if classifiers is None:  # steps only (megl.bench.paper_scale): no model is built
         return job
@@ -311,9 +313,9 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
             classifiers[key] = classifier_stats(cfg["backbones"][backbone], data["classes"], method, known)
         c = classifiers[key]
         params, trainable, weights, trainable_bytes = c["params"], c["trainable"], c["weight_bytes"], c["trainable_bytes"]
-        act["classifier"] = c["saved_per_sample"] * batch
+        act["classifier"] = c["saved_per_sample"] * min(batch, micro)
     if method.writes_text:
-        k = int(tr.get("text_batch_size") or batch) if method.kind != "mllm" else batch
+        k = min(int(tr.get("text_batch_size") or batch) if method.kind != "mllm" else batch, micro)
         seq, d = text_seq_len(config), text.lm_dims
         uses_encoder = method.kind == "mllm" or method.saliency_path != "none"
         proj = (d["hidden"] * (c["feature_dim"] + 1) if method.kind != "mllm" else 0) + \

@@ -209,10 +209,8 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
             for group in optimizer.param_groups:
                 group["lr"] = base_lr * lr_factor(epoch * per_epoch + step, total, cfg_train.get("schedule", "constant"),
                                                   float(cfg_train.get("warmup_fraction", 0.0)))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-                terms = batch_losses(model, batch, cfg_train, mean_map, config, rationales, class_names)
             optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            terms = backward_step(model, batch, cfg_train, mean_map, config, rationales, class_names, use_bf16)
             optimizer.step()
             values = {k: float(v.item()) for k, v in terms.items()}
             rows.append({"epoch": epoch, "step": step, **{k: f"{v:.6f}" for k, v in values.items()}})
@@ -223,6 +221,34 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rows)
     return rows
+
+
+def backward_step(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch.Tensor | None, config: dict,
+                  rationales: list[str], class_names: list[str] | None, use_bf16: bool) -> dict[str, torch.Tensor]:
+    """Loss terms and gradients of one optimiser step's batch: at once, or, with `train.micro_batch_size`,
+    chunk by chunk (gradient accumulation: each chunk's loss weighted by its share of the batch, so the
+    gradients add up to the whole batch's; exact where every term is a mean over samples, i.e. not for
+    BatchNorm statistics, RES's batch-scoped threshold, or L_textual's token mean over texts of different
+    lengths). Returns the terms (chunked: their share-weighted sums, detached)."""
+    n, micro = len(rationales), cfg_train.get("micro_batch_size")
+    if not micro or micro >= n:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            terms = batch_losses(model, batch, cfg_train, mean_map, config, rationales, class_names)
+        terms["loss"].backward()
+        return terms
+    if cfg_train.get("text_batch_size"):
+        raise MEGLError("train.micro_batch_size: not supported with train.text_batch_size (set one of them to null)")
+    sums: dict[str, torch.Tensor] = {}
+    for start in range(0, n, int(micro)):
+        part = slice(start, start + int(micro))
+        chunk = {k: v[part] if isinstance(v, (torch.Tensor, list, tuple)) else v for k, v in batch.items()}
+        share = len(rationales[part]) / n
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            terms = batch_losses(model, chunk, cfg_train, mean_map, config, rationales[part], class_names)
+        (terms["loss"] * share).backward()
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + share * value.detach()
+    return sums
 
 
 def add_method_inputs(model: RunModel, split: SplitTensors, config: dict, device: torch.device) -> None:

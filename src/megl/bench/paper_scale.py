@@ -164,7 +164,7 @@ def family_model(config: dict, family: str, backbone: str | None, num_classes: i
 def time_family(config: dict, family: str, backbone: str | None, num_classes: int, text: TextStack | None,
                 device: torch.device, warmup: int, steps: int) -> dict:
     """Warm-up and timed steps of the training loop's own step for one family."""
-    from megl.train import batch_losses, make_optimizer
+    from megl.train import backward_step, make_optimizer
 
     cfg_train = config["train"]
     model = family_model(config, family, backbone, num_classes, text, device)
@@ -176,28 +176,19 @@ def time_family(config: dict, family: str, backbone: str | None, num_classes: in
     class_names = [f"class {i}" for i in range(num_classes)]
     optimizer = make_optimizer(model, cfg_train)
     use_bf16 = bool(cfg_train.get("amp_bf16", True)) and device.type == "cuda"
-    _reset_peak(device)
     first = next(p for p in model.classifier.parameters() if p.requires_grad) if model.classifier is not None else None
-    times, finite, reached, text_reached = [], True, None, None
+    reached, text_reached = _gradient_checks(model, batch, cfg_train, mean_map, config,
+                                             rationales, class_names, use_bf16, first)
+    _reset_peak(device)
+    times, finite = [], True
     for i in range(warmup + steps):
-        if i == warmup and i > 0 and device.type == "cuda":  # the peak of the timed steps only (not step 0's checks)
+        if i == warmup and i > 0 and device.type == "cuda":  # the peak of the timed steps only
             torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            terms = batch_losses(model, batch, cfg_train, mean_map, config.get("baselines", {}), rationales,
-                                 class_names)
-        if i == 0 and first is not None and "loss_textual" in terms:  # L_textual alone, before the step
-            (g,) = torch.autograd.grad(terms["loss_textual"], [first], retain_graph=True, allow_unused=True)
-            text_reached = g is not None and bool(g.float().abs().sum() > 0)
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        if i == 0:
-            if first is not None:
-                reached = first.grad is not None and bool(first.grad.float().abs().sum() > 0)
-            else:  # no classifier (MLLM): the LoRA adapters must get a gradient
-                reached = any(p.grad is not None and bool(p.grad.float().abs().sum() > 0)
-                              for n, p in model.sdtg.named_parameters() if "lora_" in n)
+        terms = backward_step(model, batch, cfg_train, mean_map, config, rationales, class_names,
+                              use_bf16)  # fit's own step: whole batch or train.micro_batch_size chunks
         optimizer.step()
         _sync(device)
         if i >= warmup:
@@ -215,6 +206,29 @@ def time_family(config: dict, family: str, backbone: str | None, num_classes: in
     optimizer.zero_grad(set_to_none=True)  # the shared LM's LoRA gradients must not weigh on the next family
     del model, optimizer, terms
     return out
+
+
+def _gradient_checks(model, batch, cfg_train, mean_map, config, rationales, class_names, use_bf16,
+                     first) -> tuple[bool, bool | None]:
+    """One untimed forward/backward of the whole batch: does the total loss's gradient reach the classifier's
+    first layer (no classifier: the LoRA adapters), and does L_textual's alone (None without L_textual)?"""
+    from megl.train import batch_losses
+
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        terms = batch_losses(model, batch, cfg_train, mean_map, config, rationales, class_names)
+    text_reached = None
+    if first is not None and "loss_textual" in terms:
+        (g,) = torch.autograd.grad(terms["loss_textual"], [first], retain_graph=True, allow_unused=True)
+        text_reached = g is not None and bool(g.float().abs().sum() > 0)
+    terms["loss"].backward()
+    if first is not None:
+        reached = first.grad is not None and bool(first.grad.float().abs().sum() > 0)
+    else:
+        reached = any(p.grad is not None and bool(p.grad.float().abs().sum() > 0)
+                      for n, p in model.sdtg.named_parameters() if "lora_" in n)
+    for p in model.trainable_parameters():
+        p.grad = None
+    return reached, text_reached
 
 
 def time_scoring(config: dict, num_classes: int, text: TextStack, device: torch.device, warmup: int,
