@@ -276,6 +276,9 @@ def run(config: dict, device: torch.device, *, small: bool, warmup: int, steps: 
     report: dict = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                     "small": small, "warmup": warmup, "steps": steps, "num_classes": num_classes,
+                    "settings": {k: bench_config["train"].get(k) for k in ("batch_size", "micro_batch_size",
+                                                                           "text_batch_size", "amp_bf16")}
+                    | {"lm.gradient_checkpointing": bool(bench_config["lm"].get("gradient_checkpointing"))},
                     "families": {}, "scoring": None, "errors": {}}
     torch.manual_seed(0)
     for family in [f for f in families if f not in ("text", "mllm")]:
