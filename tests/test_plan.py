@@ -53,13 +53,17 @@ def test_paper_models_have_their_published_sizes(paper_plan):
 def test_paper_jobs_steps_and_memory(paper_plan):
     config = load_config(PAPER)
     jobs = {(j["dataset"], j["backbone"], j["method"]): j for j in paper_plan["jobs"]}
-    n_methods, n_mllm = len(config["matrix"]["methods"]), len(config["matrix"]["mllm_methods"])
-    assert paper_plan["totals"]["jobs"] == len(jobs) == 2 * 2 * n_methods + 2 * n_mllm
+    expected = set()  # one job per cell of the union of the matrix's blocks
+    for block in config["matrix"]["blocks"].values():
+        expected |= {(d, b, m) for d in block["datasets"] for b in block["backbones"] for m in block["methods"]}
+        expected |= {(d, "mllm", m) for d in block["datasets"] for m in block.get("mllm_methods", [])}
+    assert set(jobs) == expected and paper_plan["totals"]["jobs"] == len(expected)
     assert paper_plan["methods"]["megl"]["jobs"] == 4 and paper_plan["methods"]["llava_vqa"]["jobs"] == 2
-    # megl on objects: 3 candidates + 5 seeds, seed 0 reused from selection; floor(0.7 * 4790 / 16) steps x 3 epochs
+    assert paper_plan["methods"]["megl_no_sdtg"]["jobs"] == 2  # Table 4's ablations: Object-ME only
+    # megl on objects: 3 candidates with the selection seed + 5 reported seeds; floor(train / 16) steps x 3 epochs
     megl = jobs[("objects", "resnet18", "megl")]
-    assert megl["trainings"] == 3 + 5 - 1
-    assert megl["steps"] == 7 * (round(0.7 * 4790) // 16) * 3
+    assert megl["trainings"] == 3 + 5
+    assert megl["steps"] == 8 * (round(config["split"]["train"] * 4790) // 16) * 3
     assert jobs[("objects", "resnet18", "baseline")]["trainings"] == 5
     assert paper_plan["totals"]["steps"] == sum(j["steps"] for j in jobs.values())
     # memory: AdamW keeps two states per trainable parameter; 16 bytes per trainable fp32 parameter in all
@@ -95,7 +99,8 @@ def test_tiny_config_plans_and_lora_matches_peft():
 def test_unknown_official_dataset_stops_naming_the_key():
     config = load_config(PAPER)
     config["datasets"]["mine"] = config["datasets"].pop("objects")
-    config["matrix"]["datasets"] = ["mine"]
+    for block in config["matrix"]["blocks"].values():
+        block["datasets"] = ["mine" if d == "objects" else d for d in block["datasets"]]
     with pytest.raises(MEGLError, match="datasets.mine"):
         plan(config)
 

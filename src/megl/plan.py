@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from megl.config import for_backbone
+from megl.config import for_cell
 from megl.errors import MEGLError
-from megl.matrix import enumerate_runs
+from megl.matrix import cells, enumerate_runs
 from megl.methods import MLLM_BACKBONE, Method, get_method
 
 # Paper Table 1 (shared/design/method.md): samples and classes of the official datasets.
@@ -94,14 +94,13 @@ def split_sizes(n: int, split: dict) -> dict:
 
 
 def trainings_of(config: dict, method: Method) -> dict:
-    """How many trainings one (dataset, backbone, method) job runs: every selection candidate with the
-    selection seed, then each seed, except the seed the winning candidate already trained (megl.cell)."""
+    """How many trainings one (dataset, backbone, method) job runs (megl.cell.run_cell): every selection
+    candidate with the selection seed, then every reported seed afresh (the selection seed is never one)."""
     from megl.cell import guidance_grid
 
     seeds = [int(s) for s in config["matrix"]["seeds"]]
     candidates = len(guidance_grid(config, method))
-    reused = 1 if candidates and int(config["selection"]["seed"]) in seeds else 0
-    return {"candidates": candidates, "seeds": len(seeds), "trainings": candidates + len(seeds) - reused}
+    return {"candidates": candidates, "seeds": len(seeds), "trainings": candidates + len(seeds)}
 
 
 # ---------------------------------------------------------------- models on the meta device
@@ -287,7 +286,7 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
     from megl.train import steps_per_epoch
 
     method = get_method(method_name)
-    cfg = for_backbone(config, backbone)
+    cfg = for_cell(config, dataset, backbone)  # as megl.cell.run_cell reads it (train by backbone, trunk depth)
     tr = cfg["train"]
     batch = int(tr["batch_size"])
     micro = int(tr.get("micro_batch_size") or batch)  # activations are those of one chunk (megl.train.backward_step)
@@ -306,10 +305,11 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
     act = {"classifier": 0, "lm": 0, "lm_plain": 0, "lm_checkpointed": 0, "logits": 0, "clip": 0}
     if method.kind != "mllm":
         mode = (method.needs_saliency_graph, method.saliency_path == "detached", method.visual_loss == "cdep")
-        key = (backbone, data["classes"], mode)  # the class count changes the head only: saves once per mode
+        depth = int(cfg["backbones"][backbone].get("frozen_stages", 0))
+        key = (backbone, data["classes"], depth, mode)  # the class count changes the head only: saves once per mode
         if key not in classifiers:
-            known = next((v["saved_per_sample"] for k, v in classifiers.items() if k[0] == backbone and k[2] == mode),
-                         None)
+            known = next((v["saved_per_sample"] for k, v in classifiers.items()
+                          if (k[0], k[2], k[3]) == (backbone, depth, mode)), None)
             classifiers[key] = classifier_stats(cfg["backbones"][backbone], data["classes"], method, known)
         c = classifiers[key]
         params, trainable, weights, trainable_bytes = c["params"], c["trainable"], c["weight_bytes"], c["trainable_bytes"]
@@ -350,9 +350,9 @@ def fits(total_bytes: int, gb: int) -> bool:
 def plan(config: dict, memory: bool = True) -> dict:
     """The whole matrix: one entry per (dataset, backbone, method) job, per-method sums and totals.
     memory=False: step counts only (nothing is built)."""
-    groups = sorted({(r.dataset, r.backbone, r.method) for r in enumerate_runs(config)},
+    groups = sorted({(c.dataset, c.backbone, c.method) for c in cells(config)},
                     key=lambda g: (g[0], g[1] == MLLM_BACKBONE, g[1], g[2]))
-    sizes = {d: dataset_size(config, d) for d in config["matrix"]["datasets"]}
+    sizes = {d: dataset_size(config, d) for d in dict.fromkeys(g[0] for g in groups)}
     needs_text = memory and any(get_method(m).writes_text for _, _, m in groups)
     text = build_text_models(config) if needs_text else None
     classifiers: dict | None = {} if memory else None
@@ -372,8 +372,9 @@ def plan(config: dict, memory: bool = True) -> dict:
            "headroom": HEADROOM, "cards_gb": list(CARDS_GB),
            "gradient_checkpointing": bool(config["lm"].get("gradient_checkpointing", False))}
     classifiers_by_backbone = {}
-    for (b, k, *_), c in (classifiers or {}).items():
-        classifiers_by_backbone.setdefault(f"{b} ({k} classes)", {x: c[x] for x in ("params", "trainable")})
+    for (b, k, depth, _), c in (classifiers or {}).items():
+        name = f"{b} ({k} classes" + (f", {depth} frozen stages)" if depth else ")")
+        classifiers_by_backbone.setdefault(name, {x: c[x] for x in ("params", "trainable")})
     out["models"] = {"classifiers": classifiers_by_backbone}
     if text is not None:
         out["models"].update({

@@ -261,18 +261,17 @@ def time_scoring(config: dict, num_classes: int, text: TextStack, device: torch.
 
 
 def run(config: dict, device: torch.device, *, small: bool, warmup: int, steps: int) -> dict:
-    from megl.plan import CARDS_GB, HEADROOM, family_of, gpu_hours, plan
+    from megl.matrix import cells, matrix_backbones
     from megl.methods import get_method
+    from megl.plan import CARDS_GB, HEADROOM, family_of, gpu_hours, plan
 
     the_plan = plan(config, memory=False)  # step counts of the real matrix (before any shrinking)
     bench_config = small_config(config) if small else config
     num_classes = max(d["classes"] for d in the_plan["datasets"].values())
     if small:
         num_classes = min(num_classes, 8)  # scoring cost is per (sample, class): scaled back by the class count
-    backbones = list(config["matrix"]["backbones"])
-    families = sorted({family_of(get_method(m)) for m in [*config["matrix"]["methods"],
-                                                          *config["matrix"].get("mllm_methods", [])]},
-                      key=list(FAMILY_METHOD).index)
+    backbones = matrix_backbones(config["matrix"])
+    families = sorted({family_of(get_method(c.method)) for c in cells(config)}, key=list(FAMILY_METHOD).index)
     report: dict = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                     "small": small, "warmup": warmup, "steps": steps, "num_classes": num_classes,
