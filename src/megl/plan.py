@@ -1,6 +1,6 @@
 """`megl plan`: what a config's run matrix costs before anyone books a GPU (docs/benchmarks.md, "Paper scale").
 
-For every job of the matrix (one per dataset x backbone x method, as the workflow runs them) the
+For every job of the matrix (one per dataset x backbone x method cell, `megl.matrix.cells`) the
 models are built at their real shapes on PyTorch's meta device (no weights, no download, no GPU):
 the classifier by `megl.models.backbones.build_classifier`, the LM as a transformers Llama wrapped by
 `megl.models.lm.apply_lora`, CLIP as a transformers CLIPModel. From them: parameters (total and
