@@ -227,9 +227,10 @@ def cmd_figures(args) -> int:
     from megl.report.build import build_figures
 
     config = _config(args)
-    paths = build_figures(config, _results(args, config), Path(args.out), args.alpha,
+    out = Path(args.out) if args.out else _results(args, config) / "figures"
+    paths = build_figures(config, _results(args, config), out, args.alpha,
                           Path(args.pdf_out) if args.pdf_out else None)
-    print(f"wrote {len(paths)} figure files to {args.out}")
+    print(f"wrote {len(paths)} figure files to {out}")
     return 0
 
 
@@ -569,7 +570,7 @@ def _parser_figures(sub) -> None:
     p = _command(sub, "figures", "seaborn figures (PNG + PDF) from every run")
     _add_config(p)
     _add_results(p)
-    p.add_argument("--out", default="figures", help="folder for the figures (default: %(default)s)")
+    p.add_argument("--out", default=None, help="folder for the figures (default: <results>/figures)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="significance level of the forest plot's verdicts (default: %(default)s)")
     p.add_argument("--pdf-out", default=None,
@@ -580,7 +581,7 @@ def _parser_figures(sub) -> None:
 def _parser_paper(sub) -> None:
     p = _command(sub, "paper", "copy tables and figures into paper/generated; build the PDF with --pdf")
     p.add_argument("--tables", default="results/tables", help="folder of the tables' .tex (default: %(default)s)")
-    p.add_argument("--figures", default="figures", help="folder of the figures' .pdf (default: %(default)s)")
+    p.add_argument("--figures", default="results/figures", help="folder of the figures' .pdf (default: %(default)s)")
     p.add_argument("--out", default="paper/generated", help="the manuscript's input folder (default: %(default)s)")
     p.add_argument("--pdf", action="store_true", help="run latexmk when it is installed")
     p.set_defaults(func=cmd_paper)

@@ -70,6 +70,7 @@ rule paper_inputs:
     params:
         megl=MEGL,
         tables=lambda w, input: subpath(input[0], parent=True),
+        figures=f"{RESULTS}/figures",
     benchmark:
         f"{RESULTS}/benchmarks/report/paper_inputs.tsv"
     log:
@@ -77,7 +78,7 @@ rule paper_inputs:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} paper --tables {params.tables} --figures figures --out paper/generated > {log} 2>&1"
+        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out paper/generated > {log} 2>&1"
 
 
 rule paper_pdf:
@@ -91,6 +92,7 @@ rule paper_pdf:
     params:
         megl=MEGL,
         tables=f"{RESULTS}/tables",
+        figures=f"{RESULTS}/figures",
     benchmark:
         f"{RESULTS}/benchmarks/report/paper_pdf.tsv"
     log:
@@ -98,7 +100,7 @@ rule paper_pdf:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} paper --tables {params.tables} --figures figures --out paper/generated --pdf > {log} 2>&1"
+        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out paper/generated --pdf > {log} 2>&1"
 
 
 rule summarize:
