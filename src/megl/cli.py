@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from megl.errors import DataError, MEGLError
+from megl.errors import EXIT_FAILURE, DataError, MEGLError
 
 
 def _config(args) -> dict:
@@ -132,20 +132,28 @@ def _path(value: str | None) -> Path | None:
 
 
 def cmd_train(args) -> int:
-    from megl.train import train_run
+    from megl.runlock import run_folder_lock
+    from megl.train import CKPT_META, train_run
 
-    train_run(_config(args), dataset=args.dataset, backbone=args.backbone, method=args.method,
-              seed=args.seed, run_dir=Path(args.run_dir), data_root=Path(args.data_root),
-              split_path=Path(args.split), pretrained_dir=_path(args.pretrained),
-              backbone_weights=_path(args.backbone_weights), resume=args.resume, force=args.force)
+    config = _config(args)
+    with run_folder_lock(args.run_dir, "train", keep_if=CKPT_META):
+        train_run(config, dataset=args.dataset, backbone=args.backbone, method=args.method,
+                  seed=args.seed, run_dir=Path(args.run_dir), data_root=Path(args.data_root),
+                  split_path=Path(args.split), pretrained_dir=_path(args.pretrained),
+                  backbone_weights=_path(args.backbone_weights), resume=args.resume, force=args.force)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from megl.evaluate import evaluate_run
+    from megl.runlock import run_folder_lock
 
-    evaluate_run(_config(args), Path(args.run_dir), data_root=Path(args.data_root), split_path=Path(args.split),
-                 pretrained_dir=_path(args.pretrained), backbone_weights=_path(args.backbone_weights))
+    config = _config(args)
+    if not Path(args.run_dir).is_dir():
+        raise MEGLError(f"{args.run_dir}: no such run folder; train it first (megl train)")
+    with run_folder_lock(args.run_dir, "evaluate"):
+        evaluate_run(config, Path(args.run_dir), data_root=Path(args.data_root), split_path=Path(args.split),
+                     pretrained_dir=_path(args.pretrained), backbone_weights=_path(args.backbone_weights))
     return 0
 
 
@@ -176,12 +184,16 @@ def cmd_cache_features(args) -> int:
 def cmd_run_cell(args) -> int:
     from megl.cell import run_cell
 
+    from megl.runlock import run_folders_lock
+
     config = _config(args)
-    run_cell(config, dataset=args.dataset, backbone=args.backbone, method=args.method,
-             seeds=args.seeds or list(config["matrix"]["seeds"]), runs_root=Path(args.runs_root),
-             selection_out=Path(args.selection_out), data_root=Path(args.data_root), split_path=Path(args.split),
-             cache_path=_path(args.cache), pretrained_dir=_path(args.pretrained),
-             backbone_weights=_path(args.backbone_weights))
+    seeds = args.seeds or list(config["matrix"]["seeds"])
+    with run_folders_lock([Path(args.runs_root) / f"seed{seed}" for seed in seeds], "run-cell"):
+        run_cell(config, dataset=args.dataset, backbone=args.backbone, method=args.method,
+                 seeds=seeds, runs_root=Path(args.runs_root),
+                 selection_out=Path(args.selection_out), data_root=Path(args.data_root), split_path=Path(args.split),
+                 cache_path=_path(args.cache), pretrained_dir=_path(args.pretrained),
+                 backbone_weights=_path(args.backbone_weights))
     return 0
 
 
@@ -332,7 +344,9 @@ def cmd_dvc_matrix(args) -> int:
 EPILOG = """exit status:
   0  success
   1  runtime failure: a tool that is not installed, a failed download or build, a check
-     that found a difference (compare --strict), or an unexpected error (with its traceback)
+     that found a difference (compare --strict), a fault of the machine (disk full, no
+     permission, a corrupt archive: one line naming the file), or an unexpected error (with
+     its traceback)
   2  usage or bad input: a bad argument, config, dataset, name or file (e.g. a truncated
      model.safetensors), or a refused operation (e.g. a finished run without --force)
 
@@ -672,6 +686,16 @@ def main(argv: list[str] | None = None) -> int:
     except MEGLError as exc:
         print(f"megl {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a fault of the world (disk full, permission, I/O error): one line, exit 1
+        print(f"megl {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def os_error_line(exc: OSError) -> str:
+    """`FILE: cause` of an OSError (both files of a rename), else its text."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    files = [f for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{' -> '.join(map(str, files))}: {cause}" if files else f"{type(exc).__name__}: {cause}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,209 @@
+"""Faults of the world and of the user end in one line and the documented exit code, never in a
+traceback or a mixed-up run: run-folder locks, leftovers of killed steps, disk errors, corrupt
+archives, train-time data errors (issue #23)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from megl.cli import main as cli_main
+from megl.io import atomic_dir, remove_stale_temps, temp_prefix, write_text
+from megl.runlock import LOCK_NAME, run_folder_lock, run_folders_lock
+from megl.errors import MEGLError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _err_lines(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return [line for line in err.strip().splitlines() if line and not re.match(r"\d{4}-\d\d-\d\d ", line)]  # not log lines
+
+
+def _train_argv(tiny_data, config: dict, tmp_path: Path, run: Path, seed: int = 0, data_root=None) -> list[str]:
+    cfg = tmp_path / f"config{seed}.yaml"
+    cfg.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return ["train", "--config", str(cfg), "--data-root", str(data_root or tiny_data.root), "--split",
+            str(tiny_data.split), "--pretrained", str(tiny_data.pretrained), "--dataset", "objects",
+            "--backbone", "resnet18", "--method", "baseline", "--seed", str(seed), "--run-dir", str(run)]
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    """Another process holding `folder`'s run lock until killed."""
+    code = ("import sys, time\nfrom megl.runlock import run_folder_lock\n"
+            "with run_folder_lock(sys.argv[1], 'train'):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+# ------------------------------------------------------------------ one writer per run folder
+def test_a_second_training_into_a_busy_run_folder_is_refused_and_the_folder_stays_one_run(
+        tiny_data, tiny_config, tmp_path, capsys, monkeypatch):
+    """Two `megl train` into one folder: the second exits 2 at once naming the holder's PID; the
+    folder's config, log, weights and done marker all come from the first."""
+    import megl.train as train_mod
+
+    tiny_config["train"]["epochs"] = 2
+    run = tmp_path / "run"
+    inside, release = threading.Event(), threading.Event()
+    real_save = train_mod._save_checkpoint
+
+    def paused_save(run_dir, model, optimizer, epoch, rows):
+        real_save(run_dir, model, optimizer, epoch, rows)
+        inside.set()
+        assert release.wait(120)
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", paused_save)
+    first_rc: list[int] = []
+    first = threading.Thread(target=lambda: first_rc.append(cli_main(_train_argv(tiny_data, tiny_config, tmp_path, run))))
+    first.start()
+    try:
+        assert inside.wait(120), "the first training never reached its first checkpoint"
+        other = dict(tiny_config, train={**tiny_config["train"], "lr": 0.123})
+        assert cli_main(_train_argv(tiny_data, other, tmp_path, run, seed=1)) == 2
+        lines = _err_lines(capsys)
+        assert len(lines) == 1 and f"PID {os.getpid()}" in lines[0] and str(run) in lines[0], lines
+    finally:
+        release.set()
+        first.join(120)
+    assert first_rc == [0]
+    done = json.loads((run / "train_done.json").read_text())
+    record = json.loads((run / "run.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert done["run"]["seed"] == record["run"]["seed"] == 0
+    assert config["train"]["lr"] == tiny_config["train"]["lr"] != 0.123
+    assert len((run / "train_log.csv").read_text().strip().splitlines()) == 1 + done["steps"]
+    assert not (run / LOCK_NAME).exists(), "the lock file goes with its holder"
+
+
+def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
+    run = tmp_path / "run"
+    holder = _holder(run)
+    with pytest.raises(MEGLError, match=rf"PID {holder.pid}"):
+        with run_folder_lock(run, "evaluate"):
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(30)
+    assert (run / LOCK_NAME).exists()  # what a kill -9 leaves: a stale file, no lock
+    with run_folder_lock(run, "evaluate"):
+        assert (run / LOCK_NAME).read_text().strip() == str(os.getpid())
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_run_cell_takes_every_seed_folder_or_none(tmp_path):
+    root = tmp_path / "cell"
+    holder = _holder(root / "seed1")
+    try:
+        with pytest.raises(MEGLError, match="seed1.*in use"):
+            with run_folders_lock([root / "seed0", root / "seed1", root / "seed2"], "run-cell"):
+                pass
+        assert not (root / "seed0").exists() and not (root / "seed2").exists()  # the ones it made are gone
+        rc = subprocess.run([sys.executable, "-m", "megl", "run-cell", "--config", str(REPO / "config" / "smoke.yaml"),
+                             "--dataset", "objects", "--backbone", "resnet18", "--method", "baseline", "--seeds", "0",
+                             "1", "--runs-root", str(root), "--selection-out", str(tmp_path / "sel.json"),
+                             "--data-root", str(tmp_path / "nodata"), "--split", str(tmp_path / "split.json")],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+                            cwd=REPO, timeout=120)
+        assert rc.returncode == 2 and f"PID {holder.pid}" in rc.stderr and "Traceback" not in rc.stderr, rc.stderr
+    finally:
+        holder.kill()
+        holder.wait(30)
+
+
+# ------------------------------------------------------------------ no leftovers, one line per fault
+def test_a_failed_training_removes_the_folder_it_created(tiny_data, tiny_config, tmp_path, capsys):
+    run = tmp_path / "runs" / "seed0"
+    argv = _train_argv(tiny_data, tiny_config, tmp_path, run, data_root=tmp_path / "missing")
+    assert cli_main(argv) == 2
+    assert all("missing" in line for line in _err_lines(capsys))  # one line per missing file
+    assert not run.exists()
+    run.mkdir(parents=True)  # a folder it did not create stays
+    assert cli_main(argv) == 2
+    assert run.is_dir() and list(run.iterdir()) == []
+
+
+def test_a_full_disk_during_training_is_one_line_exit_1(tiny_data, tiny_config, tmp_path, capsys, monkeypatch):
+    import megl.train as train_mod
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(train_mod, "write_text", full)
+    run = tmp_path / "run"
+    assert cli_main(_train_argv(tiny_data, tiny_config, tmp_path, run)) == 1
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and "No space left on device" in lines[0] and str(run / "config.yaml") in lines[0], lines
+    assert not run.exists()
+
+
+def _copy_dataset(tiny_data, tmp_path: Path) -> tuple[Path, str]:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data.root, data)
+    split = json.loads(Path(tiny_data.split).read_text())
+    ann = json.loads((data / "exp_annotation.json").read_text())
+    sid = split["train"][0]
+    return data, sid if sid in ann else next(iter(ann))
+
+
+@pytest.mark.parametrize("fault", ["missing", "text"])
+def test_a_train_time_data_error_names_the_file_and_the_sample(tiny_data, tiny_config, tmp_path, capsys, fault):
+    data, sid = _copy_dataset(tiny_data, tmp_path)
+    ann = json.loads((data / "exp_annotation.json").read_text())
+    image = data / "images" / Path(ann[sid]["image_path"]).name
+    if fault == "missing":
+        image.unlink()
+    else:
+        image.write_text("not an image, a text file named like one")
+    assert cli_main(_train_argv(tiny_data, tiny_config, tmp_path, tmp_path / "run", data_root=data)) == 2
+    lines = _err_lines(capsys) or []
+    err = [line for line in lines if image.name in line]
+    assert len(err) == 1 and f"sample {sid}" in err[0], lines
+
+
+def test_a_corrupt_zip_member_is_one_line_exit_1(tmp_path, capsys):
+    zpath = tmp_path / "ds.zip"
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("Object_Classification/exp_annotation.json", "{}")
+        zf.writestr("Object_Classification/images/a.txt", random.Random(0).randbytes(5000))
+    raw = bytearray(zpath.read_bytes())
+    at = raw.index(b"images/a.txt") + len("images/a.txt") + 100  # inside the deflated data of the member
+    raw[at:at + 16] = b"\xff" * 16
+    zpath.write_bytes(bytes(raw))
+    assert cli_main(["unpack-data", str(zpath), str(tmp_path / "out")]) == 1
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and str(zpath) in lines[0] and "a.txt" in lines[0] and "corrupt" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ds.zip"], "no staging folder left behind"
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+    """A kill -9 between the temporary file and its rename leaves `.<name>.<host>-<pid>.*.tmp`; the next
+    write of that path removes it (its PID is gone), never a live writer's."""
+    out = tmp_path / "encoders" / "objects"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out.parent / temp_prefix(out).replace(f"-{os.getpid()}.", f"-{dead.pid}.")
+    (stale.parent / (stale.name + "abcd1234.tmp")).mkdir(parents=True)
+    (stale.parent / (stale.name + "abcd1234.tmp") / "half.bin").write_bytes(b"x")
+    live = out.parent / (temp_prefix(out) + "live0000.tmp")
+    live.mkdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "tokenizer.json").write_text("{}")
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["objects", live.name])
+    write_text(tmp_path / "x.txt", "y")
+    assert remove_stale_temps(out) == []
