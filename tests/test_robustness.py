@@ -207,3 +207,56 @@ def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(["objects", live.name])
     write_text(tmp_path / "x.txt", "y")
     assert remove_stale_temps(out) == []
+
+
+# ------------------------------------------------------------------ megl compare validates its inputs
+HEADER = "dataset,backbone,method,metric,mean,std,n\n"
+GOOD = "objects,resnet18,megl,accuracy,0.8,0.01,3\nobjects,resnet18,baseline,accuracy,0.7,,1\n"
+
+
+def _compare(tmp_path: Path, reference: str | bytes, summary: str = HEADER + GOOD, strict: bool = False):
+    ref, new = tmp_path / "ref.csv", tmp_path / "new.csv"
+    (ref.write_bytes if isinstance(reference, bytes) else ref.write_text)(reference)
+    new.write_text(summary)
+    return cli_main(["compare", "--reference", str(ref), "--summary", str(new)] + (["--strict"] if strict else []))
+
+
+@pytest.mark.parametrize("row, column, what", [
+    ("objects,resnet18,megl,accuracy,0.8,0.01,0", "n", "integer >= 1"),       # n=0 was a ZeroDivisionError
+    ("objects,resnet18,megl,accuracy,0.8,0.01,", "n", "integer >= 1"),
+    ("objects,resnet18,megl,accuracy,0.8,0.01,-3", "n", "integer >= 1"),
+    ("objects,resnet18,megl,accuracy,0.8,0.01,2.5", "n", "integer >= 1"),
+    ("objects,resnet18,megl,accuracy,high,0.01,3", "mean", "not a number"),
+    ("objects,resnet18,megl,accuracy,nan,0.01,3", "mean", "finite"),
+    ("objects,resnet18,megl,accuracy,0.8,inf,3", "std", "finite number >= 0"),  # inf agreed with anything
+    ("objects,resnet18,megl,accuracy,0.8,-0.1,3", "std", "finite number >= 0"),
+    ("objects,,megl,accuracy,0.8,0.01,3", "backbone", "empty"),
+])
+def test_a_malformed_reference_value_is_one_line_naming_file_row_and_column(tmp_path, capsys, row, column, what):
+    assert _compare(tmp_path, HEADER + "objects,vit_b_16,megl,accuracy,0.8,0.01,3\n" + row + "\n") == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1, lines
+    assert str(tmp_path / "ref.csv") in lines[0] and "row 3" in lines[0] and f"column {column}:" in lines[0], lines
+    assert what in lines[0], lines
+
+
+def test_a_duplicated_cell_is_refused(tmp_path, capsys):
+    assert _compare(tmp_path, HEADER + GOOD + GOOD.splitlines()[0] + "\n") == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and "row 4" in lines[0] and "first in row 2" in lines[0], lines
+
+
+def test_a_binary_reference_is_one_line(tmp_path, capsys):
+    assert _compare(tmp_path, b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + bytes(range(256))) == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and str(tmp_path / "ref.csv") in lines[0] and "UTF-8" in lines[0], lines
+
+
+def test_strict_fails_on_an_empty_reference_or_one_sharing_no_cell(tmp_path, capsys):
+    assert _compare(tmp_path, HEADER, strict=True) == 1                       # was exit 0: nothing to disagree
+    assert "no cell" in capsys.readouterr().err
+    other = HEADER + "actions,resnet18,megl,accuracy,0.8,0.01,3\n"
+    assert _compare(tmp_path, other, strict=True) == 1
+    assert "shares no cell" in capsys.readouterr().err
+    assert _compare(tmp_path, HEADER + GOOD, strict=True) == 0                # the same summary agrees
+    assert _compare(tmp_path, HEADER, strict=False) == 0                      # without --strict it only reports

@@ -267,13 +267,21 @@ def cmd_compare(args) -> int:
     from megl.io import write_text
     from megl.report.summary import compare_markdown, compare_summaries, read_summary
 
-    table = compare_summaries(read_summary(args.reference), read_summary(args.summary))
+    reference, summary = read_summary(args.reference), read_summary(args.summary)
+    table = compare_summaries(reference, summary)
     text = compare_markdown(table)
     print(text, end="")
     if args.out:
         write_text(Path(args.out), text)
-    bad = table["status"].isin(["differs", "missing in new"]).any()
-    return 1 if args.strict and bad else 0
+    if not args.strict:
+        return 0
+    if reference.empty:  # a check against nothing would pass anything
+        print(f"megl compare: --strict: {args.reference}: the reference has no cell", file=sys.stderr)
+        return 1
+    if not table["status"].isin(["agrees", "differs"]).any():
+        print(f"megl compare: --strict: {args.summary} shares no cell with {args.reference}", file=sys.stderr)
+        return 1
+    return 1 if table["status"].isin(["differs", "missing in new"]).any() else 0
 
 
 def cmd_preflight(args) -> int:
@@ -668,7 +676,8 @@ def _parser_compare(sub) -> None:
     p.add_argument("--summary", required=True, help="the new summary.csv to check against the reference")
     p.add_argument("--out", help="also write the Markdown table to this file")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 when any cell differs (|z| >= 2) or is missing in the new summary")
+                   help="exit 1 when any cell differs (|z| >= 2) or is missing in the new summary, or when the "
+                        "reference is empty or shares no cell with the summary")
     p.set_defaults(func=cmd_compare)
 
 
