@@ -260,3 +260,72 @@ def test_strict_fails_on_an_empty_reference_or_one_sharing_no_cell(tmp_path, cap
     assert "shares no cell" in capsys.readouterr().err
     assert _compare(tmp_path, HEADER + GOOD, strict=True) == 0                # the same summary agrees
     assert _compare(tmp_path, HEADER, strict=False) == 0                      # without --strict it only reports
+
+
+# ------------------------------------------------------------------ one config check, every entry point
+def _smoke(**edits) -> dict:
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    for dotted, value in edits.items():
+        node = config
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return config
+
+
+BAD_CONFIGS = {  # name: (config, what the one line says)
+    "string_seeds": (_smoke(matrix__seeds=["0", "1"]), "key matrix.seeds.0: '0' is not of type 'integer'"),
+    "string_lr": (_smoke(train__lr="0.002"), "key train.lr: '0.002' is not of type 'number'"),
+    "split_sum": (_smoke(split__train=0.9), "key split: train + val + test is 1.2; the fractions must sum to 1"),
+    "official_without_zip": (_smoke(datasets__objects={"source": "official"}),
+                             "key datasets.objects.zip: missing; source: official needs"),
+    "unknown_method": (_smoke(matrix__methods=["baseline", "megl_nope"]), "unknown method 'megl_nope'"),
+    "undeclared_backbone": (_smoke(matrix__backbones=["resnet18", "resnet50"]),
+                            "backbone 'resnet50' has no entry under backbones"),
+    "duplicate_seed": (_smoke(matrix__seeds=[0, 0]), "key matrix.seeds: [0, 0] has non-unique elements"),
+}
+
+
+@pytest.fixture(scope="module")
+def config_repo(tmp_path_factory) -> Path:
+    from megl.bench.workflow import copy_repo
+
+    repo = copy_repo(tmp_path_factory.mktemp("cfg") / "repo")
+    for name, (config, _) in BAD_CONFIGS.items():
+        (repo / "config" / f"bad_{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return repo
+
+
+def _config_lines(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"config/bad_{name}.yaml: ")]
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_a_bad_config_file_is_refused_alike_by_snakemake_the_cli_and_dvc(config_repo, name):
+    """A string where a number belongs stays a string (no coercion of a config FILE's values), and the
+    cross-field rules hold: Snakemake (`-n`, before any job), the megl CLI and the DVC pipeline (which
+    runs the CLI; `megl dvc-pipeline` validates the file) print the same line and exit 2."""
+    from megl.bench.workflow import snakemake_cmd, tool_env
+
+    rel = f"config/bad_{name}.yaml"
+    smk = subprocess.run(snakemake_cmd("-n", "--configfile", rel), cwd=config_repo, env=tool_env(),
+                         capture_output=True, text=True, timeout=120)
+    cli = subprocess.run([sys.executable, "-m", "megl", "dvc-pipeline", "--configfile", rel], cwd=config_repo,
+                         env=tool_env(), capture_output=True, text=True, timeout=120)
+    for proc in (smk, cli):
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in out and "Exception" not in out, out[-3000:]
+    smk_lines, cli_lines = _config_lines(smk.stdout + smk.stderr, name), _config_lines(cli.stderr, name)
+    assert smk_lines and smk_lines == cli_lines, (smk_lines, cli_lines)
+    assert any(BAD_CONFIGS[name][1] in line for line in cli_lines), cli_lines
+    assert not (config_repo / "pipelines" / f"bad_{name}").exists()
+
+
+def test_config_overrides_on_the_command_line_are_still_yaml_typed():
+    """`--config train={lr: 0.002}` keeps its documented YAML typing (Snakemake hands over strings)."""
+    from megl.config import apply_overrides
+
+    config = _smoke()
+    apply_overrides(config, {"train": {"lr": "0.002"}, "matrix": {"seeds": ["0", "1"]}})
+    assert config["train"]["lr"] == 0.002 and config["matrix"]["seeds"] == [0, 1]
