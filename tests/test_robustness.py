@@ -329,3 +329,63 @@ def test_config_overrides_on_the_command_line_are_still_yaml_typed():
     config = _smoke()
     apply_overrides(config, {"train": {"lr": "0.002"}, "matrix": {"seeds": ["0", "1"]}})
     assert config["train"]["lr"] == 0.002 and config["matrix"]["seeds"] == [0, 1]
+
+
+# ------------------------------------------------------------------ official data all the way to the report
+def write_official_zip_without_test_maps(repo: Path, zip_rel: str, config: dict) -> list[str]:
+    """A small stand-in in the official format, zipped as the authors ship theirs (one top folder), whose
+    test split (the one the workflow will cut with `config["split"]`) holds no annotated map. Returns the
+    test ids."""
+    from megl.data.annotations import read_dataset
+    from megl.data.split import split_for
+    from megl.data.standin import make_standin
+
+    data = repo / ".official_standin"
+    make_standin("objects", data, seed=0, n_images=48, image_size=32, annotated_fraction=0.5)
+    s = config["split"]
+    test = split_for(read_dataset(data), s["seed"], {k: s[k] for k in ("train", "val", "test")})["test"]
+    ann = json.loads((data / "exp_annotation.json").read_text())
+    for sid in test:
+        if ann[sid]["visual_exp"]:
+            (data / ann[sid]["visual_exp"]).unlink()
+            ann[sid]["visual_exp"] = ""
+    (data / "exp_annotation.json").write_text(json.dumps(ann))
+    zip_path = repo / zip_rel
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for f in sorted(data.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"Object_Classification/{f.relative_to(data).as_posix()}")
+    shutil.rmtree(data)
+    return test
+
+
+@pytest.mark.slow
+def test_official_data_without_test_maps_and_without_megl_reaches_the_report(tmp_path):
+    """Official-format data whose test split holds no annotated map, a matrix without full MEGL (res_l
+    beside the baseline): snakemake reaches the claims and every figure (n/a where nothing can be drawn),
+    under the configured results_dir, exit 0."""
+    from megl.bench.workflow import copy_repo, snakemake_cmd, tool_env
+
+    repo = copy_repo(tmp_path / "repo")
+    config = _smoke(matrix__backbones=["resnet18"], matrix__methods=["baseline", "res_l"],
+                    datasets__objects={"source": "official", "zip": "data/raw/Object_Classification.zip"},
+                    results_dir="results/official", split__train=0.5, split__val=0.25, split__test=0.25)
+    config["backbones"]["resnet18"].update(weights=None, frozen_stages=0)
+    config["selection"]["grid"]["weight"] = [1.0]
+    (repo / "config" / "official.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    test_ids = write_official_zip_without_test_maps(repo, "data/raw/Object_Classification.zip", config)
+    proc = subprocess.run(snakemake_cmd("--configfile", "config/official.yaml", "--cores", "2"), cwd=repo,
+                          env=tool_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    results = repo / "results" / "official"
+    split = json.loads((results / "data" / "objects" / "split.json").read_text())
+    assert sorted(split["test"]) == sorted(test_ids)
+    metrics = json.loads((results / "runs/objects/resnet18/baseline/seed0/metrics.json").read_text())
+    assert metrics["miou"] is None  # no test map: nothing to score, and the report goes on
+    assert "claim" in (results / "tables" / "claims.md").read_text().lower()
+    for stem in ("accuracy", "miou", "ablation", "training", "forest", "qualitative"):
+        assert (results / "figures" / f"{stem}.png").stat().st_size > 1000, stem
+        assert (results / "figures" / f"{stem}.pdf").stat().st_size > 0, stem
+    assert not list((repo / "figures").glob("*.p*")), "figures live under the results_dir"
+    assert (repo / "paper" / "generated" / "accuracy.pdf").is_file()
