@@ -62,15 +62,15 @@ rule figures:
 
 rule paper_inputs:
     input:
-        TABLES,
-        FIGURES,
+        tables=TABLES,
+        figures=FIGURES,
         code=code_deps("paper"),
     output:
         touch("paper/generated/.inputs_done"),
     params:
         megl=MEGL,
-        tables=lambda w, input: subpath(input[0], parent=True),
-        figures=f"{RESULTS}/figures",
+        tables=lambda w, input: subpath(input.tables[0], parent=True),
+        figures=lambda w, input: subpath(input.figures[0], parent=True),
     benchmark:
         f"{RESULTS}/benchmarks/report/paper_inputs.tsv"
     log:
