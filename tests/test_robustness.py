@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from megl.cli import main as cli_main
+from megl.errors import MEGLError
 from megl.io import atomic_dir, remove_stale_temps, temp_prefix, write_text
 from megl.runlock import LOCK_NAME, run_folder_lock, run_folders_lock
-from megl.errors import MEGLError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,6 +103,28 @@ def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
     with run_folder_lock(run, "evaluate"):
         assert (run / LOCK_NAME).read_text().strip() == str(os.getpid())
     assert not (run / LOCK_NAME).exists()
+
+
+def test_evaluate_into_a_busy_run_folder_is_refused_before_it_reads_anything(tiny_data, tiny_config, tmp_path,
+                                                                             capsys):
+    run = tmp_path / "run"
+    assert cli_main(_train_argv(tiny_data, tiny_config, tmp_path, run)) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    holder = _holder(run)
+    try:
+        argv = ["evaluate", str(run), "--config", str(tmp_path / "config0.yaml"), "--data-root", str(tiny_data.root),
+                "--split", str(tiny_data.split), "--pretrained", str(tiny_data.pretrained)]
+        capsys.readouterr()
+        assert cli_main(argv) == 2
+        lines = _err_lines(capsys)
+        assert len(lines) == 1 and f"PID {holder.pid}" in lines[0] and "megl evaluate" in lines[0], lines
+        assert not (run / "metrics.json").exists()
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert cli_main(argv) == 0  # the holder gone (killed), the folder is free
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name in before} == before
+    assert (run / "metrics.json").is_file() and not (run / LOCK_NAME).exists()
 
 
 def test_run_cell_takes_every_seed_folder_or_none(tmp_path):
