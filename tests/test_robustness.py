@@ -211,6 +211,12 @@ def test_a_corrupt_zip_member_is_one_line_exit_1(tmp_path, capsys):
     assert len(lines) == 1 and str(zpath) in lines[0] and "a.txt" in lines[0] and "corrupt" in lines[0], lines
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ds.zip"], "no staging folder left behind"
+    zpath.write_bytes(bytes(raw[: len(raw) // 3]))  # truncated: no central directory
+    assert cli_main(["unpack-data", str(zpath), str(tmp_path / "out")]) == 1
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and str(zpath) in lines[0] and "not a readable zip" in lines[0], lines
+    assert cli_main(["unpack-data", str(tmp_path / "nope.zip"), str(tmp_path / "out")]) == 2
+    assert "no such file" in _err_lines(capsys)[0]
 
 
 def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):

@@ -75,8 +75,10 @@ def unpack_official(zip_path: str | Path, out_dir: str | Path) -> Path:
         return _locate(out_dir)
     try:
         zf = zipfile.ZipFile(zip_path)
-    except (OSError, zipfile.BadZipFile) as e:
-        raise MEGLError(f"{zip_path}: not a readable zip ({e})") from None
+    except FileNotFoundError:
+        raise MEGLError(f"{zip_path}: no such file") from None
+    except (OSError, zipfile.BadZipFile) as e:  # truncated or corrupt: a fault of the file, not of the request
+        raise RunFailure(f"{zip_path}: not a readable zip ({e}); fetch the zip again") from None
     with zf:
         for info in zf.infolist():
             why = unsafe_relpath(info.filename)
