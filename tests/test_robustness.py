@@ -400,7 +400,6 @@ def test_official_data_without_test_maps_and_without_megl_reaches_the_report(tmp
                     datasets__objects={"source": "official", "zip": "data/raw/Object_Classification.zip"},
                     results_dir="results/official", split__train=0.5, split__val=0.25, split__test=0.25)
     config["backbones"]["resnet18"].update(weights=None, frozen_stages=0)
-    config["selection"]["grid"]["weight"] = [1.0]
     (repo / "config" / "official.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     test_ids = write_official_zip_without_test_maps(repo, "data/raw/Object_Classification.zip", config)
     proc = subprocess.run(snakemake_cmd("--configfile", "config/official.yaml", "--cores", "2"), cwd=repo,
