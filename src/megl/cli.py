@@ -183,7 +183,6 @@ def cmd_cache_features(args) -> int:
 
 def cmd_run_cell(args) -> int:
     from megl.cell import run_cell
-
     from megl.runlock import run_folders_lock
 
     config = _config(args)
