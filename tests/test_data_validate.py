@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from megl.data.validate import format_summary, validate
+from megl.data.validate import format_summary, map_matches_image, validate
 
 
 def write_fixture(root: Path) -> Path:
@@ -83,6 +83,8 @@ CASES = {
     "map_garbage": (write("visual_exp/m2.npy", b"\x93NUMPY garbage"), "s2", "visual_exp", "unreadable"),
     "map_pickle": (save_map(np.array([{"x": 1}], dtype=object), allow_pickle=True), "s2", "visual_exp", "unreadable"),
     "map_rank": (save_map(np.zeros((2, 2, 2, 2))), "s2", "visual_exp", "shape"),
+    "map_aspect": (save_map(np.zeros((10, 7), np.uint8)), "s2", "visual_exp", "aspect ratio"),  # image 16x16
+    "map_transposed_aspect": (save_map(np.zeros((3, 8, 4))), "s2", "visual_exp", "aspect ratio"),
     "map_nan": (save_map(np.full((4, 4), np.nan)), "s2", "visual_exp", "NaN"),
     "map_inf": (save_map(np.full((4, 4), np.inf, np.float32)), "s2", "visual_exp", "Inf"),
     "map_range": (save_map(np.full((4, 4), 3.0)), "s2", "visual_exp", "outside [0, 1]"),
@@ -175,3 +177,20 @@ def test_every_problem_listed(root: Path) -> None:
     problems, _ = validate(root)
     for sid, fld in (("s1", "exp"), ("s2", "class_id"), ("s3", "image_path")):
         assert any(f"sample {sid}: field {fld}:" in p for p in problems), (sid, problems)
+
+
+def test_map_of_the_same_aspect_at_another_size_is_accepted(root: Path) -> None:
+    """Maps are the image's size in the official format; a map at another size with the image's aspect
+    (resized by one factor, sides rounded) is accepted: the loader resizes it."""
+    for shape in ((16, 16), (5, 5), (32, 32), (3, 16, 16)):
+        np.save(root / "visual_exp" / "m2.npy", np.zeros(shape, np.uint8))
+        assert validate(root)[0] == [], shape
+
+
+@pytest.mark.parametrize("map_hw, image_hw, ok", [
+    ((10, 7), (64, 53), False), ((10, 7), (53, 64), False),  # the issue's case, either reading of "53x64"
+    ((7, 10), (53, 64), False), ((64, 53), (64, 53), True), ((32, 27), (64, 53), True),  # 26.5 rounds to 27
+    ((32, 26), (64, 53), True), ((32, 25), (64, 53), False), ((1, 1), (3, 2), True), ((224, 224), (480, 640), False),
+])
+def test_map_matches_image_up_to_rounding(map_hw, image_hw, ok) -> None:
+    assert map_matches_image(map_hw, image_hw) is ok

@@ -150,8 +150,9 @@ def test_smoke_run_fills_tables_figures_and_metrics(smoke_run):
     table2 = (smoke_run / "results" / "tables" / "table2.md").read_text()
     assert "±" in table2, table2  # mean ± std over the two seeds
     for stem in ("accuracy", "miou", "ablation", "training", "forest", "qualitative"):
-        assert (smoke_run / "figures" / f"{stem}.png").stat().st_size > 1000
-        assert (smoke_run / "figures" / f"{stem}.pdf").stat().st_size > 0
+        assert (smoke_run / "results" / "figures" / f"{stem}.png").stat().st_size > 1000
+        assert (smoke_run / "results" / "figures" / f"{stem}.pdf").stat().st_size > 0
+    assert not list((smoke_run / "figures").glob("*.p*")), "figures go under the results_dir"
     assert (smoke_run / "paper" / "generated" / "table2.tex").exists()
     assert not (smoke_run / "results" / "dvc").exists(), "Snakemake must not write DVC's root"
 

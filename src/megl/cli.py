@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from megl.errors import DataError, MEGLError
+from megl.errors import EXIT_FAILURE, DataError, MEGLError
 
 
 def _config(args) -> dict:
@@ -132,20 +132,28 @@ def _path(value: str | None) -> Path | None:
 
 
 def cmd_train(args) -> int:
-    from megl.train import train_run
+    from megl.runlock import run_folder_lock
+    from megl.train import CKPT_META, train_run
 
-    train_run(_config(args), dataset=args.dataset, backbone=args.backbone, method=args.method,
-              seed=args.seed, run_dir=Path(args.run_dir), data_root=Path(args.data_root),
-              split_path=Path(args.split), pretrained_dir=_path(args.pretrained),
-              backbone_weights=_path(args.backbone_weights), resume=args.resume, force=args.force)
+    config = _config(args)
+    with run_folder_lock(args.run_dir, "train", keep_if=CKPT_META):
+        train_run(config, dataset=args.dataset, backbone=args.backbone, method=args.method,
+                  seed=args.seed, run_dir=Path(args.run_dir), data_root=Path(args.data_root),
+                  split_path=Path(args.split), pretrained_dir=_path(args.pretrained),
+                  backbone_weights=_path(args.backbone_weights), resume=args.resume, force=args.force)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from megl.evaluate import evaluate_run
+    from megl.runlock import run_folder_lock
 
-    evaluate_run(_config(args), Path(args.run_dir), data_root=Path(args.data_root), split_path=Path(args.split),
-                 pretrained_dir=_path(args.pretrained), backbone_weights=_path(args.backbone_weights))
+    config = _config(args)
+    if not Path(args.run_dir).is_dir():
+        raise MEGLError(f"{args.run_dir}: no such run folder; train it first (megl train)")
+    with run_folder_lock(args.run_dir, "evaluate"):
+        evaluate_run(config, Path(args.run_dir), data_root=Path(args.data_root), split_path=Path(args.split),
+                     pretrained_dir=_path(args.pretrained), backbone_weights=_path(args.backbone_weights))
     return 0
 
 
@@ -175,13 +183,16 @@ def cmd_cache_features(args) -> int:
 
 def cmd_run_cell(args) -> int:
     from megl.cell import run_cell
+    from megl.runlock import run_folders_lock
 
     config = _config(args)
-    run_cell(config, dataset=args.dataset, backbone=args.backbone, method=args.method,
-             seeds=args.seeds or list(config["matrix"]["seeds"]), runs_root=Path(args.runs_root),
-             selection_out=Path(args.selection_out), data_root=Path(args.data_root), split_path=Path(args.split),
-             cache_path=_path(args.cache), pretrained_dir=_path(args.pretrained),
-             backbone_weights=_path(args.backbone_weights))
+    seeds = args.seeds or list(config["matrix"]["seeds"])
+    with run_folders_lock([Path(args.runs_root) / f"seed{seed}" for seed in seeds], "run-cell"):
+        run_cell(config, dataset=args.dataset, backbone=args.backbone, method=args.method,
+                 seeds=seeds, runs_root=Path(args.runs_root),
+                 selection_out=Path(args.selection_out), data_root=Path(args.data_root), split_path=Path(args.split),
+                 cache_path=_path(args.cache), pretrained_dir=_path(args.pretrained),
+                 backbone_weights=_path(args.backbone_weights))
     return 0
 
 
@@ -227,9 +238,10 @@ def cmd_figures(args) -> int:
     from megl.report.build import build_figures
 
     config = _config(args)
-    paths = build_figures(config, _results(args, config), Path(args.out), args.alpha,
+    out = Path(args.out) if args.out else _results(args, config) / "figures"
+    paths = build_figures(config, _results(args, config), out, args.alpha,
                           Path(args.pdf_out) if args.pdf_out else None)
-    print(f"wrote {len(paths)} figure files to {args.out}")
+    print(f"wrote {len(paths)} figure files to {out}")
     return 0
 
 
@@ -254,13 +266,21 @@ def cmd_compare(args) -> int:
     from megl.io import write_text
     from megl.report.summary import compare_markdown, compare_summaries, read_summary
 
-    table = compare_summaries(read_summary(args.reference), read_summary(args.summary))
+    reference, summary = read_summary(args.reference), read_summary(args.summary)
+    table = compare_summaries(reference, summary)
     text = compare_markdown(table)
     print(text, end="")
     if args.out:
         write_text(Path(args.out), text)
-    bad = table["status"].isin(["differs", "missing in new"]).any()
-    return 1 if args.strict and bad else 0
+    if not args.strict:
+        return 0
+    if reference.empty:  # a check against nothing would pass anything
+        print(f"megl compare: --strict: {args.reference}: the reference has no cell", file=sys.stderr)
+        return 1
+    if not table["status"].isin(["agrees", "differs"]).any():
+        print(f"megl compare: --strict: {args.summary} shares no cell with {args.reference}", file=sys.stderr)
+        return 1
+    return 1 if table["status"].isin(["differs", "missing in new"]).any() else 0
 
 
 def cmd_preflight(args) -> int:
@@ -342,7 +362,9 @@ def cmd_dvc_matrix(args) -> int:
 EPILOG = """exit status:
   0  success
   1  runtime failure: a tool that is not installed, a failed download or build, a check
-     that found a difference (compare --strict), or an unexpected error (with its traceback)
+     that found a difference (compare --strict), a fault of the machine (disk full, no
+     permission, a corrupt archive: one line naming the file), or an unexpected error (with
+     its traceback)
   2  usage or bad input: a bad argument, config, dataset, name or file (e.g. a truncated
      model.safetensors), or a refused operation (e.g. a finished run without --force)
 
@@ -581,7 +603,7 @@ def _parser_figures(sub) -> None:
     p = _command(sub, "figures", "seaborn figures (PNG + PDF) from every run")
     _add_config(p)
     _add_results(p)
-    p.add_argument("--out", default="figures", help="folder for the figures (default: %(default)s)")
+    p.add_argument("--out", default=None, help="folder for the figures (default: <results>/figures)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="significance level of the forest plot's verdicts (default: %(default)s)")
     p.add_argument("--pdf-out", default=None,
@@ -592,7 +614,7 @@ def _parser_figures(sub) -> None:
 def _parser_paper(sub) -> None:
     p = _command(sub, "paper", "copy tables and figures into paper/generated; build the PDF with --pdf")
     p.add_argument("--tables", default="results/tables", help="folder of the tables' .tex (default: %(default)s)")
-    p.add_argument("--figures", default="figures", help="folder of the figures' .pdf (default: %(default)s)")
+    p.add_argument("--figures", default="results/figures", help="folder of the figures' .pdf (default: %(default)s)")
     p.add_argument("--out", default="paper/generated", help="the manuscript's input folder (default: %(default)s)")
     p.add_argument("--pdf", action="store_true", help="run latexmk when it is installed")
     p.set_defaults(func=cmd_paper)
@@ -665,7 +687,8 @@ def _parser_compare(sub) -> None:
     p.add_argument("--summary", required=True, help="the new summary.csv to check against the reference")
     p.add_argument("--out", help="also write the Markdown table to this file")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 when any cell differs (|z| >= 2) or is missing in the new summary")
+                   help="exit 1 when any cell differs (|z| >= 2) or is missing in the new summary, or when the "
+                        "reference is empty or shares no cell with the summary")
     p.set_defaults(func=cmd_compare)
 
 
@@ -691,6 +714,16 @@ def main(argv: list[str] | None = None) -> int:
     except MEGLError as exc:
         print(f"megl {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a fault of the world (disk full, permission, I/O error): one line, exit 1
+        print(f"megl {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def os_error_line(exc: OSError) -> str:
+    """`FILE: cause` of an OSError (both files of a rename), else its text."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    files = [f for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{' -> '.join(map(str, files))}: {cause}" if files else f"{type(exc).__name__}: {cause}"
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ def validate_config(config: dict, source: str = "<config>") -> dict:
     if errors:
         lines = [f"{source}: key {'.'.join(map(str, e.path)) or '(top level)'}: {e.message}" for e in errors]
         raise MEGLError("invalid config:\n" + "\n".join(lines))
+    from megl import config_rules
+
+    config_rules.check(config, source)
     _check_matrix_names(config, source)
     return config
 

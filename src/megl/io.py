@@ -1,16 +1,60 @@
 """Atomic file output: write to a temporary name in the same folder, then rename.
 
-A killed job therefore never leaves a half-written file that looks finished.
+A killed job therefore never leaves a half-written file that looks finished. Its temporary file
+(`.<name>.<host>-<pid>.<random>.tmp`) does stay after a kill -9; the next write of the same path on
+that host removes it once its PID is no live process (`remove_stale_temps`).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def temp_prefix(path: Path) -> str:
+    """`.<name>.<host>-<pid>.`: a temporary sibling of `path` that names its writer."""
+    return f".{path.name}.{_host()}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of `path` (files or folders from temp_prefix) whose writer ran on
+    this host and is gone (killed mid-write); those of a live writer or another host stay. Returns them."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(_host())}-(\d+)\.")
+    removed = []
+    for p in path.parent.glob(glob.escape(f".{path.name}.{_host()}-") + "*"):
+        m = pattern.match(p.name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 @contextmanager
@@ -21,7 +65,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -43,7 +88,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     and only then removed: `path` is never left half deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
     tmp.chmod(0o755)
     try:
         yield tmp
@@ -59,7 +105,7 @@ def _replace_with(new: Path, path: Path) -> None:
     if not os.path.lexists(path):
         os.replace(new, path)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".old", dir=path.parent))
     old.rmdir()
     os.replace(path, old)
     os.replace(new, path)

@@ -11,7 +11,7 @@ from snakemake.logging import logger
 from megl.codedeps import code_deps as _code_deps
 from megl.config import dump_resolved, for_cell, resolve_config, resolved_config_path, section_for_backbone
 from megl.io import write_text_if_changed
-from megl.matrix import enumerate_runs, matrix_methods
+from megl.matrix import enumerate_runs
 from megl.methods import MLLM_BACKBONE, get_method
 from megl.models import SOURCE_PRETRAINED  # not megl.models.backbones: every Snakemake process would import torch
 from megl.matrix import training_config as training_config_of
@@ -55,9 +55,10 @@ GPU_JOB = 1 if config["device"] != "cpu" else 0
 TABLES = [f"{RESULTS}/tables/{s}.{ext}" for s in
           ("table2", "table3", "table4", "table5", "paper_vs_ours", "claims", "shortcut") for ext in ("csv", "md", "tex")]
 TABLES += [f"{RESULTS}/tables/{s}.csv" for s in ("validity", "paper_vs_ours_tau")]  # megl.report.validity, Kendall's tau
-FIGURES = [f"figures/{s}.{ext}" for s in ("accuracy", "miou", "ablation", "training", "forest") for ext in ("png", "pdf")]
-if {"baseline", "megl"} <= set(matrix_methods(config["matrix"])):
-    FIGURES += ["figures/qualitative.png", "figures/qualitative.pdf"]
+# Every figure is always made (an "n/a" figure with the reason where the runs hold nothing to draw), under
+# the results_dir: two configs never overwrite each other's figures.
+FIGURES = [f"{RESULTS}/figures/{s}.{ext}" for s in ("accuracy", "miou", "ablation", "training", "forest", "qualitative")
+           for ext in ("png", "pdf")]
 
 
 # Preflight (workflow/rules/preflight.smk): the tools the runs need, checked before any training.

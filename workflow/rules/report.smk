@@ -62,14 +62,15 @@ rule figures:
 
 rule paper_inputs:
     input:
-        TABLES,
-        FIGURES,
+        tables=TABLES,
+        figures=FIGURES,
         code=code_deps("paper"),
     output:
         touch("paper/generated/.inputs_done"),
     params:
         megl=MEGL,
-        tables=lambda w, input: subpath(input[0], parent=True),
+        tables=lambda w, input: subpath(input.tables[0], parent=True),
+        figures=lambda w, input: subpath(input.figures[0], parent=True),
     benchmark:
         f"{RESULTS}/benchmarks/report/paper_inputs.tsv"
     log:
@@ -77,7 +78,7 @@ rule paper_inputs:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} paper --tables {params.tables} --figures figures --out paper/generated > {log} 2>&1"
+        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out paper/generated > {log} 2>&1"
 
 
 rule paper_pdf:
@@ -91,6 +92,7 @@ rule paper_pdf:
     params:
         megl=MEGL,
         tables=f"{RESULTS}/tables",
+        figures=f"{RESULTS}/figures",
     benchmark:
         f"{RESULTS}/benchmarks/report/paper_pdf.tsv"
     log:
@@ -98,7 +100,7 @@ rule paper_pdf:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} paper --tables {params.tables} --figures figures --out paper/generated --pdf > {log} 2>&1"
+        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out paper/generated --pdf > {log} 2>&1"
 
 
 rule summarize:

@@ -46,6 +46,12 @@ class MEDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
+        try:
+            return self._item(idx)
+        except DataError as exc:  # the loaders name the file; add which sample wants it
+            raise DataError([f"{line} (sample {self.samples[idx].sample_id})" for line in exc.problems]) from None
+
+    def _item(self, idx: int) -> dict[str, Any]:
         s = self.samples[idx]
         size = self.image_size
         if s.visual_exp is not None:

@@ -6,11 +6,12 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from megl.data.annotations import ANNOTATION_FILE, unsafe_relpath
 from megl.errors import MEGLError, RunFailure
-from megl.io import atomic_dir, atomic_path
+from megl.io import atomic_dir, atomic_path, remove_stale_temps, temp_prefix
 
 ZIP_NAMES = {"objects": "Object_Classification.zip", "actions": "Action_Classification.zip"}
 
@@ -74,8 +75,10 @@ def unpack_official(zip_path: str | Path, out_dir: str | Path) -> Path:
         return _locate(out_dir)
     try:
         zf = zipfile.ZipFile(zip_path)
-    except (OSError, zipfile.BadZipFile) as e:
-        raise MEGLError(f"{zip_path}: not a readable zip ({e})") from None
+    except FileNotFoundError:
+        raise MEGLError(f"{zip_path}: no such file") from None
+    except (OSError, zipfile.BadZipFile) as e:  # truncated or corrupt: a fault of the file, not of the request
+        raise RunFailure(f"{zip_path}: not a readable zip ({e}); fetch the zip again") from None
     with zf:
         for info in zf.infolist():
             why = unsafe_relpath(info.filename)
@@ -84,7 +87,8 @@ def unpack_official(zip_path: str | Path, out_dir: str | Path) -> Path:
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise MEGLError(f"{zip_path}: member {info.filename!r} rejected: symbolic link")
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".unzip", dir=out_dir.parent))
+        remove_stale_temps(out_dir)  # a staging folder left by a killed unpack
+        staging = Path(tempfile.mkdtemp(prefix=temp_prefix(out_dir), suffix=".unzip", dir=out_dir.parent))
         try:
             for info in zf.infolist():
                 target = staging.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
@@ -92,8 +96,12 @@ def unpack_official(zip_path: str | Path, out_dir: str | Path) -> Path:
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                try:
+                    with zf.open(info) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:  # corrupt member
+                    raise RunFailure(f"{zip_path}: member {info.filename!r} is corrupt ({type(e).__name__}: {e}); "
+                                     "fetch the zip again") from None
             found = _locate(staging)
             with atomic_dir(out_dir) as tmp:  # out_dir is absent or empty (checked above)
                 tmp.rmdir()

@@ -34,17 +34,36 @@ def _check_image(path: Path, root: Path) -> str | None:
     return None
 
 
-def _check_map(rel: str, root: Path) -> str | None:
+def _check_map(rel: str, root: Path, image: Path | None = None) -> str | None:
+    """Problem of one map, or None. With `image` (a readable image), its shape must match the image's
+    aspect ratio too (map_matches_image)."""
     path = root / rel
     if not path.is_file():
         return f"map file {rel} does not exist"
     if not _inside(path, root):
         return f"map file {rel} resolves outside the dataset folder (symlink)"
     try:
-        load_map(path)
+        arr = load_map(path)
     except DataError as e:
         return "; ".join(p.replace(f"{path}: ", f"map file {rel}: ") for p in e.problems)
+    if image is not None:
+        with Image.open(image) as im:
+            width, height = im.size
+        if not map_matches_image(arr.shape[-2:], (height, width)):
+            return (f"map file {rel}: shape {arr.shape[-2]}x{arr.shape[-1]} (HxW) does not match the aspect ratio "
+                    f"of its image {image.relative_to(root)} ({height}x{width}); maps are the image's size")
     return None
+
+
+def map_matches_image(map_hw: tuple[int, int], image_hw: tuple[int, int]) -> bool:
+    """Whether a map of `map_hw` can be its image (`image_hw`) resized by one factor, each side rounded
+    to the nearest pixel (the official maps are the image's own size; any honest rescaling keeps the
+    aspect up to that rounding): some factor s puts both sides within half a pixel. A different aspect
+    ratio (a map of another image, transposed, cropped) is refused; the same aspect at another size passes."""
+    (h, w), (ih, iw) = map_hw, image_hw
+    low = max((h - 0.5) / ih, (w - 0.5) / iw)
+    high = min((h + 0.5) / ih, (w + 0.5) / iw)
+    return low <= high + 1e-9
 
 
 def validate(root: str | Path) -> tuple[list[str], dict[str, Any]]:
@@ -56,12 +75,13 @@ def validate(root: str | Path) -> tuple[list[str], dict[str, Any]]:
     problems, records, mapping = check_structure(root)
     for sid, rec in records.items():
         base = PurePosixPath(rec["image_path"].replace("\\", "/")).name
-        why = _check_image(root / IMAGE_DIR / base, root)
+        image = root / IMAGE_DIR / base
+        why = _check_image(image, root)
         if why:
             problems.append(f"{ANNOTATION_FILE}: sample {sid}: field image_path: {why}")
         ve = rec["visual_exp"].strip()
         if ve:
-            why = _check_map(ve, root)
+            why = _check_map(ve, root, None if why else image)
             if why:
                 problems.append(f"{ANNOTATION_FILE}: sample {sid}: field visual_exp: {why}")
     per_sample = [len(r["exp"]) for r in records.values()]

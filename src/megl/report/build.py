@@ -11,7 +11,7 @@ from pathlib import Path
 
 from megl.errors import MEGLError, RunFailure
 from megl.io import write_bytes
-from megl.matrix import cell_methods, cells, enumerate_runs, matrix_datasets
+from megl.matrix import enumerate_runs, matrix_datasets
 from megl.report.labels import labels_from_config
 
 TABLE_STEMS = ["table2", "table3", "table4", "table5", "paper_vs_ours", "claims"]
@@ -87,23 +87,39 @@ def build_figures(config: dict, results_dir: Path, out_dir: Path, alpha: float =
         written += figures.plot_forest(claims, out_dir / "forest",
                                        {cid: text for cid, (text, _) in claims_mod.CLAIMS.items()}, labels=labels)
     written += figures.plot_training_curves([p.parent / "train_log.csv" for p in paths], out_dir / "training")
-    pair = qualitative_pair(config, results_dir)
-    if pair is not None:
-        written += figures.plot_qualitative(*pair, out_dir / "qualitative")
+    written += _qualitative(figures, runs, Path(results_dir), out_dir / "qualitative")
     if pdf_dir is not None:
         Path(pdf_dir).mkdir(parents=True, exist_ok=True)
         written = [p.replace(Path(pdf_dir) / p.name) if p.suffix == ".pdf" else p for p in written]
     return written
 
 
-def qualitative_pair(config: dict, results_dir: Path) -> tuple[Path, Path] | None:
-    """(baseline run, MEGL run) of the first dataset, backbone and seed, when the matrix has both."""
-    seed = config["matrix"]["seeds"][0]
-    for cell in cells(config):
-        if cell.method == "megl" and "baseline" in cell_methods(config, cell.dataset, cell.backbone):
-            base = Path(results_dir) / "runs" / cell.dataset / cell.backbone
-            return base / "baseline" / f"seed{seed}", base / "megl" / f"seed{seed}"
-    return None
+def qualitative_pair(runs, results_dir: Path) -> tuple[Path, Path] | None:
+    """(baseline run, MEGL run) of the first dataset, backbone and seed (in the order the runs were
+    found) where both finished; None when no such pair exists. Taken from the runs found, not from
+    the matrix's keys, so any matrix layout works."""
+    from megl.matrix import Run
+
+    keys = ["dataset", "backbone", "seed"]
+    base = runs[runs["method"] == "baseline"][keys]
+    both = base.merge(runs[runs["method"] == "megl"][keys], on=keys)
+    if both.empty:
+        return None
+    d, b, seed = both.iloc[0]
+    return (Path(results_dir) / Run(d, b, "baseline", int(seed)).path,
+            Path(results_dir) / Run(d, b, "megl", int(seed)).path)
+
+
+def _qualitative(figures, runs, results_dir: Path, out_stem: Path) -> list[Path]:
+    """The qualitative grid, or an "n/a" figure saying why there is none."""
+    pair = qualitative_pair(runs, results_dir)
+    if pair is None:
+        return figures.plot_not_applicable(out_stem, "no finished baseline and full MEGL run share a dataset, "
+                                                     "backbone and seed")
+    if not all((run / "saliency.npz").exists() for run in pair):  # evaluate keeps no sample without test maps
+        return figures.plot_not_applicable(out_stem, "no qualitative sample: the test split holds no sample "
+                                                     "with an annotated map")
+    return figures.plot_qualitative(*pair, out_stem)
 
 
 def copy_for_paper(tables_dir: Path, figures_dir: Path, out_dir: Path) -> list[Path]:

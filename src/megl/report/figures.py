@@ -58,6 +58,15 @@ def plot_not_applicable(out_stem: str | Path, reason: str) -> list[Path]:
     return save_figure(fig, out_stem)
 
 
+def _why_missing(df: pd.DataFrame, metric: str) -> str:
+    """Why no run has `metric`: no runs at all, or the runs leave it empty (e.g. mIoU without test maps)."""
+    if df.empty:
+        return "no finished run"
+    if metric in ("miou", "saliency_auprc", "miou_all", "saliency_auprc_all"):
+        return "the test split holds no annotated map, or no run in the matrix draws saliency"
+    return "every run leaves it empty"
+
+
 def _with_labels(df: pd.DataFrame, labels: Labels | None) -> pd.DataFrame:
     labels = labels or Labels()
     out = df.copy()
@@ -80,8 +89,9 @@ def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
     data = df[df[metric].notna()]
     if methods is not None:
         data = data[data["method"].isin(methods)]
-    if data.empty:
-        raise MEGLError(f"figure {out_stem}: no run has a value for '{metric}'")
+    if data.empty:  # e.g. mIoU when the test split holds no annotated map; tables say "n/a (not reported)"
+        return plot_not_applicable(out_stem, f"no run reports {METRIC_LABELS.get(metric, metric)} "
+                                   f"({_why_missing(df, metric)})")
     data = _with_labels(data, labels)
     order = _method_order(data["method"])
     panels = list(dict.fromkeys(data["panel"]))
@@ -111,10 +121,14 @@ def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accurac
     full = data[data["method"] == "megl"][["dataset", "backbone", "seed", metric]]
     merged = data[data["method"] != "megl"].merge(full, on=["dataset", "backbone", "seed"],
                                                   suffixes=("", "_megl"))
-    if merged.empty:
-        if full.empty:  # a valid matrix without `megl` (baselines only, one ablation): nothing to compare to
+    if merged.empty:  # a valid matrix may hold no megl, no variant, or none on megl's seeds/backbones
+        if full.empty:
             return plot_not_applicable(out_stem, "the run matrix has no full MEGL run to compare the variants with")
-        raise MEGLError(f"figure {out_stem}: no run pairs with full MEGL for '{metric}'")
+        if data["method"].eq("megl").all():
+            return plot_not_applicable(out_stem, "the run matrix has no MEGL variant or baseline to compare "
+                                                 "with full MEGL")
+        return plot_not_applicable(out_stem, "no variant run shares a dataset, backbone and seed with a full "
+                                             f"MEGL run that reports {METRIC_LABELS.get(metric, metric)}")
     merged["delta"] = (merged[metric] - merged[f"{metric}_megl"]) * 100
     merged = _with_labels(merged, labels)
     order = _method_order(merged["method"])
@@ -145,7 +159,7 @@ def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
     backbone. Comparisons without two paired seeds are listed with "no paired runs"."""
     _theme()
     if claims.empty:
-        raise MEGLError(f"figure {out_stem}: no claim comparisons to plot")
+        return plot_not_applicable(out_stem, "no claim has a comparison in this run matrix")
     panels = list(dict.fromkeys(claims["claim"]))
     sizes = [int((claims["claim"] == c).sum()) for c in panels]
     fig, axes = plt.subplots(len(panels), 1, squeeze=False,
@@ -237,8 +251,10 @@ def plot_qualitative(baseline_run: str | Path, megl_run: str | Path, out_stem: s
     preds = _load_predictions(megl_dir / "predictions.jsonl")
     base_index = {str(i): k for k, i in enumerate(base["ids"])}
     ids = [str(i) for i in megl["ids"] if str(i) in base_index][:n_samples]
-    if not ids:
-        raise MEGLError(f"{megl_dir / 'saliency.npz'}: no sample id in common with {base_dir / 'saliency.npz'}")
+    if not ids:  # e.g. the test split holds no annotated map: evaluate keeps no sample
+        reason = ("the test split holds no sample with an annotated map" if not len(megl["ids"]) or not len(base["ids"])
+                  else "the baseline and MEGL runs keep no sample in common")
+        return plot_not_applicable(out_stem, f"no qualitative sample: {reason}")
     megl_index = {str(i): k for k, i in enumerate(megl["ids"])}
     titles = ["image", "ground truth", "baseline", "MEGL", "rationale"]
     fig = plt.figure(figsize=(COLUMN_WIDTH_IN * 2, 1.25 * len(ids) + 0.2))
@@ -305,7 +321,7 @@ def plot_training_curves(train_logs: Sequence[str | Path], out_stem: str | Path)
         frames.append(long)
     data = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if data.empty:
-        raise MEGLError(f"figure {out_stem}: no loss values in the training logs")
+        return plot_not_applicable(out_stem, "no training log holds a loss value")
     terms = [t for t in LOSS_COLUMNS if t in set(data["term"])]
     fig, axes = plt.subplots(len(terms), 1, figsize=(COLUMN_WIDTH_IN, 1.3 * len(terms) + 0.4),
                              sharex=True, squeeze=False)

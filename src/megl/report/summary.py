@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from megl.errors import MEGLError
 from megl.io import atomic_dir, write_json, write_text
 from megl.matrix import Run, cell_methods, enumerate_runs, matrix_methods
 from megl.methods import MLLM_BACKBONE
-from megl.report.collect import collect_runs, expected_runs, read_csv, read_train_log
+from megl.report.collect import collect_runs, expected_runs, read_train_log
 from megl.report.tables import fmt_number, to_markdown
 
 HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "miou", "miou_all", "saliency_auprc_all")
@@ -132,8 +133,57 @@ def write_plot_data(config: dict, results_dir: Path, summary: pd.DataFrame, cell
 
 
 def read_summary(path: str | Path) -> pd.DataFrame:
-    """A summary.csv; names the file and the missing column when it is not one."""
-    return read_csv(path, SUMMARY_COLUMNS, "summary")[SUMMARY_COLUMNS]
+    """A summary.csv, validated: every row names a cell (dataset, backbone, method, metric: non-empty),
+    once; mean is a finite number, std empty (one seed) or a finite number >= 0, n an integer >= 1.
+    A MEGLError names the file, the row (its line in the file) and the column of the first bad value."""
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MEGLError(f"{path}: not a summary CSV (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise MEGLError(f"{path}: cannot read summary ({exc})") from None
+    for col in SUMMARY_COLUMNS:
+        if col not in raw.columns:
+            raise MEGLError(f"{path}: missing column '{col}'")
+    rows = []
+    for k, rec in enumerate(raw[SUMMARY_COLUMNS].to_dict("records")):
+        rows.append(_summary_row(path, k + 2, rec))  # line 1 is the header
+    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    dup = df.duplicated(CELL_KEYS, keep="first")
+    if dup.any():
+        k = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(np.flatnonzero((df[CELL_KEYS] == df.loc[k, CELL_KEYS]).all(axis=1).to_numpy())[0])
+        raise MEGLError(f"{path}: row {k + 2}: column dataset/backbone/method/metric: cell "
+                        f"{'/'.join(df.loc[k, CELL_KEYS])} appears again (first in row {first + 2}); "
+                        "each cell must appear once")
+    return df.astype({"mean": "float64", "std": "float64", "n": "int64"})
+
+
+def _summary_row(path: Path, line: int, rec: dict) -> dict:
+    def fail(col: str, what: str) -> MEGLError:
+        return MEGLError(f"{path}: row {line}: column {col}: {rec[col]!r} {what}")
+
+    for col in CELL_KEYS:
+        if not rec[col].strip():
+            raise fail(col, "is empty; a name is required")
+
+    def number(col: str) -> float:
+        try:
+            return float(rec[col])
+        except ValueError:
+            raise fail(col, "is not a number") from None
+
+    mean = number("mean") if rec["mean"].strip() else None
+    if mean is None or not math.isfinite(mean):
+        raise fail("mean", "must be a finite number")
+    std = number("std") if rec["std"].strip() else float("nan")
+    if not math.isnan(std) and (not math.isfinite(std) or std < 0) or rec["std"].strip().lower() == "nan":
+        raise fail("std", "must be empty (one seed) or a finite number >= 0")
+    n = number("n") if rec["n"].strip() else None
+    if n is None or not math.isfinite(n) or n != int(n) or n < 1:
+        raise fail("n", "must be an integer >= 1 (the number of seeds)")
+    return {**{c: rec[c] for c in CELL_KEYS}, "mean": mean, "std": std, "n": int(n)}
 
 
 def _sd(value: float, n: int) -> float:
