@@ -145,8 +145,8 @@ class Cell:
         chosen = choose(scores, len(val), rule)
         record["best"] = grid[best]
         record["chosen"] = grid[chosen]
-        record["margin_to_runner_up"] = round(scores[best] - max([x for i, x in enumerate(scores) if i != best],
-                                                                 default=float("nan")), 6)
+        others = [x for i, x in enumerate(scores) if i != best]
+        record["margin_to_runner_up"] = round(scores[best] - max(others), 6) if others else None
         return record
 
 
