@@ -41,5 +41,5 @@ def test_small_run_covers_every_family_with_finite_losses_and_gradients(tmp_path
     assert four["wall_hours_lower_bound"] < one["wall_hours_lower_bound"]
     ms = {k: v["ms_per_step"] for k, v in r["families"].items()}
     megl = sum(j["steps"] * ms[f"text/{j['backbone']}"] for j in steps["jobs"] if j["method"] == "megl") / 3.6e6
-    assert math.isclose(one["per_method_gpu_hours"]["megl"], megl, rel_tol=1e-3)
+    assert math.isclose(one["per_method_gpu_hours"]["megl"], megl, rel_tol=1e-3, abs_tol=5e-4)  # rounded to 3 decimals
     assert r["gpu_hours"]["mllm_closed_set_scoring"] > 0
