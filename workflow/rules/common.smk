@@ -17,6 +17,7 @@ from megl.models import SOURCE_PRETRAINED  # not megl.models.backbones: every Sn
 from megl.matrix import training_config as training_config_of
 
 RUNS = enumerate_runs(config)
+CONTROL_TWINS = {d: e["control_for"] for d, e in config["datasets"].items() if e.get("control_for")}
 RESULTS = config.get("results_dir", "results")
 # Under --use-conda the rules' env (workflow/envs/megl.yaml) provides `python`; otherwise the
 # environment running Snakemake (the project's .venv) runs every step, named one way whether

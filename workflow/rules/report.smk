@@ -19,6 +19,7 @@ rule tables:
         megl=MEGL,
         results=lambda w, input: subpath(input.metrics[0], ancestor=6),  # <results>/runs/d/b/m/seedN/metrics.json
         out=subpath(output[0], parent=True),
+        twins=CONTROL_TWINS,  # the validity and shortcut tables read datasets.<twin>.control_for
     benchmark:
         f"{RESULTS}/benchmarks/report/tables.tsv"
     log:
