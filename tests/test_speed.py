@@ -39,7 +39,7 @@ def test_foreach_adamw_is_bitwise_the_single_tensor_loop(tiny_data, tiny_config)
     for m, o in ((model, opt), (twin, ref)):
         m.train(True)
         for _ in range(3):
-            loss = batch_losses(m, batch, cfg, mean_map, tiny_config["baselines"], rationales)["loss"]
+            loss = batch_losses(m, batch, cfg, mean_map, tiny_config, rationales)["loss"]
             o.zero_grad(set_to_none=True)
             loss.backward()
             o.step()
