@@ -73,6 +73,18 @@ def test_server_scores_equal_the_published_meteor_bitwise_and_start_once(sock, m
     assert len(starts) == 1 and sock.exists()
 
 
+def test_started_server_is_no_child_of_the_job(sock):
+    """The starter exits once the server has forked: the job's process tree (what Snakemake's
+    benchmark measures) never holds the shared JVM."""
+    psutil = pytest.importorskip("psutil")  # what Snakemake's benchmark uses
+
+    conn = meteor_server.connect()
+    assert conn is not None
+    conn.close()
+    tree = [p.cmdline() for p in psutil.Process().children(recursive=True)]
+    assert not [c for c in tree if "megl.metrics.meteor_server" in " ".join(c) or "java" in " ".join(c)], tree
+
+
 def test_unreachable_server_falls_back_to_own_jvm(tmp_path, monkeypatch):
     monkeypatch.delenv(meteor_server.DISABLE_ENV, raising=False)
     blocker = tmp_path / "file"
@@ -118,7 +130,7 @@ def test_server_exits_when_idle_and_removes_its_socket(tmp_path):
     path = tmp_path / "idle" / "meteor.sock"
     path.parent.mkdir(mode=0o700)
     proc = subprocess.Popen([sys.executable, "-m", "megl.metrics.meteor_server", "--socket", str(path),
-                             "--idle", "1"])
+                             "--idle", "1", "--foreground"])
     deadline = time.monotonic() + 60
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

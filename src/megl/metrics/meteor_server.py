@@ -93,14 +93,15 @@ def connect(path: Path | None = None, idle_s: float | None = None) -> socket.soc
                 proc = subprocess.Popen([sys.executable, "-m", "megl.metrics.meteor_server", "--socket", str(path),
                                          "--idle", str(IDLE_S if idle_s is None else idle_s)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                         start_new_session=True, close_fds=True)
+            proc.wait(timeout=START_WAIT_S)  # it forks the server and exits at once (see `main`)
             deadline = time.monotonic() + START_WAIT_S
-            while time.monotonic() < deadline and proc.poll() is None:
+            while proc.returncode == 0 and time.monotonic() < deadline:
                 conn = _try_connect(path)
                 if conn is not None:
                     return conn
                 time.sleep(0.05)
             return None
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         return None
 
 
@@ -168,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megl.metrics.meteor_server", description=__doc__.splitlines()[0])
     p.add_argument("--socket", required=True, type=Path)
     p.add_argument("--idle", type=float, default=IDLE_S, help="exit after this many seconds without a request")
+    p.add_argument("--foreground", action="store_true", help="serve in this process (default: fork and return)")
     args = p.parse_args(argv)
+    if not args.foreground and os.fork() > 0:
+        # The starter returns at once, so the server is no descendant of the job that started it:
+        # Snakemake's per-job benchmark (CPU, memory) never counts the shared JVM.
+        return 0
     return serve(args.socket, args.idle)
 
 
