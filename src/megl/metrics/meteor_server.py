@@ -89,9 +89,10 @@ def connect(path: Path | None = None, idle_s: float | None = None) -> socket.soc
             if conn is not None:
                 return conn
             path.unlink(missing_ok=True)  # a stale socket of a server that is gone
+            argv = [sys.executable, "-m", "megl.metrics.meteor_server", "--socket", str(path),
+                    "--idle", str(IDLE_S if idle_s is None else idle_s)]
             with open(path.parent / "server.log", "ab") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "megl.metrics.meteor_server", "--socket", str(path),
-                                         "--idle", str(IDLE_S if idle_s is None else idle_s)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                         start_new_session=True, close_fds=True)
             proc.wait(timeout=START_WAIT_S)  # it forks the server and exits at once (see `main`)
             deadline = time.monotonic() + START_WAIT_S
