@@ -142,6 +142,8 @@ class _Handler(socketserver.StreamRequestHandler):
         with contextlib.suppress(OSError):
             self.wfile.write(json.dumps(answer).encode() + b"\n")
         self.server.last = time.monotonic()
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: "
+              f"{answer.get('error') or str(len(answer['scores'])) + ' runs scored'}", file=sys.stderr, flush=True)
 
 
 def serve(path: Path, idle_s: float) -> int:
