@@ -71,3 +71,16 @@ assert model.classifier is not None and model.sdtg is None
 """
     assert loaded(code, TEXT_LIBS) == []
 
+
+
+def test_a_cell_job_never_imports_scikit_learn():
+    """The metrics a cell computes (macro P/R/F1, accuracy, saliency AP) are NumPy, bitwise sklearn's
+    (tests/test_metrics_*.py): importing sklearn (and the scipy/pandas it pulls) costs a job ~1 s."""
+    code = """
+import numpy as np
+import megl.cli, megl.cell, megl.evaluate
+from megl.metrics import classification, saliency
+classification.classification_metrics([0, 1, 1], [0, 1, 0], 2)
+saliency.saliency_scores([np.eye(4)], [np.eye(4)])
+"""
+    assert loaded(code, ["sklearn"]) == []

@@ -60,3 +60,28 @@ def test_empty_gives_none_not_zero():
 def test_bad_input_raises(y_true, y_pred, match):
     with pytest.raises(MEGLError, match=match):
         classification_metrics(y_true, y_pred, num_classes=3)
+
+
+def test_macro_prf_and_accuracy_bitwise_equal_sklearn():
+    """The NumPy macro P/R/F1 and accuracy equal sklearn's to the last bit: absent classes, classes
+    never predicted, unanswered (-1) predictions, one class, many classes."""
+    import numpy as np
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    from megl.metrics.classification import classification_metrics, macro_prf
+
+    rng = np.random.default_rng(0)
+    for case in range(400):
+        k = int(rng.integers(1, 40))
+        n = int(rng.integers(1, 200))
+        t = rng.integers(0, max(1, k - int(rng.integers(0, k))), n)  # some classes absent from y_true
+        p = np.where(rng.random(n) < rng.random(), t, rng.integers(0, k, n))
+        labels = list(range(k))
+        ref = precision_recall_fscore_support(t, p, labels=labels, average="macro", zero_division=0)[:3]
+        assert macro_prf(t, p, k) == tuple(float(x) for x in ref), case
+        ours = classification_metrics(t, p, k)
+        assert ours["accuracy"] == float(accuracy_score(t, p))
+        assert (ours["precision_macro"], ours["recall_macro"], ours["f1_macro"]) == tuple(float(x) for x in ref)
+        unanswered = np.where(rng.random(n) < 0.2, -1, p)
+        ref = precision_recall_fscore_support(t, unanswered, labels=labels, average="macro", zero_division=0)[:3]
+        assert macro_prf(t, unanswered, k) == tuple(float(x) for x in ref), case

@@ -93,3 +93,47 @@ def test_bad_input_names_the_sample():
         saliency_scores([np.full((2, 2), np.nan)], [GT])
     with pytest.raises(MEGLError, match="1 predicted maps but 2"):
         saliency_scores([GT], [GT, GT])
+
+
+def test_average_precision_bitwise_equals_sklearn_incl_ties():
+    """The lean AP equals sklearn's average_precision_score to the last bit (ties, all-positive, tiny maps)."""
+    from sklearn.metrics import average_precision_score
+
+    from megl.metrics.saliency import average_precision
+
+    rng = np.random.default_rng(0)
+    n_cases = 0
+    for case in range(3000):
+        n = int(rng.integers(1, 300))
+        kind = case % 4
+        if kind == 0:
+            score = rng.random(n)  # distinct scores
+        elif kind == 1:
+            score = rng.integers(0, 5, n).astype(np.float64)  # heavy ties
+        elif kind == 2:
+            score = np.round(rng.normal(size=n), 1) * 1e-3  # ties and negatives, small scale
+        else:
+            score = np.full(n, 0.25)  # one tie group
+            score[rng.random(n) < 0.3] = rng.random()
+        truth = rng.random(n) < rng.uniform(0.02, 1.0)
+        if not truth.any():
+            truth[int(rng.integers(n))] = True
+        ours = average_precision(truth, score)
+        ref = float(average_precision_score(truth, score))
+        assert ours == ref, (case, ours, ref)
+        n_cases += 1
+    assert n_cases == 3000
+
+
+def test_saliency_scores_ap_equals_sklearn_on_maps():
+    from sklearn.metrics import average_precision_score
+
+    from megl.metrics.saliency import sample_scores
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        pred = rng.random((8, 8)).astype(np.float32)
+        gt = (rng.random((32, 32)) < 0.3).astype(np.float64)
+        gt[0, 0] = 1.0
+        up = resize_to(pred, gt.shape)
+        assert sample_scores(pred, gt)["ap"] == float(average_precision_score(gt.ravel() >= 0.5, up.ravel()))

@@ -324,13 +324,10 @@ def _classification_block(y_true: list[int], y_pred: list[int], num_classes: int
     unanswered = sum(1 for p in y_pred if p < 0)
     if not unanswered:
         return {**classification.classification_metrics(y_true, y_pred, num_classes), "n_unanswered": 0}
-    from sklearn.metrics import precision_recall_fscore_support
-
-    # classification_metrics refuses labels outside 0..K-1; scored here with sklearn's `labels=` instead
+    # classification_metrics refuses labels outside 0..K-1; scored here over the labels 0..K-1 instead
     out = classification.classification_metrics(y_true, [max(p, 0) for p in y_pred], num_classes)
     t, p = np.asarray(y_true), np.asarray(y_pred)
-    precision, recall, f1, _ = precision_recall_fscore_support(t, p, labels=list(range(num_classes)),
-                                                               average="macro", zero_division=0)
+    precision, recall, f1 = classification.macro_prf(t, p, num_classes)
     out.update(accuracy=float((t == p).mean()), precision_macro=float(precision), recall_macro=float(recall),
                f1_macro=float(f1), n_unanswered=unanswered)
     return out

@@ -89,20 +89,49 @@ def _folder(cfg: dict, pretrained_dir: Path | None, sub: str, what: str) -> Path
     return path
 
 
+# What this process loaded last, per kind: (key, loaded objects). Every caller gets a deep copy, so
+# a run may train or move its copy; a cell's ~7 trainings and its evaluations read the files once.
+_LOADED: dict[str, tuple[tuple, tuple]] = {}
+
+
+def _folder_stamp(path: Path) -> tuple:
+    """The folder's files with size and mtime: a rewritten folder is loaded again."""
+    return tuple(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                        for p in path.rglob("*") if p.is_file()))
+
+
+def _load_once(kind: str, path: Path, options: tuple, load):
+    """A deep copy of `load()`'s result, loading only when (folder, its files, options) changed.
+    Bitwise the same as loading: from_pretrained draws no random numbers (tests/test_speed.py)."""
+    import copy
+
+    key = (str(path.resolve()), _folder_stamp(path), options)
+    cached = _LOADED.get(kind)
+    if cached is None or cached[0] != key:
+        _LOADED.pop(kind, None)  # free the old one first: a paper-scale LM is large
+        _LOADED[kind] = (key, load())
+    return copy.deepcopy(_LOADED[kind][1])
+
+
 def load_vision(vision_cfg: dict, pretrained_dir: Path | None):
     """(FrozenVisionEncoder, CLIPModel, CLIP tokenizer) from the tiny folder or vision_encoder.path."""
     path = _folder(vision_cfg, pretrained_dir, "clip", "vision_encoder")
-    clip, clip_tokenizer = load_clip(path, dtype=vision_cfg.get("dtype"))
-    mean, std = image_norm_stats(path)
-    return FrozenVisionEncoder(clip, mean, std), clip, clip_tokenizer
+
+    def load():
+        clip, clip_tokenizer = load_clip(path, dtype=vision_cfg.get("dtype"))
+        mean, std = image_norm_stats(path)
+        return FrozenVisionEncoder(clip, mean, std), clip, clip_tokenizer
+
+    return _load_once("vision", path, (str(vision_cfg.get("dtype")),), load)
 
 
 def load_lm(lm_cfg: dict, pretrained_dir: Path | None):
     """(causal LM, its tokenizer) from the tiny folder or lm.path (optionally lm.gguf_file, lm.dtype)."""
     path = _folder(lm_cfg, pretrained_dir, "lm", "lm")
     if _is_tiny(lm_cfg):
-        return load_pretrained_lm(path)[0], load_tokenizer(path)
-    return load_pretrained_lm(path, gguf_file=lm_cfg.get("gguf_file"), dtype=lm_cfg.get("dtype"))
+        return _load_once("lm", path, ("tiny",), lambda: (load_pretrained_lm(path)[0], load_tokenizer(path)))
+    return _load_once("lm", path, (lm_cfg.get("gguf_file"), str(lm_cfg.get("dtype"))),
+                      lambda: load_pretrained_lm(path, gguf_file=lm_cfg.get("gguf_file"), dtype=lm_cfg.get("dtype")))
 
 
 def load_text_models(vision_cfg: dict, lm_cfg: dict, pretrained_dir: Path | None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,6 +65,23 @@ def build_sdtg(config: dict, classifier, texts: list[str], image_size: int):
                 s["max_rationale_tokens"])
 
 
+def trunk_weights(bb: dict, folder: Path) -> Path | None:
+    """A trunk file for a config whose weights are the workflow's pretrained trunk (`source`): a
+    freshly initialised trunk of the same architecture, written to `folder` (timing does not depend
+    on the weights' values, and the frozen stages stay frozen as in a cell). None otherwise."""
+    from megl.models import SOURCE_PRETRAINED
+    from megl.models.backbones import build_classifier
+
+    if bb.get("weights") != SOURCE_PRETRAINED:
+        return None
+    from safetensors.torch import save_file
+
+    fresh = build_classifier({**bb, "weights": None, "frozen_stages": 0}, 2)
+    path = folder / "trunk.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in fresh.net.state_dict().items()}, str(path))
+    return path
+
+
 def loop_gradcam(classifier, images: torch.Tensor, labels: torch.Tensor):
     """The authors' pattern: one forward and one create_graph autograd.grad per image (not batched)."""
     from megl.models.gradcam import scale_per_sample
@@ -101,7 +119,8 @@ def run(config: dict, *, batch_size: int, image_size: int, num_classes: int, ann
     bb = dict(config["backbones"]["resnet18"], image_size=image_size)
     cfg_train = config["train"]
     batch = make_batch(batch_size, image_size, num_classes, annotated, seed)
-    classifier = build_classifier(bb, num_classes)
+    with tempfile.TemporaryDirectory(prefix="megl-bench-") as tmp:
+        classifier = build_classifier(bb, num_classes, trunk_weights(bb, Path(tmp)))
     sdtg = build_sdtg(config, classifier, batch["rationales"], image_size)
     classifier.to(dev).train(True)
     sdtg.to(dev).train(True)

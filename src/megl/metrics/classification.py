@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from megl.errors import MEGLError
 
@@ -23,6 +22,34 @@ def _as_labels(values: Sequence[int] | np.ndarray, name: str, num_classes: int) 
             f"classification metrics: {name}[{i}] = {arr[i]} is outside the label mapping 0..{num_classes - 1}"
         )
     return arr.astype(np.int64)
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den in float64, 0 where den is 0 (sklearn's _prf_divide with zero_division=0)."""
+    mask = den == 0
+    den = np.asarray(den, dtype=np.float64).copy()
+    den[mask] = 1
+    out = np.asarray(num, dtype=np.float64) / den
+    out[mask] = 0.0
+    return out
+
+
+def macro_prf(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[float, float, float]:
+    """Macro precision, recall and F1 over classes 0..num_classes-1, bit for bit sklearn's
+    precision_recall_fscore_support(labels=range(K), average="macro", zero_division=0) (version in
+    requirements.lock; tests/test_metrics_classification.py compares them). A prediction outside
+    0..K-1 (an unanswered MLLM sample, -1) counts for no class's precision.
+
+    Hand-written because importing sklearn costs each job ~1 s of start-up, more than every other
+    use of it in a cell; the counts are integers, so only the last divisions and means round."""
+    k = int(num_classes)
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    t_in, p_in = (t >= 0) & (t < k), (p >= 0) & (p < k)
+    tp = np.bincount(t[t_in & (t == p)], minlength=k)
+    pred_sum, true_sum = np.bincount(p[p_in], minlength=k), np.bincount(t[t_in], minlength=k)
+    precision, recall = _divide(tp, pred_sum), _divide(tp, true_sum)
+    f1 = _divide(2.0 * tp.astype(np.float64), 1.0 * true_sum.astype(np.float64) + pred_sum.astype(np.float64))
+    return float(np.nanmean(precision)), float(np.nanmean(recall)), float(np.nanmean(f1))
 
 
 def classification_metrics(
@@ -50,11 +77,9 @@ def classification_metrics(
     if t.size == 0:
         out.update(accuracy=None, precision_macro=None, recall_macro=None, f1_macro=None)
         return out
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        t, p, labels=list(range(num_classes)), average="macro", zero_division=0
-    )
+    precision, recall, f1 = macro_prf(t, p, num_classes)
     out.update(
-        accuracy=float(accuracy_score(t, p)),
+        accuracy=float(np.average(t == p)),  # as sklearn's accuracy_score
         precision_macro=float(precision),
         recall_macro=float(recall),
         f1_macro=float(f1),

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score
-
 from megl.errors import MEGLError
 
 GT_THRESHOLD = 0.5
@@ -69,6 +67,26 @@ def resize_to(m, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def average_precision(y_true, y_score) -> float:
+    """Average precision of a binary ranking, bit for bit sklearn.metrics.average_precision_score
+    (version in requirements.lock; tests/test_metrics_saliency.py compares them on thousands of cases).
+
+    Hand-written because sklearn's input validation (type_of_target, unique labels, array-API
+    dispatch) costs ~6x the arithmetic on a 64x64 map, and every test image of every seed scores one.
+    The same steps as sklearn's precision_recall_curve: sort by descending score, keep the last
+    index of each tied score, count true/false positives there, then the step integral."""
+    truth = np.asarray(y_true, dtype=bool).ravel()
+    score = np.asarray(y_score, dtype=np.float64).ravel()
+    order = np.argsort(score, kind="stable")[::-1]  # ties: any order gives the same counts at group ends
+    score, truth = score[order], truth[order]
+    idx = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
+    tps = np.cumsum(truth, dtype=np.float64)[idx]
+    fps = 1 + idx.astype(np.float64) - tps
+    precision = np.r_[(tps / (tps + fps))[::-1], 1.0]  # tps + fps = idx + 1 > 0
+    recall = np.r_[(tps / tps[-1])[::-1], 0.0]
+    return float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))
+
+
 def sample_scores(pred_map, gt_map, threshold: float = 0.5) -> dict | None:
     """IoU, average precision and Pearson r for one sample; None when the binarised mask is empty."""
     gt = _to_numpy(gt_map, "gt map")
@@ -80,7 +98,7 @@ def sample_scores(pred_map, gt_map, threshold: float = 0.5) -> dict | None:
     pred = resize_to(pred_map, gt.shape)
     pred_bin = binarize(pred, threshold)
     # AP of the raw pixel ranking: threshold-free and invariant to min-max scaling.
-    ap = float(average_precision_score(gt_bin.ravel(), pred.ravel()))
+    ap = average_precision(gt_bin, pred)
     if pred.std() > 0 and gt.std() > 0:
         r = float(np.corrcoef(pred.ravel(), gt.ravel())[0, 1])
     else:

@@ -1,7 +1,8 @@
 """Text metrics: the COCO caption scorers (pycocoevalcap: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE) and CLIPScore.
 
 The scorers are called as published, after pycocoevalcap's PTBTokenizer (Java); nothing is re-implemented.
-METEOR is pycocoevalcap's Meteor process and line protocol; only the feeding differs (`_meteor_many`).
+METEOR is pycocoevalcap's Meteor process and line protocol; only the feeding differs (`_meteor_many`),
+and the process is shared by the jobs of a machine (megl.metrics.meteor_server) when it can be.
 A scorer that cannot run returns None with the reason in `notes`, never 0.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from megl.errors import MEGLError, RunFailure
+from megl.metrics import meteor_server
 
 TEXT_KEYS = ("bleu4", "meteor", "rouge_l", "cider", "spice")
 JAVA_MISSING = "Java not found: install openjdk (apt-get install default-jre-headless) for the COCO caption scorers"
@@ -213,12 +215,16 @@ def text_metrics_many(references: Mapping, hypotheses_by_run: Mapping[object, Ma
 
     runs = list(hypotheses_by_run)
     results = {}
-    with _meteor_scorer() as meteor:  # started first: the JVM loads its tables while PTB tokenizes
-        gts = _tokenize({k: [{"caption": r} for r in refs] for k, refs in references.items()})
-        keyed = {(i, k): [{"caption": hypotheses_by_run[run][k]}] for i, run in enumerate(runs) for k in references}
-        tokenized = _tokenize(keyed)
-        res_by_run = [{k: tokenized[(i, k)] for k in references} for i in range(len(runs))]
-        meteor_scores = _meteor_many(meteor, gts, res_by_run)
+    # the shared METEOR server first (started if need be): its JVM loads while PTB tokenizes
+    server = meteor_server.connect()
+    gts = _tokenize({k: [{"caption": r} for r in refs] for k, refs in references.items()})
+    keyed = {(i, k): [{"caption": hypotheses_by_run[run][k]}] for i, run in enumerate(runs) for k in references}
+    tokenized = _tokenize(keyed)
+    res_by_run = [{k: tokenized[(i, k)] for k in references} for i in range(len(runs))]
+    meteor_scores = meteor_server.score(server, gts, res_by_run) if server is not None else None
+    if meteor_scores is None:  # no server to be had: this job's own JVM, as before
+        with _meteor_scorer() as meteor:
+            meteor_scores = _meteor_many(meteor, gts, res_by_run)
     for run, res, meteor_score in zip(runs, res_by_run, meteor_scores):
         out: dict = {"n": len(res), "notes": {}}
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
