@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +105,15 @@ def kill_after_checkpoint(monkeypatch):
         return lambda: monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
 
     return arm
+
+
+def zip_official(data: Path, zip_path: Path, top: str) -> Path:
+    """Pack the dataset folder `data` as an official ME zip (every file below `top/`), then remove
+    the folder: what `megl unpack-data` and the workflow's official-data path read."""
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for f in sorted(data.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"{top}/{f.relative_to(data).as_posix()}")
+    shutil.rmtree(data)
+    return zip_path

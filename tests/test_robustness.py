@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import zip_official
 import yaml
 
 from megl.cli import main as cli_main
@@ -378,13 +379,7 @@ def write_official_zip_without_test_maps(repo: Path, zip_rel: str, config: dict)
             (data / ann[sid]["visual_exp"]).unlink()
             ann[sid]["visual_exp"] = ""
     (data / "exp_annotation.json").write_text(json.dumps(ann))
-    zip_path = repo / zip_rel
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path, "w") as zf:
-        for f in sorted(data.rglob("*")):
-            if f.is_file():
-                zf.write(f, f"Object_Classification/{f.relative_to(data).as_posix()}")
-    shutil.rmtree(data)
+    zip_official(data, repo / zip_rel, "Object_Classification")
     return test
 
 

@@ -8,10 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import zip_official
 import yaml
 
 from megl.bench.workflow import copy_repo, snakemake_cmd, tool_env
@@ -105,14 +105,7 @@ def write_official_zip(repo: Path, zip_rel: str, top: str, n_images: int = 24) -
     data = repo / ".official_standin"
     subprocess.run([sys.executable, "-m", "megl", "make-standin", "objects", str(data), "--n-images", str(n_images),
                     "--image-size", "32"], cwd=repo, env=tool_env(), check=True, capture_output=True)
-    zip_path = repo / zip_rel
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(zip_path, "w") as zf:
-        for f in sorted(data.rglob("*")):
-            if f.is_file():
-                zf.write(f, f"{top}/{f.relative_to(data).as_posix()}")
-    shutil.rmtree(data)
-    return zip_path
+    return zip_official(data, repo / zip_rel, top)
 
 
 def test_official_data_is_unpacked_validated_and_split(repo_copy):
