@@ -128,9 +128,9 @@ def assert_claims_follow_validity(tables: Path, n_cells: int) -> None:
     import pandas as pd
 
     validity = pd.read_csv(tables / "validity.csv")
-    assert len(validity) == n_cells and validity["reason"].notna().all()
-    claims = pd.read_csv(tables / "claims.csv")
     valid = validity[validity["valid"].astype(bool)]
+    assert len(validity) == n_cells and validity.loc[~validity["valid"].astype(bool), "reason"].notna().all()
+    claims = pd.read_csv(tables / "claims.csv")
     assert set(zip(claims["dataset"], claims["backbone"])) == set(zip(valid["dataset"], valid["backbone"]))
     assert (tables / "claims.tex").stat().st_size > 0 and "Cell validity" in (tables / "claims.md").read_text()
 
