@@ -31,3 +31,12 @@ def test_cost_and_share_won_back_are_paired_by_seed(tmp_path):
 def test_a_dataset_without_twin_has_no_row():
     frame = shortcut_recovery(runs_frame(), {"datasets": {"digits": {"source": "standin"}}})
     assert frame.empty
+
+
+def test_each_row_says_whether_its_cell_is_a_fair_test(tmp_path):
+    validity = pd.DataFrame({"dataset": ["digits"], "backbone": ["resnet18"], "valid": [False],
+                             "reason": ["the shortcut does not bite"]})
+    paths = write_shortcut_table(runs_frame(), CONFIG, tmp_path / "shortcut", validity=validity)
+    table = paths[1].read_text()
+    assert table.count("invalid: the shortcut does not bite") == 4  # twin, baseline, MEGL, L1-only rows
+    assert "not checked" in write_shortcut_table(runs_frame(), CONFIG, tmp_path / "again")[1].read_text()

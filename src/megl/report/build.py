@@ -56,7 +56,7 @@ def build_tables(config: dict, results_dir: Path, out_dir: Path, published_path:
         paper_vs_ours.caption(flags, labels))
     claims = claims_mod.evaluate_claims(runs, alpha=alpha, expected=expected, validity=validity)
     written += claims_mod.write_claims(claims, out_dir / "claims", alpha=alpha, labels=labels, validity=validity)
-    written += write_shortcut_table(runs, config, out_dir / "shortcut", labels=labels)
+    written += write_shortcut_table(runs, config, out_dir / "shortcut", labels=labels, validity=validity)
     return written
 
 

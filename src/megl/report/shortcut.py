@@ -74,10 +74,17 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else fmt_number(x, digits)
 
 
-def display(frame: pd.DataFrame, labels: Labels | None = None) -> pd.DataFrame:
+def display(frame: pd.DataFrame, labels: Labels | None = None, validity: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The formatted table; with the cell validity frame (megl.report.validity), a column says whether
+    each dataset × backbone is a fair test, so an invalid cell's shares are read as what they are."""
     labels = labels or Labels()
+    verdict = {}
+    if validity is not None and len(validity):
+        verdict = {(d, b): "valid" if v else f"invalid: {r}" for d, b, v, r in
+                   zip(validity["dataset"], validity["backbone"], validity["valid"].astype(bool), validity["reason"])}
     return pd.DataFrame({
         "Dataset": frame["dataset"].map(labels.dataset), "Backbone": frame["backbone"].map(labels.backbone),
+        "Cell": [verdict.get((d, b), "not checked") for d, b in zip(frame["dataset"], frame["backbone"])],
         "Method": [m if m.startswith("no shortcut") else method_label(m) for m in frame["method"]],
         "n": frame["n"], "Accuracy": frame["accuracy"].map(_fmt),
         "vs baseline (paired)": frame["gain"].map(_fmt),
@@ -93,9 +100,9 @@ CAPTION = ("What the shortcut costs the baseline (the no-shortcut twin's baselin
 
 
 def write_shortcut_table(runs: pd.DataFrame, config: Mapping[str, Any], out_stem: str | Path,
-                         labels: Labels | None = None) -> list[Path]:
-    """shortcut.md and .tex (formatted) and shortcut.csv (the raw numbers)."""
+                         labels: Labels | None = None, validity: pd.DataFrame | None = None) -> list[Path]:
+    """shortcut.md and .tex (formatted, with each cell's validity) and shortcut.csv (the raw numbers)."""
     frame = shortcut_recovery(runs, config)
-    written = write_table(display(frame, labels), out_stem, caption=CAPTION)
+    written = write_table(display(frame, labels, validity), out_stem, caption=CAPTION)
     write_text(written[0], frame.to_csv(index=False))
     return written
