@@ -136,7 +136,7 @@ def _control_twin_problems(config: dict, dataset: str, entry: dict, source: str)
     return []
 
 
-def for_cell(config: dict, dataset: str, backbone: str) -> dict:
+def for_cell(config: dict, dataset: str | None, backbone: str) -> dict:
     """The config one (dataset, backbone) cell reads: `for_backbone`, and the dataset's trunk depth
     (`datasets.<dataset>.frozen_stages[backbone]`, chosen per dataset by the regime protocol of
     docs/experiment.md) in place of the backbone's own `frozen_stages`."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megl.config import for_backbone
+from megl.config import for_cell
 from megl.errors import MEGLError
 from megl.methods import MLLM_BACKBONE, get_method
 
@@ -133,10 +133,8 @@ def dvc_matrix(config: dict) -> dict:
 def training_config(config: dict, method: str, backbone: str, dataset: str | None = None) -> dict:
     """The part of the config one run's training reads (megl.train). As a rule's params it makes a
     change to another method's hyperparameter (e.g. train.lambda_t, baselines.haics) leave this run alone."""
-    from megl.config import for_cell
-
     m = get_method(method)
-    resolved = for_cell(config, dataset, backbone) if dataset is not None else for_backbone(config, backbone)
+    resolved = for_cell(config, dataset, backbone)  # without a dataset: the backbone's own regime
     train = dict(resolved["train"])
     if not m.textual:
         train.pop("lambda_t", None)
