@@ -92,17 +92,17 @@ class Killed(RuntimeError):
 def kill_after_checkpoint(monkeypatch):
     """`arm()`: the next training dies right after writing an epoch's checkpoint (raises Killed), as a
     kill -9 would leave it; `arm()` returns the function that restores the real checkpoint writer."""
-    import megl.train as train_mod
+    import megl.rundir as rundir_mod
 
-    real_save = train_mod._save_checkpoint
+    real_save = rundir_mod.save_checkpoint
 
     def save_then_die(run_dir, model, optimizer, epoch, log_rows):
         real_save(run_dir, model, optimizer, epoch, log_rows)
         raise Killed(f"killed after epoch {epoch}")
 
     def arm():
-        monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
-        return lambda: monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+        monkeypatch.setattr(rundir_mod, "save_checkpoint", save_then_die)
+        return lambda: monkeypatch.setattr(rundir_mod, "save_checkpoint", real_save)
 
     return arm
 

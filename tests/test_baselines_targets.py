@@ -100,7 +100,8 @@ def _capture_targets(monkeypatch, config: dict) -> dict[str, list]:
     from megl import losses
     from megl.baselines import cdep, haics, res
     from megl.methods import get_method
-    from megl.train import batch_losses, build_run_model
+    from megl.models.build import build_run_model
+    from megl.objective import batch_losses
 
     real, current, calls = losses.saliency_target, [None], {}
 

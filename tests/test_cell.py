@@ -137,7 +137,8 @@ def test_text_loss_reads_only_the_first_k_samples(tiny_data, tiny_config):
     """train.text_batch_size = k: L_textual is SDTG's loss on the batch's first k samples, whatever the rest say."""
     from megl.data.split import read_split
     from megl.data.tensors import decode_split
-    from megl.train import batch_losses, build_run_model
+    from megl.models.build import build_run_model
+    from megl.objective import batch_losses
 
     cfg = copy.deepcopy(tiny_config)
     cfg["train"]["text_batch_size"] = 3

@@ -29,7 +29,7 @@ def test_run_cell_imports_the_losses_and_the_stand_in_generator_does_not():
 
 def test_lazy_imports_and_package_data_count():
     run_cell = code_deps("run-cell")
-    # megl.models.sdtg is imported only inside a function of megl.train (build_run_model)
+    # megl.models.sdtg is imported only inside a function of megl.models.build (build_run_model)
     assert "src/megl/models/sdtg.py" in run_cell
     # read by megl.config through Path(__file__).with_name(...), not imported
     assert "src/megl/config.schema.yaml" in run_cell

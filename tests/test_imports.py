@@ -63,7 +63,7 @@ def test_a_visual_cell_never_imports_the_text_libraries(method):
 import megl.cli, megl.cell, megl.evaluate, megl.train
 from megl.config import load_config
 from megl.methods import get_method
-from megl.train import build_run_model
+from megl.models.build import build_run_model
 config = load_config("config/smoke.yaml")
 backbone = dict(config["backbones"]["resnet18"], weights=None, frozen_stages=0)
 model = build_run_model(config, get_method({method!r}), backbone, 3, None)

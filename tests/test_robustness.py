@@ -57,19 +57,19 @@ def test_a_second_training_into_a_busy_run_folder_is_refused_and_the_folder_stay
         tiny_data, tiny_config, tmp_path, capsys, monkeypatch):
     """Two `megl train` into one folder: the second exits 2 at once naming the holder's PID; the
     folder's config, log, weights and done marker all come from the first."""
-    import megl.train as train_mod
+    import megl.rundir as rundir_mod
 
     tiny_config["train"]["epochs"] = 2
     run = tmp_path / "run"
     inside, release = threading.Event(), threading.Event()
-    real_save = train_mod._save_checkpoint
+    real_save = rundir_mod.save_checkpoint
 
     def paused_save(run_dir, model, optimizer, epoch, rows):
         real_save(run_dir, model, optimizer, epoch, rows)
         inside.set()
         assert release.wait(120)
 
-    monkeypatch.setattr(train_mod, "_save_checkpoint", paused_save)
+    monkeypatch.setattr(rundir_mod, "save_checkpoint", paused_save)
     first_rc: list[int] = []
     first = threading.Thread(target=lambda: first_rc.append(cli_main(_train_argv(tiny_data, tiny_config, tmp_path, run))))
     first.start()
@@ -161,12 +161,12 @@ def test_a_failed_training_removes_the_folder_it_created(tiny_data, tiny_config,
 
 
 def test_a_full_disk_during_training_is_one_line_exit_1(tiny_data, tiny_config, tmp_path, capsys, monkeypatch):
-    import megl.train as train_mod
+    import megl.rundir as rundir_mod
 
     def full(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(train_mod, "write_text", full)
+    monkeypatch.setattr(rundir_mod, "write_text", full)
     run = tmp_path / "run"
     assert cli_main(_train_argv(tiny_data, tiny_config, tmp_path, run)) == 1
     lines = _err_lines(capsys)

@@ -14,7 +14,7 @@ from megl.models.clip import FrozenVisionEncoder, build_tiny_clip
 from megl.models.lm import apply_lora, build_tiny_lm
 from megl.models.sdtg import SDTG
 from megl.models.tokenizer import train_tokenizer
-from megl.train import mllm_answer
+from megl.mllm_protocol import mllm_answer
 
 from tiny_sdtg import CLIP_CFG, FEAT_DIM, LM_CFG, LORA, P, S
 

@@ -10,7 +10,9 @@ from megl.data.annotations import read_dataset
 from megl.data.dataset import MEDataset, collate, mean_annotation_map
 from megl.data.split import read_split
 from megl.methods import get_method
-from megl.train import batch_losses, build_run_model, make_optimizer
+from megl.models.build import build_run_model
+from megl.objective import batch_losses
+from megl.train import make_optimizer
 
 torch.set_num_threads(1)
 

@@ -16,6 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import megl.rundir as rundir_mod
 import megl.train as train_mod
 from megl.cli import main as cli_main
 from megl.data.annotations import read_dataset
@@ -26,7 +27,9 @@ from megl.evaluate import evaluate_run
 from megl.methods import METHODS, MLLM_BACKBONE, get_method
 from megl.models.gradcam import saliency as saliency_map
 from conftest import Killed
-from megl.train import batch_losses, build_run_model, train_run
+from megl.models.build import build_run_model
+from megl.objective import batch_losses
+from megl.train import train_run
 
 torch.set_num_threads(1)
 
@@ -180,7 +183,7 @@ def test_resume_after_kill_matches_uninterrupted(tiny_data, tiny_config, tmp_pat
         train(tiny_data, cfg, "megl", killed)
 
     calls = {"load": [], "steps": 0}
-    real_load, real_losses = train_mod._load_checkpoint, train_mod.batch_losses
+    real_load, real_losses = rundir_mod.load_checkpoint, train_mod.batch_losses
 
     def spy_load(*a, **k):
         out = real_load(*a, **k)
@@ -191,7 +194,7 @@ def test_resume_after_kill_matches_uninterrupted(tiny_data, tiny_config, tmp_pat
         calls["steps"] += 1
         return real_losses(*a, **k)
 
-    monkeypatch.setattr(train_mod, "_load_checkpoint", spy_load)
+    monkeypatch.setattr(rundir_mod, "load_checkpoint", spy_load)
     monkeypatch.setattr(train_mod, "batch_losses", spy_losses)
     train(tiny_data, cfg, "megl", killed, resume=True)
     assert calls["load"] == [1]  # resumed from the epoch-1 checkpoint

@@ -11,7 +11,8 @@ from megl.data.dataset import MEDataset, collate
 from megl.data.split import read_split
 from megl.errors import MEGLError
 from megl.methods import get_method
-from megl.train import backward_step, build_run_model
+from megl.models.build import build_run_model
+from megl.train import backward_step
 
 
 def vit_megl(tiny_data, config):

@@ -133,7 +133,8 @@ def _path(value: str | None) -> Path | None:
 
 def cmd_train(args) -> int:
     from megl.runlock import run_folder_lock
-    from megl.train import CKPT_META, train_run
+    from megl.rundir import CKPT_META
+    from megl.train import train_run
 
     config = _config(args)
     with run_folder_lock(args.run_dir, "train", keep_if=CKPT_META):

@@ -23,7 +23,8 @@ from megl.metrics import classification, efficiency, saliency as saliency_metric
 from megl.models.gradcam import saliency as saliency_map
 from megl.runs import WEIGHTS, load_weights, read_json
 from megl.runtime import resolve_device, set_determinism
-from megl.train import backbone_entry, build_run_model, class_names_of, mllm_answer
+from megl.mllm_protocol import class_names_of, mllm_answer
+from megl.models.build import backbone_entry, build_run_model
 
 TOPK = 3
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 A method is a name plus the loss terms and the SDTG path it switches on (docs/experiment.md §5 maps
 them to the paper's rows, docs/baselines.md describes the baselines); the one training loop in
-`megl.train` reads these flags. Adding a method is a few lines here.
+`megl.train` and `megl.objective` read these flags. Adding a method is a few lines here.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Nothing is downloaded: the classifiers are `build_classifier` with `weights: Non
 Llama and CLIP a CLIPModel built from `megl.plan`'s configs (Vicuna-7B / ViT-L/14 dimensions, or the local
 config.json when the folder is there), in the configured dtype, with a BPE tokenizer trained here on
 random words (the LM's vocabulary, hence its logits, keeps its real size). Each step is the training
-loop's own: `megl.train.batch_losses` under bf16 autocast (CUDA), backward, `make_optimizer`'s AdamW step.
+loop's own: `megl.objective.batch_losses` under bf16 autocast (CUDA), backward, `make_optimizer`'s AdamW step.
 
 Families (megl.plan.family_of), per backbone where there is one:
   baseline  L_pred only (`baseline`)
@@ -144,7 +144,7 @@ def family_model(config: dict, family: str, backbone: str | None, num_classes: i
     from megl.methods import get_method
     from megl.models.backbones import build_classifier
     from megl.runs import RunModel
-    from megl.train import cam_grid
+    from megl.models.build import cam_grid
 
     method = get_method(FAMILY_METHOD[family])
     classifier = state = sdtg = None
@@ -212,7 +212,7 @@ def _gradient_checks(model, batch, cfg_train, mean_map, config, rationales, clas
                      first) -> tuple[bool, bool | None]:
     """One untimed forward/backward of the whole batch: does the total loss's gradient reach the classifier's
     first layer (no classifier: the LoRA adapters), and does L_textual's alone (None without L_textual)?"""
-    from megl.train import batch_losses
+    from megl.objective import batch_losses
 
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
         terms = batch_losses(model, batch, cfg_train, mean_map, config, rationales, class_names)
@@ -234,7 +234,7 @@ def _gradient_checks(model, batch, cfg_train, mean_map, config, rationales, clas
 def time_scoring(config: dict, num_classes: int, text: TextStack, device: torch.device, warmup: int,
                  steps: int) -> dict:
     """The MLLMs' closed-set evaluation: log-likelihood of every class's answer for one evaluation batch."""
-    from megl.train import mllm_answer
+    from megl.mllm_protocol import mllm_answer
 
     model = family_model(config, "mllm", None, num_classes, text, device)
     model.train(False)

@@ -4,8 +4,8 @@ the authors' per-sample Grad-CAM loop, on one batch and one model, in one proces
     python -m megl.bench.train_step --out results/bench/train_step.json
 
 (a) ce        forward, CE, backward, AdamW step
-(b) explain   megl.train.batch_losses, method megl_visual_only (L_pred + L1 + L_dc, batched Grad-CAM)
-(c) megl      megl.train.batch_losses, method megl (adds SDTG on a tiny CLIP + tiny Llama, random weights)
+(b) explain   megl.objective.batch_losses, method megl_visual_only (L_pred + L1 + L_dc, batched Grad-CAM)
+(c) megl      megl.objective.batch_losses, method megl (adds SDTG on a tiny CLIP + tiny Llama, random weights)
 (d) loop      per image: its own forward and torch.autograd.grad(create_graph=True), then (b)'s losses
 Each variant: median wall time over `repeats` rounds after `warmup` rounds; rounds interleave the four
 variants so that machine-load drift hits all of them alike. See docs/benchmarks.md.
@@ -111,7 +111,7 @@ def run(config: dict, *, batch_size: int, image_size: int, num_classes: int, ann
     from megl.methods import get_method
     from megl.models.backbones import build_classifier
     from megl.runs import RunModel
-    from megl.train import batch_losses
+    from megl.objective import batch_losses
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)

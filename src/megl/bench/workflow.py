@@ -95,7 +95,7 @@ def rule_breakdown(results: Path) -> dict[str, dict]:
 # and evaluation code (torch, torchvision, scikit-learn), then load and validate the config (yaml, jsonschema).
 CELL_JOB_START = ("import megl.cli, megl.cell\nfrom megl.config import load_config\n"
                   f"load_config({str(REPO / 'config' / 'config.yaml')!r})")
-# What a text-writing cell imports on top, when it builds SDTG and the LM (megl.train.build_run_model).
+# What a text-writing cell imports on top, when it builds SDTG and the LM (megl.models.build.build_run_model).
 TEXT_CELL_IMPORTS = "import megl.models.lm, megl.models.sdtg, megl.pretrain, peft"
 
 
