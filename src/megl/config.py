@@ -71,12 +71,12 @@ def validate_config(config: dict, source: str = "<config>") -> dict:
 def _check_matrix_names(config: dict, source: str) -> None:
     """Every dataset and backbone of the matrix must be defined; every method must be registered; a
     dataset's per-backbone trunk depth names declared backbones; a control twin names a dataset."""
-    from megl.matrix import blocks, check_method_kinds
+    from megl.matrix_blocks import BLOCK_KEYS, blocks, check_method_kinds
     from megl.methods import METHODS  # late import: methods imports nothing heavy, but keep config light
 
     matrix = config["matrix"]
     problems = []
-    if "blocks" in matrix and any(k in matrix for k in ("datasets", "backbones", "methods", "mllm_methods")):
+    if "blocks" in matrix and any(k in matrix for k in BLOCK_KEYS):
         problems.append(f"{source}: key matrix: give either matrix.blocks or the flat datasets/backbones/methods, "
                         "not both")
     for block_name, block in blocks(matrix).items():

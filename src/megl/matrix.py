@@ -12,10 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megl.config import for_cell
-from megl.errors import MEGLError
+from megl.matrix_blocks import blocks, check_method_kinds
 from megl.methods import MLLM_BACKBONE, get_method
-
-BLOCK_KEYS = ("datasets", "backbones", "methods", "mllm_methods")
 
 
 @dataclass(frozen=True, order=True)
@@ -43,16 +41,6 @@ class Run:
         return f"{'cell_mllm' if self.backbone == MLLM_BACKBONE else 'cell'}@{self.cell}"
 
 
-def blocks(matrix: dict) -> dict[str, dict]:
-    """The matrix's blocks by name, each with all four keys (empty lists where absent); a flat
-    matrix is the one block `all`."""
-    if "blocks" in matrix:
-        raw = matrix["blocks"]
-    else:
-        raw = {"all": {k: matrix[k] for k in BLOCK_KEYS if k in matrix}}
-    return {name: {k: list(block.get(k) or []) for k in BLOCK_KEYS} for name, block in raw.items()}
-
-
 def _union(matrix: dict, key: str) -> list[str]:
     return list(dict.fromkeys(x for block in blocks(matrix).values() for x in block[key]))
 
@@ -73,17 +61,6 @@ def matrix_methods(matrix: dict) -> list[str]:
 
 def matrix_mllm_methods(matrix: dict) -> list[str]:
     return _union(matrix, "mllm_methods")
-
-
-def check_method_kinds(matrix: dict) -> None:
-    for name, block in blocks(matrix).items():
-        where = f"matrix.blocks.{name}" if "blocks" in matrix else "matrix"
-        for key, kind in (("methods", "classifier"), ("mllm_methods", "mllm")):
-            for method in block[key]:
-                if get_method(method).kind != kind:
-                    other = "mllm_methods" if kind == "classifier" else "methods"
-                    raise MEGLError(f"config key {where}.{key}: method {method!r} is a {get_method(method).kind} "
-                                    f"method; list it under {where}.{other}")
 
 
 def enumerate_runs(config: dict) -> list[Run]:
