@@ -9,11 +9,13 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from megl.methods import VISUAL_BASELINES
+from megl.methods import methods_in
 from megl.report.claims import (COLUMNS, OPPOSITE_COLUMN, claim_lines, claim_summary, claim_verdict,
                                 compare_pair, decide_family, evaluate_claims, holm, paired_test, write_claims)
 from megl.report.collect import expected_runs
 from megl.report.power import mde, paired_sd, power_at, seeds_needed
+
+VISUAL_BASELINES = methods_in("visual_baseline")
 
 
 def frame(values: dict[str, list[float]], metric: str = "accuracy", dataset: str = "objects",

@@ -46,14 +46,7 @@ log = logging.getLogger(__name__)
 
 def guidance_grid(config: dict, method: Method) -> list[dict[str, float]]:
     """The candidate settings of the method's guidance weights (empty when it has none)."""
-    grid = config["selection"]["grid"]
-    keys = method.guidance_keys
-    values = {k: grid["lambda_v"] if k == "train.lambda_v" else grid["lambda_t"] if k == "train.lambda_t"
-              else grid["weight"] for k in keys}
-    n = {len(v) for v in values.values()}
-    if len(n) > 1:
-        raise MEGLError(f"selection.grid: lists for {keys} differ in length; they are zipped, so give equal lengths")
-    return [{k: float(values[k][i]) for k in keys} for i in range(n.pop())] if keys else []
+    return method.guidance_points(config["selection"]["grid"])
 
 
 def with_overrides(config: dict, overrides: dict[str, float]) -> dict:

@@ -135,10 +135,8 @@ def training_config(config: dict, method: str, backbone: str, dataset: str | Non
 
 def _selection_of(config: dict, method) -> dict | None:
     """The selection settings this method's cell reads: only the grids of its own guidance weights."""
-    keys = method.guidance_keys
-    if not keys:
+    if not method.guidance:
         return None
     sel = dict(config["selection"])
-    grids = {"train.lambda_v": "lambda_v", "train.lambda_t": "lambda_t"}
-    sel["grid"] = {grids.get(k, "weight"): sel["grid"][grids.get(k, "weight")] for k in keys}
+    sel["grid"] = {name: sel["grid"][name] for name in method.guidance.values()}
     return sel

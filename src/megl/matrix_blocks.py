@@ -21,9 +21,9 @@ def blocks(matrix: dict) -> dict[str, dict]:
 def check_method_kinds(matrix: dict) -> None:
     for name, block in blocks(matrix).items():
         where = f"matrix.blocks.{name}" if "blocks" in matrix else "matrix"
-        for key, kind in (("methods", "classifier"), ("mllm_methods", "mllm")):
+        for key, wants_mllm in (("methods", False), ("mllm_methods", True)):
             for method in block[key]:
-                if get_method(method).kind != kind:
-                    other = "mllm_methods" if kind == "classifier" else "methods"
+                if get_method(method).is_mllm != wants_mllm:
+                    other = "methods" if wants_mllm else "mllm_methods"
                     raise MEGLError(f"config key {where}.{key}: method {method!r} is a {get_method(method).kind} "
                                     f"method; list it under {where}.{other}")

@@ -61,7 +61,7 @@ GIB = 2 ** 30
 
 def family_of(method: Method) -> str:
     """The benchmark family whose step cost stands for the method's (megl.bench.paper_scale)."""
-    if method.kind == "mllm":
+    if method.is_mllm:
         return "mllm"
     if method.writes_text:
         return "text"
@@ -303,7 +303,7 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
         return job
     params = trainable = weights = trainable_bytes = 0
     act = {"classifier": 0, "lm": 0, "lm_plain": 0, "lm_checkpointed": 0, "logits": 0, "clip": 0}
-    if method.kind != "mllm":
+    if not method.is_mllm:
         mode = (method.needs_saliency_graph, method.saliency_path == "detached", method.visual_loss == "cdep")
         depth = int(cfg["backbones"][backbone].get("frozen_stages", 0))
         key = (backbone, data["classes"], depth, mode)  # the class count changes the head only: saves once per mode
@@ -315,11 +315,10 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
         params, trainable, weights, trainable_bytes = c["params"], c["trainable"], c["weight_bytes"], c["trainable_bytes"]
         act["classifier"] = c["saved_per_sample"] * min(batch, micro)
     if method.writes_text:
-        k = min(int(tr.get("text_batch_size") or batch) if method.kind != "mllm" else batch, micro)
+        k = min(int(tr.get("text_batch_size") or batch) if not method.is_mllm else batch, micro)
         seq, d = text_seq_len(config), text.lm_dims
-        uses_encoder = method.kind == "mllm" or method.saliency_path != "none"
-        proj = (d["hidden"] * (c["feature_dim"] + 1) if method.kind != "mllm" else 0) + \
-            (d["hidden"] * (text.clip_dims["hidden"] + 1) if uses_encoder else 0)  # W_I, W_A (fp32)
+        proj = (d["hidden"] * (c["feature_dim"] + 1) if not method.is_mllm else 0) + \
+            (d["hidden"] * (text.clip_dims["hidden"] + 1) if method.uses_vision_encoder else 0)  # W_I, W_A (fp32)
         params += text.lm["params"] + text.clip["params"] + proj
         trainable += text.lm["trainable"] + proj
         weights += text.lm["weight_bytes"] + text.clip["weight_bytes"] + 4 * proj

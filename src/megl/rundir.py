@@ -24,7 +24,7 @@ def write_run_record(run_dir: Path, config: dict, identity: dict, method: Method
     """run.json (identity, method flags, inputs, environment) and the config snapshot the run used."""
     import yaml
 
-    write_json(run_dir / "run.json", {"run": identity, "method": vars(method), "data_root": str(data_root),
+    write_json(run_dir / "run.json", {"run": identity, "method": method.run_record(), "data_root": str(data_root),
                                       "split": str(split_path),
                                       "pretrained": str(pretrained_dir) if pretrained_dir else None,
                                       "backbone_weights": str(backbone_weights) if backbone_weights else None,

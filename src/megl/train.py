@@ -192,7 +192,7 @@ def train_run(config: dict, *, dataset: str, backbone: str, method: str, seed: i
     identity = {"dataset": dataset, "backbone": backbone, "method": method, "seed": seed}
     rundir.write_run_record(run_dir, config, identity, method_obj, data_root, split_path, pretrained_dir,
                      backbone_weights, device)
-    class_names = class_names_of(data) if method_obj.kind == "mllm" else None
+    class_names = class_names_of(data) if method_obj.is_mllm else None
     started = time.time()
     rows = fit(model, train, config, seed, device, mean_map, class_names, start_epoch=start_epoch,
                log_rows=log_rows, optimizer=optimizer, label=f"{method} seed{seed} ",

@@ -157,7 +157,7 @@ def family_model(config: dict, family: str, backbone: str | None, num_classes: i
         classifier.to(device)
     if method.writes_text:
         sdtg = text.sdtg(config, classifier.feature_dim if classifier is not None else None,
-                         method.kind == "mllm" or method.saliency_path != "none", device)
+                         method.uses_vision_encoder, device)
     return RunModel(method, classifier, sdtg, state, None, None)
 
 

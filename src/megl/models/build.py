@@ -18,7 +18,7 @@ def dataset_entry(config: dict, dataset: str) -> dict:
 
 
 def backbone_entry(config: dict, backbone: str, method: Method) -> dict | None:
-    if method.kind == "mllm":
+    if method.is_mllm:
         if backbone != MLLM_BACKBONE:
             raise MEGLError(f"method {method.name!r} has no classifier backbone: use backbone {MLLM_BACKBONE!r}")
         return None
@@ -42,8 +42,7 @@ def build_run_model(config: dict, method: Method, backbone_cfg: dict | None, num
 
         encoder, clip, clip_tokenizer = load_vision(config["vision_encoder"], pretrained_dir)
         lm, lm_tokenizer = load_lm(config["lm"], pretrained_dir)
-        use_encoder = method.kind == "mllm" or method.saliency_path != "none"
-        sdtg = SDTG(prepare_lm(lm, config["lm"]), lm_tokenizer, encoder if use_encoder else None,
+        sdtg = SDTG(prepare_lm(lm, config["lm"]), lm_tokenizer, encoder if method.uses_vision_encoder else None,
                     feature_dim=classifier.feature_dim if classifier is not None else None,
                     prefix_tokens=config["sdtg"]["prefix_tokens"], prompt=config["sdtg"]["prompt"],
                     max_rationale_tokens=config["sdtg"]["max_rationale_tokens"])

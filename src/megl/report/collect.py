@@ -10,7 +10,7 @@ import pandas as pd
 
 from megl.errors import MEGLError
 from megl.matrix import enumerate_runs
-from megl.methods import MLLM_BACKBONE, MLLM_BASELINES
+from megl.methods import METHODS, MLLM_BACKBONE
 
 RUN_KEYS: tuple[str, ...] = ("dataset", "backbone", "method", "seed")
 CLASSIFICATION_KEYS: tuple[str, ...] = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
@@ -93,7 +93,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     _check_path_matches(path, run)
 
     row: dict[str, Any] = {key: run[key] for key in RUN_KEYS}
-    is_mllm = run["method"] in MLLM_BASELINES or run["backbone"] == MLLM_BACKBONE
+    is_mllm = (run["method"] in METHODS and METHODS[run["method"]].is_mllm) or run["backbone"] == MLLM_BACKBONE
     for key in REQUIRED_KEYS:
         if key not in record:
             if is_mllm and key in MLLM_ABSENT_OK:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from megl.io import write_text
-from megl.methods import ABLATIONS, METHODS, MLLM_BACKBONE, MLLM_BASELINES, VISUAL_BASELINES
+from megl.methods import GROUPS, METHODS, MLLM_BACKBONE, methods_in
 from megl.report.collect import METRIC_KEYS, RUN_KEYS, TEXT_KEYS
 from megl.report.labels import Labels
 
@@ -19,14 +19,31 @@ GROUP_KEYS: list[str] = ["dataset", "backbone", "method"]
 # Dataset and backbone display names come from the config (megl.report.labels.labels_from_config)
 # and are passed in; without them a key is shown as is, never as one of the paper's names.
 
-# Row order and table contents, from the method registry's groups.
-METHOD_ORDER: tuple[str, ...] = (*MLLM_BASELINES, *VISUAL_BASELINES, "megl", *ABLATIONS)
+# Which methods each table shows, in row order: a report group (megl.methods.GROUPS) stands for its
+# methods in registry order, a method's name for itself (the plain classifier, Table 4's floor).
+TABLES: dict[str, tuple[str, ...]] = {
+    "table2": ("mllm_baseline", "visual_baseline", "proposed"),
+    "table3": ("mllm_baseline", "proposed"),
+    "table4": ("proposed", "ablation", "baseline"),
+    "table5": ("baseline", "proposed", "mllm_baseline"),
+}
 BACKBONE_ORDER: tuple[str, ...] = (MLLM_BACKBONE, "resnet18", "vit_b_16")
 
-TABLE2_METHODS: tuple[str, ...] = (*MLLM_BASELINES, *VISUAL_BASELINES, "megl")
-TABLE3_METHODS: tuple[str, ...] = (*MLLM_BASELINES, "megl")
-TABLE4_METHODS: tuple[str, ...] = ("megl", *ABLATIONS, "baseline")
-TABLE5_METHODS: tuple[str, ...] = ("baseline", "megl", *MLLM_BASELINES)
+
+def table_methods(table: str) -> tuple[str, ...]:
+    """The methods of a table, read from the registry when called."""
+    items = TABLES[table]
+    return tuple(dict.fromkeys(m for item in items for m in (methods_in(item) if item in GROUPS else [item])))
+
+
+def method_order() -> tuple[str, ...]:
+    """Row order of every table: group by group (megl.methods.GROUPS), registry order within a group."""
+    return tuple(methods_in(*GROUPS))
+
+
+# The registry as declared, for megl.report.figures (the tables themselves call the functions above).
+METHOD_ORDER: tuple[str, ...] = method_order()
+TABLE4_METHODS: tuple[str, ...] = table_methods("table4")
 
 # Column header per metric key, in table order.
 METRIC_LABELS: dict[str, str] = {
@@ -92,7 +109,7 @@ def _reason(notes: Iterable[Any], metric: str) -> str:
 
 # ---------------------------------------------------------------- aggregation
 def _order_key(series: pd.Series) -> pd.Series:
-    order = {"method": METHOD_ORDER, "backbone": BACKBONE_ORDER}.get(series.name)
+    order = {"method": method_order(), "backbone": BACKBONE_ORDER}.get(series.name)
     if order is None:
         return series
     return series.map(lambda v: order.index(v) if v in order else len(order))
@@ -194,9 +211,10 @@ def table2(summary: pd.DataFrame, labels: Labels | None = None) -> pd.DataFrame:
     they have no saliency map, so their mIoU reads n/a.
     """
     metrics = ["accuracy", "precision_macro", "recall_macro", "f1_macro", "miou", "miou_all", "saliency_auprc"]
-    out = _display(summary, TABLE2_METHODS, metrics, labels)
+    methods = table_methods("table2")
+    out = _display(summary, methods, metrics, labels)
     out = out.rename(columns={METRIC_LABELS[m]: label for m, label in MIOU_COLUMNS.items()})
-    rows = summary[summary["method"].isin(TABLE2_METHODS)]
+    rows = summary[summary["method"].isin(methods)]
     mllm = (rows["backbone"] == MLLM_BACKBONE).to_numpy()
     for m in (*MIOU_COLUMNS.values(), "Saliency AUPRC"):
         out.loc[mllm & out[m].str.startswith("n/a"), m] = "n/a (no saliency map)"
@@ -226,12 +244,13 @@ def generate_accuracy_cell(row: pd.Series) -> str:
     return f"{text}, parsed {parsed}/{total}"
 
 
-def table3(summary: pd.DataFrame, methods: Sequence[str] = TABLE3_METHODS,
+def table3(summary: pd.DataFrame, methods: Sequence[str] | None = None,
            labels: Labels | None = None) -> pd.DataFrame:
     """Textual explanation quality: CLIPScore, BLEU-4, METEOR, ROUGE-L, SPICE, CIDEr.
 
     A scorer that could not run reads `n/a (reason)`, with the reason from the runs' notes.
     """
+    methods = table_methods("table3") if methods is None else methods
     out = _display(summary, methods, ["clipscore", "bleu4", "meteor", "rouge_l", "spice", "cider"], labels)
     return out
 
@@ -242,12 +261,13 @@ def _delta_pp(a: float, b: float) -> str:
     return f"{(a - b) * 100:+.2f} pp"
 
 
-def table4(summary: pd.DataFrame, methods: Sequence[str] = TABLE4_METHODS,
+def table4(summary: pd.DataFrame, methods: Sequence[str] | None = None,
            labels: Labels | None = None) -> pd.DataFrame:
     """Ablation: every MEGL variant and the baseline per dataset × backbone, accuracy and both
     mIoUs (MIOU_COLUMNS), each with the change of its mean from full MEGL in percentage points
     (the paper's column)."""
     labels = labels or Labels()
+    methods = table_methods("table4") if methods is None else methods
     sel = summary[summary["method"].isin(methods) & (summary["backbone"] != MLLM_BACKBONE)]
     rows = []
     for (dataset, backbone), grp in sel.groupby(["dataset", "backbone"], sort=False):
@@ -267,9 +287,10 @@ def table4(summary: pd.DataFrame, methods: Sequence[str] = TABLE4_METHODS,
     return pd.DataFrame(rows, columns=cols)
 
 
-def table5(summary: pd.DataFrame, methods: Sequence[str] = TABLE5_METHODS,
+def table5(summary: pd.DataFrame, methods: Sequence[str] | None = None,
            labels: Labels | None = None) -> pd.DataFrame:
     """Efficiency: parameters (millions), latency (ms) and FPS at batch 1."""
+    methods = table_methods("table5") if methods is None else methods
     return _display(summary, methods, ["params", "latency_ms", "fps"], labels)
 
 
