@@ -5,6 +5,7 @@ Every baseline has the same two functions, so the trainer treats them as sibling
 
     loss_fn(model, images, labels, sal_scaled (B,h,w), maps (B,1,S,S), has_map bool (B,),
             cfg, state) -> scalar            # unweighted; a graph-connected 0 without annotations
+                                             # (a loss on Â alone: common.on_saliency(loss))
     make_state(cfg, grid_hw) -> nn.Module | None   # learnable parts (RES-L), for the optimiser
 
 and may have `prepare(classifier, split, cfg, device) -> {key: (N, ...) tensor}`: per-sample inputs
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from megl.baselines.cdep import cd_forward, cdep_loss
 from megl.baselines.cdep import prepare as _cdep_prepare
 from megl.baselines.cdep import make_state as _cdep_state
+from megl.baselines.common import on_saliency
 from megl.baselines.haics import haics_loss
 from megl.baselines.haics import make_state as _haics_state
 from megl.baselines.res import make_state_g, make_state_l, res_g_loss, res_l_loss, solve_threshold
@@ -47,9 +49,9 @@ class Baseline:
 
 BASELINES: dict[str, Baseline] = {
     "cdep": Baseline("cdep", cdep_loss, _cdep_state, _cdep_prepare, ("features", "cd_trunk_rel")),
-    "haics": Baseline("haics", haics_loss, _haics_state),
-    "res_g": Baseline("res_g", res_g_loss, make_state_g),
-    "res_l": Baseline("res_l", res_l_loss, make_state_l),
+    "haics": Baseline("haics", on_saliency(haics_loss), _haics_state),
+    "res_g": Baseline("res_g", on_saliency(res_g_loss), make_state_g),
+    "res_l": Baseline("res_l", on_saliency(res_l_loss), make_state_l),
 }
 
 

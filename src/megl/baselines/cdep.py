@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from megl.baselines.haics import check_inputs
+from megl.baselines.common import check_inputs, param
 from megl.errors import MEGLError
 from megl.losses import saliency_target
 
@@ -46,12 +46,6 @@ Pair = tuple[Tensor, Tensor]
 
 # Written by hand: no maintained library implements contextual decomposition for torchvision
 # ResNets and ViTs in batch (the authors' `cd.py` covers VGG-style nets, one image at a time).
-
-
-def _param(cfg: dict[str, Any], key: str) -> Any:
-    if key not in cfg or cfg[key] is None:
-        raise MEGLError(f"baselines.{NAME}: missing required key {key!r}")
-    return cfg[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,8 +342,8 @@ def cdep_loss(
     """
     # Â is not used: CDEP decomposes the image. Shapes are checked against the images instead.
     has_map = check_inputs(images[:, 0], maps, has_map, NAME)
-    rule = _param(cfg, "nonlinearity")
-    classes = _param(cfg, "classes")
+    rule = param(cfg, "nonlinearity", NAME)
+    classes = param(cfg, "classes", NAME)
     if classes not in CLASS_MODES:
         raise MEGLError(f"baselines.{NAME}.classes: {classes!r} not one of {', '.join(CLASS_MODES)}")
     target_cfg = cfg.get("saliency_target")
@@ -383,7 +377,7 @@ def prepare(classifier: nn.Module, split: Any, cfg: dict[str, Any], device: torc
     stages. {} when nothing is frozen or the split carries no trunk features."""
     if getattr(classifier, "frozen_stages", 0) == 0 or split.features is None:
         return {}
-    rule, target_cfg = _param(cfg, "nonlinearity"), cfg.get("saliency_target")
+    rule, target_cfg = param(cfg, "nonlinearity", NAME), cfg.get("saliency_target")
     rel = torch.zeros_like(split.features)
     annotated = split.has_map.nonzero().flatten()
     with torch.no_grad():

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from megl.baselines.common import check_inputs, param
 from megl.errors import MEGLError
 from megl.losses import downsample_map, saliency_target
 
@@ -21,40 +22,14 @@ NAME = "haics"
 TARGETS = ("binary", "soft")
 
 
-def _param(cfg: dict[str, Any], key: str) -> Any:
-    if key not in cfg or cfg[key] is None:
-        raise MEGLError(f"baselines.{NAME}: missing required key {key!r}")
-    return cfg[key]
-
-
-def check_inputs(sal: Tensor, maps: Tensor, has_map: Tensor, name: str) -> Tensor:
-    """Validate shapes shared by every baseline; return has_map as a bool vector on sal's device."""
-    if sal.dim() != 3:
-        raise MEGLError(f"{name}: sal_scaled must be (B, h, w), got {tuple(sal.shape)}")
-    if maps.dim() != 4 or maps.shape[1] != 1 or maps.shape[0] != sal.shape[0]:
-        raise MEGLError(f"{name}: maps must be (B, 1, S, S) with B={sal.shape[0]}, got {tuple(maps.shape)}")
-    has_map = has_map.to(device=sal.device, dtype=torch.bool).view(-1)
-    if has_map.numel() != sal.shape[0]:
-        raise MEGLError(f"{name}: has_map has {has_map.numel()} entries for a batch of {sal.shape[0]}")
-    return has_map
-
-
-def haics_loss(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    sal_scaled: Tensor,
-    maps: Tensor,
-    has_map: Tensor,
-    cfg: dict[str, Any],
-    state: nn.Module | None = None,
-) -> Tensor:
+def haics_loss(sal_scaled: Tensor, maps: Tensor, has_map: Tensor, cfg: dict[str, Any],
+               state: nn.Module | None = None) -> Tensor:
     """HAICS explanation loss on the annotated samples; a graph-connected 0 when none is annotated."""
     has_map = check_inputs(sal_scaled, maps, has_map, NAME)
-    target_kind = _param(cfg, "target")
+    target_kind = param(cfg, "target", NAME)
     if target_kind not in TARGETS:
         raise MEGLError(f"baselines.{NAME}.target: {target_kind!r} not one of {', '.join(TARGETS)}")
-    eps = float(_param(cfg, "eps"))
+    eps = float(param(cfg, "eps", NAME))
     if not bool(has_map.any()):
         return 0.0 * sal_scaled.sum()
     sal = sal_scaled[has_map]
@@ -74,4 +49,4 @@ def make_state(cfg: dict[str, Any], grid_hw: tuple[int, int]) -> None:
     return None
 
 
-__all__ = ["haics_loss", "make_state", "check_inputs"]
+__all__ = ["haics_loss", "make_state"]

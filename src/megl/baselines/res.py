@@ -24,17 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from megl.baselines.haics import check_inputs
+from megl.baselines.common import check_inputs, param
 from megl.errors import MEGLError
 from megl.losses import downsample_map, saliency_target, target_threshold
 
 SCOPES = ("batch", "sample")
-
-
-def _param(cfg: dict[str, Any], key: str, name: str) -> Any:
-    if key not in cfg or cfg[key] is None:
-        raise MEGLError(f"baselines.{name}: missing required key {key!r}")
-    return cfg[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,22 +134,18 @@ def _thresholds(sal: Tensor, y: Tensor, scope: str, eps: float) -> Tensor:
     return torch.stack([solve_threshold(s, t, eps) for s, t in zip(sal, y)]).view(-1, 1, 1)
 
 
-def _res_loss(
-    name: str,
-    sal_scaled: Tensor,
-    maps: Tensor,
-    has_map: Tensor,
-    cfg: dict[str, Any],
-    state: nn.Module | None,
-) -> Tensor:
+def res_loss(name: str, sal_scaled: Tensor, maps: Tensor, has_map: Tensor, cfg: dict[str, Any],
+             state: nn.Module | None = None) -> Tensor:
+    """RES-G (`name` res_g) or RES-L (res_l, state = `make_state_l(...)`) loss on the annotated samples;
+    a graph-connected 0 when none is annotated."""
     has_map = check_inputs(sal_scaled, maps, has_map, name)
-    k = float(_param(cfg, "k", name))
-    eta = float(_param(cfg, "eta", name))
-    scope = _param(cfg, "threshold_scope", name)
+    k = float(param(cfg, "k", name))
+    eta = float(param(cfg, "eta", name))
+    scope = param(cfg, "threshold_scope", name)
     if scope not in SCOPES:
         raise MEGLError(f"baselines.{name}.threshold_scope: {scope!r} not one of {', '.join(SCOPES)}")
-    w_robust = float(_param(cfg, "robust_weight", name))
-    w_imp = float(_param(cfg, "imputation_weight", name))
+    w_robust = float(param(cfg, "robust_weight", name))
+    w_imp = float(param(cfg, "imputation_weight", name))
     if name == "res_l" and not isinstance(state, ImputationConv):
         raise MEGLError("baselines.res_l: the loss needs the ImputationConv from make_state (got none)")
     if not bool(has_map.any()):
@@ -169,49 +159,32 @@ def _res_loss(
     positive = saliency_target(sel_maps, sal.shape[-2:], cfg.get("saliency_target")).to(sal)
     y = 2.0 * positive - 1.0  # +1 annotated, -1 not: every cell of an annotated map is labelled
 
-    a = _thresholds(sal, y, scope, float(_param(cfg, "threshold_eps", name)))
+    a = _thresholds(sal, y, scope, float(param(cfg, "threshold_eps", name)))
     robust = F.relu((torch.tanh(k * (sal - a)) - y).abs().mean() - eta)
 
     if name == "res_g":
-        ks = int(_param(cfg, "gaussian_kernel", name))
-        sigma = float(_param(cfg, "gaussian_sigma", name))
+        ks = int(param(cfg, "gaussian_kernel", name))
+        sigma = float(param(cfg, "gaussian_sigma", name))
         imputed = gaussian_imputation(positive, ks, sigma)
         extra = sal.new_zeros(())
     else:
         if tuple(state.grid_hw) != tuple(sal.shape[-2:]):
             raise MEGLError(f"baselines.res_l: imputation built for grid {state.grid_hw}, saliency grid is {tuple(sal.shape[-2:])}")
         imputed = state(sel_maps.to(sal))
-        extra = float(_param(cfg, "reg", name)) * ((imputed - positive) ** 2).mean()
+        extra = float(param(cfg, "reg", name)) * ((imputed - positive) ** 2).mean()
     imputation = (sal - imputed).abs().mean()
     return w_robust * robust + w_imp * imputation + extra
 
 
-def res_g_loss(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    sal_scaled: Tensor,
-    maps: Tensor,
-    has_map: Tensor,
-    cfg: dict[str, Any],
-    state: nn.Module | None = None,
-) -> Tensor:
-    """RES-G loss on the annotated samples; a graph-connected 0 when none is annotated."""
-    return _res_loss("res_g", sal_scaled, maps, has_map, cfg, None)
+def res_g_loss(sal_scaled: Tensor, maps: Tensor, has_map: Tensor, cfg: dict[str, Any],
+               state: nn.Module | None = None) -> Tensor:
+    """RES-G: no learnable part, so `state` is not read."""
+    return res_loss("res_g", sal_scaled, maps, has_map, cfg, None)
 
 
-def res_l_loss(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    sal_scaled: Tensor,
-    maps: Tensor,
-    has_map: Tensor,
-    cfg: dict[str, Any],
-    state: nn.Module | None = None,
-) -> Tensor:
-    """RES-L loss (state = `make_state_l(...)`); a graph-connected 0 when none is annotated."""
-    return _res_loss("res_l", sal_scaled, maps, has_map, cfg, state)
+def res_l_loss(sal_scaled: Tensor, maps: Tensor, has_map: Tensor, cfg: dict[str, Any],
+               state: nn.Module | None = None) -> Tensor:
+    return res_loss("res_l", sal_scaled, maps, has_map, cfg, state)
 
 
 def make_state_g(cfg: dict[str, Any], grid_hw: tuple[int, int]) -> None:
@@ -221,7 +194,7 @@ def make_state_g(cfg: dict[str, Any], grid_hw: tuple[int, int]) -> None:
 
 def make_state_l(cfg: dict[str, Any], grid_hw: tuple[int, int]) -> ImputationConv:
     """The learnable imputation of RES-L; the trainer adds its parameters to the optimiser."""
-    return ImputationConv(grid_hw, int(_param(cfg, "imputation_factor", "res_l")),
+    return ImputationConv(grid_hw, int(param(cfg, "imputation_factor", "res_l")),
                           target_threshold(cfg.get("saliency_target")))
 
 
