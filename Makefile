@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) -m megl.bench.workflow --out results/bench/workflow.json
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests tools
 	$(VENV)/bin/snakemake --lint
 
 # A one-node Slurm on localhost (tools/local_slurm.sh; apt-installs slurm-wlm + munge if missing), the

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from megl.backbone_pretrain import pretrain_backbone, source_images
-from megl.data.annotations import read_dataset
 from megl.cell import guidance_grid, run_cell, with_overrides
+from megl.data.annotations import read_dataset
 from megl.data.tensors import load_cache, save_cache
+from megl.errors import MEGLError
 from megl.evaluate import evaluate_run
 from megl.features import cache_features
-from megl.errors import MEGLError
 from megl.methods import get_method
 from megl.train import lr_factor, train_run
 
@@ -99,7 +99,8 @@ def test_cell_runs_equal_the_single_run_commands(tiny_data, frozen_setup, tmp_pa
     ma = json.loads((tmp_path / "cell" / "runs" / "seed1" / "metrics.json").read_text())
     mb = json.loads((single / "metrics.json").read_text())
     assert {k: v for k, v in ma.items() if k not in TIMING} == {k: v for k, v in mb.items() if k not in TIMING}
-    assert (tmp_path / "cell" / "runs" / "seed1" / "train_log.csv").read_text() == (single / "train_log.csv").read_text()
+    cell_log = tmp_path / "cell" / "runs" / "seed1" / "train_log.csv"
+    assert cell_log.read_text() == (single / "train_log.csv").read_text()
 
 
 def test_selection_never_reads_the_test_split(tiny_data, frozen_setup, tmp_path):

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import Killed
 
 import megl
-from conftest import Killed
-from megl.cli import build_parser, main as cli_main
+from megl.cli import build_parser
+from megl.cli import main as cli_main
 from megl.errors import RunFailure
 from megl.preflight import INSTALL, preflight
 
@@ -174,10 +175,12 @@ def test_make_standin_and_split_read_their_knobs_from_the_config(tmp_path, capsy
     k, s = config["datasets"]["objects"]["standin"], config["split"]
     assert cli_main(["make-standin", k["kind"], str(tmp_path / "b"), "--seed", "3", "--n-images", "40",
                      "--image-size", "32", "--annotated-fraction", str(k["annotated_fraction"]),
-                     "--shortcut-strength", str(k["shortcut_strength"]), "--class-name-fraction", "0.5", "--split-seed", "2",
+                     "--shortcut-strength", str(k["shortcut_strength"]), "--class-name-fraction", "0.5",
+                     "--split-seed", "2",
                      "--train", "0.6", "--val", "0.2", "--test", "0.2"]) == 0
-    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert files_a and files_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    files_a, files_b = (sorted(p.relative_to(tmp_path / d) for p in (tmp_path / d).rglob("*") if p.is_file())
+                        for d in ("a", "b"))
+    assert files_a and files_a == files_b
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a)
     assert cli_main(["split", str(tmp_path / "a"), "--out", str(tmp_path / "s1.json"), "--config", str(cfg),
                      "--dataset", "objects"]) == 0

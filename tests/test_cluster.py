@@ -213,7 +213,8 @@ def test_default_watchdog_reports_within_a_minute():
 
 
 # ---------------------------------------------------------------- a real cluster, when one answers
-LOCAL_SLURM_CONF = Path(os.environ.get("MEGL_SLURM_DIR", f"/tmp/megl-slurm-{os.environ.get('USER', 'root')}")) / "slurm.conf"
+LOCAL_SLURM_DIR = os.environ.get("MEGL_SLURM_DIR", f"/tmp/megl-slurm-{os.environ.get('USER', 'root')}")
+LOCAL_SLURM_CONF = Path(LOCAL_SLURM_DIR) / "slurm.conf"
 
 
 def cluster_env() -> tuple[dict | None, str]:
@@ -308,7 +309,8 @@ def test_smoke_run_on_slurm_matches_the_local_run(tmp_path):
     local_metrics, slurm_metrics = all_metrics(local), all_metrics(slurm)
     assert len(local_metrics) >= 2 and slurm_metrics == local_metrics
     for stem in ("table2", "table3", "table4", "claims"):
-        assert (slurm / "results/tables" / f"{stem}.csv").read_bytes() == (local / "results/tables" / f"{stem}.csv").read_bytes()
+        table = Path("results/tables") / f"{stem}.csv"
+        assert (slurm / table).read_bytes() == (local / table).read_bytes()
 
     numbers = {"local_s": round(local_s, 1), "slurm_s": round(slurm_s, 1), "ratio": round(slurm_s / local_s, 2),
                "sbatch_jobs": len(submitted), "snakemake_jobs": total,

@@ -219,8 +219,8 @@ def test_dotted_overrides() -> None:
 def test_cli_set_parses_yaml_values() -> None:
     from megl.cli import _config
 
-    config = _config(SimpleNamespace(config=str(DEFAULT),
-                                     set=["train.epochs=1", "train.lr=1.0e-4", "matrix.blocks.ablation.methods=[megl]"]))
+    config = _config(SimpleNamespace(
+        config=str(DEFAULT), set=["train.epochs=1", "train.lr=1.0e-4", "matrix.blocks.ablation.methods=[megl]"]))
     # (YAML 1.1: write 1.0e-4; a bare 1e-4 is a string and fails validation naming train.lr)
     assert config["train"]["epochs"] == 1
     assert config["train"]["lr"] == pytest.approx(1e-4)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from megl.data.annotations import MEData, read_dataset, load_image, load_map
+from megl.data.annotations import MEData, load_image, load_map, read_dataset
 from megl.data.dataset import MEDataset, collate, load_full_maps, mean_annotation_map
 from megl.data.fetch import GDRIVE_IDS, fetch_official, unpack_official
 from megl.errors import DataError, MEGLError, RunFailure

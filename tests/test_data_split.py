@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from megl.data.annotations import MEData, Sample
-from megl.data.split import (leaked_images, make_split, per_explanation_split, read_split, split_for,
-                             write_split)
+from megl.data.split import leaked_images, make_split, per_explanation_split, read_split, split_for, write_split
 from megl.errors import MEGLError
 
 FR = {"train": 0.7, "val": 0.1, "test": 0.2}

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from megl.bench.workflow import copy_repo, tool_env
-from megl.dvc_pipeline import derive_pipeline
-from megl.dvc_pipeline import MATRIX_VARS, matrix_vars_text
-from megl.matrix import Run, enumerate_runs, matrix_datasets, matrix_methods, matrix_mllm_methods
-from megl.report.summary import PLOT_ACCURACY, PLOT_DIRS, PLOT_LOSS, PLOT_MIOU, write_summary
 from test_report_summary import write_run
 from test_workflow import SMOKE_RUNS, assert_claims_follow_validity, planned_jobs, write_official_zip
+
+from megl.bench.workflow import copy_repo, tool_env
+from megl.dvc_pipeline import MATRIX_VARS, derive_pipeline, matrix_vars_text
+from megl.matrix import Run, enumerate_runs, matrix_datasets, matrix_methods, matrix_mllm_methods
+from megl.report.summary import PLOT_ACCURACY, PLOT_DIRS, PLOT_LOSS, PLOT_MIOU, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,7 +186,8 @@ def test_a_mixed_config_gets_an_unpack_stage_and_a_stand_in_stage():
     assert stages["unpack_data"]["foreach"] == {"actions": "data/raw/Action_Classification.zip"}
     assert sorted(stages["make_standin"]["foreach"]) == ["digits", "digits_control", "objects", "objects_control"]
     assert all((st["do"] if "foreach" in st else st)["wdir"] == "../.." for st in stages.values())
-    assert derived["vars"] == ["../../config/mixed.yaml", "dvc_matrix.yaml", {"dvc_root": "results/dvc/pipelines/mixed"}]
+    assert derived["vars"] == ["../../config/mixed.yaml", "dvc_matrix.yaml",
+                               {"dvc_root": "results/dvc/pipelines/mixed"}]
     assert "config/config.yaml" not in yaml.safe_dump(derived)
     assert derived["metrics"] == ["../../${dvc_root}/metrics"]
 
@@ -320,7 +320,8 @@ def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
     Runs last (it changes the copy)."""
     repo = smoke_repro
     run(repo, "git", "add", "-A")
-    run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "--allow-empty", "-qm", "dvc repro")
+    run(repo, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "--allow-empty",
+        "-qm", "dvc repro")
     old = load("smoke.yaml")["train"]["lr"]
     new = old / 2
     out = dvc(repo, "exp", "run", "-s", "-S", f"config/smoke.yaml:train.lr={new}",
@@ -331,8 +332,8 @@ def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
     diff = json.loads(dvc(repo, "params", "diff", "--json"))  # workspace (the experiment) against HEAD
     assert list(diff) == ["config/smoke.yaml"] and list(diff["config/smoke.yaml"]) == ["train.lr"], diff
     assert diff["config/smoke.yaml"]["train.lr"].items() >= {"old": old, "new": new}.items(), diff
-    lrs = [p["config/smoke.yaml"]["data"]["train"]["lr"] for p in params_of(json.loads(dvc(repo, "exp", "show", "--json")))
-           if "config/smoke.yaml" in p]
+    shown = params_of(json.loads(dvc(repo, "exp", "show", "--json")))
+    lrs = [p["config/smoke.yaml"]["data"]["train"]["lr"] for p in shown if "config/smoke.yaml" in p]
     assert old in lrs and new in lrs, lrs
 
     data = smoke_plots(json.loads(dvc(repo, "plots", "diff", "HEAD", "--json")))

@@ -13,8 +13,8 @@ import megl.evaluate as evaluate_mod
 from megl.data.annotations import read_dataset
 from megl.evaluate import evaluate_run, parse_answer
 from megl.methods import MLLM_BACKBONE
-from megl.models.sdtg import SDTG
 from megl.mllm_protocol import mllm_answer
+from megl.models.sdtg import SDTG
 from megl.train import train_run
 
 torch.set_num_threads(1)

@@ -38,7 +38,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients_with_fewer_sav
     base = tiny_llama()
     plain = prepare_lm(copy.deepcopy(base), {"lora": LORA})
     ckpt = prepare_lm(copy.deepcopy(base), {"lora": LORA, "gradient_checkpointing": True})
-    assert ckpt.get_base_model().model.gradient_checkpointing and not plain.get_base_model().model.gradient_checkpointing
+    assert ckpt.get_base_model().model.gradient_checkpointing
+    assert not plain.get_base_model().model.gradient_checkpointing
     for a, b in zip(plain.parameters(), ckpt.parameters()):  # the same LoRA initialisation in both
         with torch.no_grad():
             b.copy_(a)

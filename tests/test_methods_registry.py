@@ -9,9 +9,9 @@ import json
 import pytest
 
 from megl import methods
-from megl.errors import MEGLError
 from megl.cell import guidance_grid, run_cell
 from megl.config import validate_config
+from megl.errors import MEGLError
 from megl.matrix import cells, dvc_matrix, enumerate_runs, training_config
 from megl.report.claims import claim_definitions
 from megl.report.collect import collect_runs, expected_runs

@@ -47,7 +47,8 @@ def _tiny_model():
 def test_latency_of_classifier_cpu_restores_mode_and_skips_bf16():
     seen = {}
     model = _tiny_model()
-    model.register_forward_hook(lambda m, i, o: seen.update(shape=tuple(i[0].shape), grad=torch.is_grad_enabled(), training=m.training))
+    model.register_forward_hook(lambda m, i, o: seen.update(shape=tuple(i[0].shape), grad=torch.is_grad_enabled(),
+                                                            training=m.training))
     model.train()
     r = latency_of_classifier(model, image_size=(16, 12), device="cpu", warmup=1, repeats=3, bf16=True)
     assert seen == {"shape": (1, 3, 16, 12), "grad": False, "training": False}

@@ -17,7 +17,8 @@ from megl.plan import per_unit, plan
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper.yaml"
 
-# Published sizes: torchvision's ImageNet models (1000-class heads), Llama-2-7B / Vicuna-7B, CLIP ViT-L/14's vision tower.
+# Published sizes: torchvision's ImageNet models (1000-class heads), Llama-2-7B / Vicuna-7B,
+# CLIP ViT-L/14's vision tower.
 RESNET18_IMAGENET, RESNET18_FEATURES = 11_689_512, 512
 VIT_B_16_IMAGENET, VIT_B_16_FEATURES = 86_567_656, 768
 LLAMA_7B = 6_738_415_616

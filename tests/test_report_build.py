@@ -58,9 +58,13 @@ SNAKEMAKE_REPORT_RENDERED = ("Workflow", "Statistics", "Results", "About")
 # (Chromium's own log prints every console message as INFO, whatever its level.)
 ERROR_PROBE = """<script>(function () {
   var errors = [];
-  function add(msg) { errors.push(String(msg)); document.documentElement.setAttribute("data-megl-errors", JSON.stringify(errors)); }
+  function add(msg) {
+    errors.push(String(msg)); document.documentElement.setAttribute("data-megl-errors", JSON.stringify(errors));
+  }
   var consoleError = console.error;
-  console.error = function () { add(Array.prototype.join.call(arguments, " ")); return consoleError.apply(console, arguments); };
+  console.error = function () {
+    add(Array.prototype.join.call(arguments, " ")); return consoleError.apply(console, arguments);
+  };
   window.addEventListener("error", function (e) {
     add(e.message || ("failed to load " + (e.target && (e.target.src || e.target.href))));
   }, true);

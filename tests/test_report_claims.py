@@ -10,8 +10,19 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from megl.methods import methods_in
-from megl.report.claims import (COLUMNS, OPPOSITE_COLUMN, claim_lines, claim_summary, claim_verdict,
-                                compare_pair, decide_family, evaluate_claims, holm, paired_test, write_claims)
+from megl.report.claims import (
+    COLUMNS,
+    OPPOSITE_COLUMN,
+    claim_lines,
+    claim_summary,
+    claim_verdict,
+    compare_pair,
+    decide_family,
+    evaluate_claims,
+    holm,
+    paired_test,
+    write_claims,
+)
 from megl.report.collect import expected_runs
 from megl.report.power import mde, paired_sd, power_at, seeds_needed
 

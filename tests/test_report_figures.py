@@ -7,11 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megl.report.collect import REQUIRED_KEYS, collect_runs, expected_runs
-from megl.report.claims import CLAIMS, evaluate_claims
 from megl.report import figures
-from megl.report.figures import (plot_ablation, plot_forest, plot_metric_by_method, plot_qualitative,
-                                 plot_training_curves)
+from megl.report.claims import CLAIMS, evaluate_claims
+from megl.report.collect import REQUIRED_KEYS, collect_runs, expected_runs
+from megl.report.figures import (
+    plot_ablation,
+    plot_forest,
+    plot_metric_by_method,
+    plot_qualitative,
+    plot_training_curves,
+)
 
 METHODS = ["baseline", "megl", "megl_text_only", "megl_visual_only"]
 

@@ -13,7 +13,8 @@ CONFIG = {"datasets": {"digits": {"source": "standin"},
 def runs_frame() -> pd.DataFrame:
     rows = []
     for seed, (clean, base, megl, l1) in enumerate([(.95, .70, .80, .70), (.96, .72, .84, .73), (.97, .74, .86, .71)]):
-        rows += [("digits_control", "resnet18", "baseline", seed, clean), ("digits", "resnet18", "baseline", seed, base),
+        rows += [("digits_control", "resnet18", "baseline", seed, clean),
+                 ("digits", "resnet18", "baseline", seed, base),
                  ("digits", "resnet18", "megl", seed, megl), ("digits", "resnet18", "megl_visual_l1_only", seed, l1)]
     return pd.DataFrame(rows, columns=["dataset", "backbone", "method", "seed", "accuracy"])
 

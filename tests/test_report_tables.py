@@ -13,8 +13,7 @@ from megl.errors import MEGLError
 from megl.matrix import enumerate_runs
 from megl.report.collect import REQUIRED_KEYS, collect_runs, expected_runs
 from megl.report.paper_vs_ours import STANDIN_CAPTION, caption, load_published, paper_vs_ours, rank_agreement
-from megl.report.tables import (fmt_number, format_cell, summarise, table2, table3, table4, table5,
-                                write_table)
+from megl.report.tables import fmt_number, format_cell, summarise, table2, table3, table4, table5, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 

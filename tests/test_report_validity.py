@@ -13,8 +13,10 @@ from megl.report.power import mde
 from megl.report.validity import cell_mdes, cell_validity, twins
 
 SEEDS = range(5)
-CONFIG = {"datasets": {"objects": {"source": "standin"}, "objects_ctrl": {"source": "standin", "control_for": "objects"},
-                       "actions": {"source": "standin"}, "actions_ctrl": {"source": "standin", "control_for": "actions"},
+CONFIG = {"datasets": {"objects": {"source": "standin"},
+                       "objects_ctrl": {"source": "standin", "control_for": "objects"},
+                       "actions": {"source": "standin"},
+                       "actions_ctrl": {"source": "standin", "control_for": "actions"},
                        "digits": {"source": "standin"}, "digits_ctrl": {"source": "standin", "control_for": "digits"},
                        "official": {"source": "official"}}}
 NOISE = [0.004, -0.006, 0.002, 0.007, -0.003]

@@ -17,8 +17,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import zip_official
 import yaml
+from conftest import zip_official
 
 from megl.cli import main as cli_main
 from megl.errors import MEGLError
@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _err_lines(capsys) -> list[str]:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
-    return [line for line in err.strip().splitlines() if line and not re.match(r"\d{4}-\d\d-\d\d ", line)]  # not log lines
+    # not log lines
+    return [line for line in err.strip().splitlines() if line and not re.match(r"\d{4}-\d\d-\d\d ", line)]
 
 
 def _train_argv(tiny_data, config: dict, tmp_path: Path, run: Path, seed: int = 0, data_root=None) -> list[str]:
@@ -71,7 +72,8 @@ def test_a_second_training_into_a_busy_run_folder_is_refused_and_the_folder_stay
 
     monkeypatch.setattr(rundir_mod, "save_checkpoint", paused_save)
     first_rc: list[int] = []
-    first = threading.Thread(target=lambda: first_rc.append(cli_main(_train_argv(tiny_data, tiny_config, tmp_path, run))))
+    argv = _train_argv(tiny_data, tiny_config, tmp_path, run)
+    first = threading.Thread(target=lambda: first_rc.append(cli_main(argv)))
     first.start()
     try:
         assert inside.wait(120), "the first training never reached its first checkpoint"

@@ -5,14 +5,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from tiny_sdtg import CLIP_CFG, FEAT_DIM, LM_CFG, LORA, P, S
 
 from megl.errors import MEGLError
 from megl.models.clip import FrozenVisionEncoder, build_tiny_clip, clip_text_image_similarity
 from megl.models.lm import apply_lora, build_tiny_lm
 from megl.models.sdtg import SDTG, mask_image, resample_tokens, tokenizer_fingerprint
 from megl.models.tokenizer import load_tokenizer, train_tokenizer
-
-from tiny_sdtg import CLIP_CFG, FEAT_DIM, LM_CFG, LORA, P, S
 
 torch.set_num_threads(1)
 

@@ -8,15 +8,14 @@ import math
 
 import pytest
 import torch
+from tiny_sdtg import CLIP_CFG, FEAT_DIM, LM_CFG, LORA, P, S
 
 from megl.errors import MEGLError
+from megl.mllm_protocol import mllm_answer
 from megl.models.clip import FrozenVisionEncoder, build_tiny_clip
 from megl.models.lm import apply_lora, build_tiny_lm
 from megl.models.sdtg import SDTG
 from megl.models.tokenizer import train_tokenizer
-from megl.mllm_protocol import mllm_answer
-
-from tiny_sdtg import CLIP_CFG, FEAT_DIM, LM_CFG, LORA, P, S
 
 torch.set_num_threads(1)
 

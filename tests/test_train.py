@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import Killed
 from safetensors.torch import load_file
 
 import megl.rundir as rundir_mod
@@ -25,9 +26,8 @@ from megl.data.split import read_split
 from megl.errors import MEGLError
 from megl.evaluate import evaluate_run
 from megl.methods import METHODS, MLLM_BACKBONE, get_method
-from megl.models.gradcam import saliency as saliency_map
-from conftest import Killed
 from megl.models.build import build_run_model
+from megl.models.gradcam import saliency as saliency_map
 from megl.objective import batch_losses
 from megl.train import train_run
 
@@ -44,8 +44,8 @@ TIMING_KEYS = {"latency_ms", "fps", "latency_device"}
 
 def test_registry_matches_the_brief():
     assert set(CLASSIFIER_METHODS) == {"baseline", "megl", "megl_no_consistency", "megl_text_only",
-                                       "megl_visual_only", "megl_visual_l1_only", "megl_no_sdtg", "megl_no_text_supervision",
-                                       "cdep", "haics", "res_g", "res_l"}
+                                       "megl_visual_only", "megl_visual_l1_only", "megl_no_sdtg",
+                                       "megl_no_text_supervision", "cdep", "haics", "res_g", "res_l"}
     assert set(MLLM_METHODS) == {"llava_vqa", "finetune_cot"}
 
 

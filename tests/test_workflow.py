@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import zip_official
 import yaml
+from conftest import zip_official
 
 from megl.bench.workflow import copy_repo, snakemake_cmd, tool_env
 
@@ -193,7 +193,8 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
         per_rule.setdefault(rule, []).append(wildcards)
     # the manuscript PDF is a target only where latexmk is installed (workflow/rules/common.smk)
     pdf = ["paper_pdf"] if shutil.which("latexmk") else []
-    assert sorted(per_rule) == sorted(["all", "figures", "paper_inputs", "run_cell", "summarize", "tables", *pdf]), per_rule
+    expected = ["all", "figures", "paper_inputs", "run_cell", "summarize", "tables", *pdf]
+    assert sorted(per_rule) == sorted(expected), per_rule
     assert len(per_rule["run_cell"]) == 2 and {w["method"] for w in per_rule["run_cell"]} == {"megl"}
 
     # a method outside the smoke matrix: nothing to re-run
@@ -209,12 +210,14 @@ def test_a_config_override_reruns_what_the_same_file_edit_would(smoke_run):
     """`--config` changes the params (and the resolved config the commands read) like a file edit."""
     import yaml
 
-    jobs = planned_jobs(smoke_run, "--configfile", "config/smoke.yaml", "--config", "selection={grid: {lambda_t: [0.2, 1.0]}}")
+    jobs = planned_jobs(smoke_run, "--configfile", "config/smoke.yaml",
+                        "--config", "selection={grid: {lambda_t: [0.2, 1.0]}}")
     cells = [w for rule, w in jobs if rule == "run_cell"]
     assert len(cells) == 2 and {w["method"] for w in cells} == {"megl"}, jobs
     resolved = yaml.safe_load((smoke_run / "results" / "config.resolved.yaml").read_text())
     assert resolved["selection"]["grid"]["lambda_t"] == [0.2, 1.0]
-    assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml", "--config", "baselines={haics: {weight: 0.3}}") == []
+    assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml",
+                        "--config", "baselines={haics: {weight: 0.3}}") == []
     assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml") == []  # back to the file: nothing to do
 
 

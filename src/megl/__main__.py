@@ -1,4 +1,5 @@
-from megl.cli import main
 import sys
+
+from megl.cli import main
 
 sys.exit(main())

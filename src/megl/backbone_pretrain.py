@@ -48,9 +48,10 @@ def source_images(n_images: int, image_size: int, seed: int) -> tuple[torch.Tens
 
 
 def pretrain_backbone(backbone_cfg: dict, pretrain_cfg: dict, out: Path, report_path: Path | None = None,
-                      device: torch.device = torch.device("cpu")) -> dict:
+                      device: torch.device | None = None) -> dict:
     """Train the whole classifier on the source task and save it (head included; fine-tuning drops
     the head). Returns the report: source-task accuracy on a held-out fifth, losses per epoch."""
+    device = device or torch.device("cpu")
     seed = int(pretrain_cfg["seed"])
     torch.manual_seed(seed)
     size = int(backbone_cfg["image_size"])

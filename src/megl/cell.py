@@ -35,10 +35,10 @@ from megl.evaluate import Prediction, predict, split_accuracy, write_evaluation
 from megl.io import write_json
 from megl.methods import Method, get_method
 from megl.metrics import text as text_metrics
-from megl.runtime import resolve_device, set_determinism
 from megl.mllm_protocol import class_names_of
 from megl.models.build import backbone_entry, new_run_model
 from megl.rundir import finish_run, write_run_record
+from megl.runtime import resolve_device, set_determinism
 from megl.train import fit
 
 log = logging.getLogger(__name__)

@@ -95,7 +95,8 @@ def cmd_make_standin(args) -> int:
         split_seed=split["seed"], split_fractions={k: split[k] for k in ("train", "val", "test")},
         overwrite=args.overwrite, class_name_fraction=knobs["class_name_fraction"],
     )
-    shares = ", ".join(f"{k} {v['share']}" for k, v in info["rationales_naming_class"].items() if v["share"] is not None)
+    shares = ", ".join(f"{k} {v['share']}" for k, v in info["rationales_naming_class"].items()
+                       if v["share"] is not None)
     print(f"wrote {kind} stand-in to {args.out}: {info.get('n_images', knobs['n_images'])} images; "
           f"share of rationale sentences naming the class: {shares}")
     return 0
@@ -132,8 +133,8 @@ def _path(value: str | None) -> Path | None:
 
 
 def cmd_train(args) -> int:
-    from megl.runlock import run_folder_lock
     from megl.rundir import CKPT_META
+    from megl.runlock import run_folder_lock
     from megl.train import train_run
 
     config = _config(args)
@@ -257,8 +258,8 @@ def cmd_summarize(args) -> int:
     from megl.report.summary import write_summary
 
     config = _config(args)
-    paths = write_summary(config, _results(args, config), Path(args.out),
-                          Path(args.plots) if args.plots else None, Path(args.summary_csv) if args.summary_csv else None)
+    paths = write_summary(config, _results(args, config), Path(args.out), Path(args.plots) if args.plots else None,
+                          Path(args.summary_csv) if args.summary_csv else None)
     print(f"wrote {len(paths)} summary files to {args.out}" + (f" and {args.plots}" if args.plots else ""))
     return 0
 
@@ -488,9 +489,11 @@ def _parser_make_standin(sub) -> None:
                    help=f"number of images (default: {d['n_images']}); digits: at most 1797 (the UCI scans)")
     p.add_argument("--image-size", type=int, help=f"image side in pixels (default: {d['image_size']})")
     p.add_argument("--annotated-fraction", type=float,
-                   help=f"share of samples whose map is listed in exp_annotation.json (default: {d['annotated_fraction']})")
+                   help="share of samples whose map is listed in exp_annotation.json "
+                        f"(default: {d['annotated_fraction']})")
     p.add_argument("--shortcut-strength", type=float,
-                   help=f"P(a training image carries its class's shortcut mark); 0 disables (default: {d['shortcut_strength']})")
+                   help="P(a training image carries its class's shortcut mark); 0 disables "
+                        f"(default: {d['shortcut_strength']})")
     p.add_argument("--class-name-fraction", type=float,
                    help="share of rationale sentences that name the class (docs/data.md; "
                         f"default: {d['class_name_fraction']})")
@@ -655,12 +658,14 @@ def _parser_summarize(sub) -> None:
     p.add_argument("--plots", default=None,
                    help="folder for the DVC plot data: loss/, accuracy/, miou/{dataset}_{backbone}.csv")
     p.add_argument("--summary-csv", default=None,
-                   help="where the flat summary CSV goes (default: OUT/summary.csv); DVC keeps it out of its metrics folder")
+                   help="where the flat summary CSV goes (default: OUT/summary.csv); "
+                        "DVC keeps it out of its metrics folder")
     p.set_defaults(func=cmd_summarize)
 
 
 def _parser_code_deps(sub) -> None:
-    p = _command(sub, "code-deps", "the package files a megl command imports or reads (its workflow step's code inputs)")
+    p = _command(sub, "code-deps",
+                 "the package files a megl command imports or reads (its workflow step's code inputs)")
     p.add_argument("commands", nargs="*", metavar="COMMAND", help="megl commands (default: every command)")
     p.add_argument("--dvc-yaml", help="instead: check the generated code deps of this dvc.yaml (exit 1 if stale)")
     p.add_argument("--write", action="store_true", help="with --dvc-yaml: rewrite its stale code deps in place")
@@ -668,8 +673,10 @@ def _parser_code_deps(sub) -> None:
 
 
 def _parser_dvc_pipeline(sub) -> None:
-    p = _command(sub, "dvc-pipeline", "write pipelines/<name>/dvc.yaml: the DVC pipeline of dvc.yaml for another config file")
-    p.add_argument("--configfile", required=True, help="the whole config file (e.g. config/smoke.yaml, config/paper.yaml)")
+    p = _command(sub, "dvc-pipeline",
+                 "write pipelines/<name>/dvc.yaml: the DVC pipeline of dvc.yaml for another config file")
+    p.add_argument("--configfile", required=True,
+                   help="the whole config file (e.g. config/smoke.yaml, config/paper.yaml)")
     p.add_argument("--name", help="the pipeline's folder name (default: the config file's stem)")
     p.add_argument("--dvc-yaml", default="dvc.yaml", help="the pipeline to derive from (default: %(default)s)")
     p.set_defaults(func=cmd_dvc_pipeline)

@@ -19,12 +19,14 @@ from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, trunk_features
 from megl.io import atomic_path, write_json, write_text
 from megl.methods import get_method
-from megl.metrics import classification, efficiency, saliency as saliency_metrics, text as text_metrics
+from megl.metrics import classification, efficiency
+from megl.metrics import saliency as saliency_metrics
+from megl.metrics import text as text_metrics
+from megl.mllm_protocol import class_names_of, mllm_answer
+from megl.models.build import backbone_entry, build_run_model
 from megl.models.gradcam import saliency as saliency_map
 from megl.runs import WEIGHTS, load_weights, read_json
 from megl.runtime import resolve_device, set_determinism
-from megl.mllm_protocol import class_names_of, mllm_answer
-from megl.models.build import backbone_entry, build_run_model
 
 TOPK = 3
 log = logging.getLogger(__name__)

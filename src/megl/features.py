@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from megl.config import for_cell
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SPLITS, decode_split, save_cache, trunk_features
-from megl.config import for_cell
 from megl.errors import MEGLError
 from megl.runtime import resolve_device, set_determinism
 

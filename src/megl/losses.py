@@ -127,4 +127,5 @@ def distribution_consistency_loss(sal: Tensor, mean_map: Tensor, has_map: Tensor
     return (p * (p.log() - q.log())).sum(dim=1).mean()
 
 
-__all__ = ["prediction_loss", "downsample_map", "binary_grid_target", "saliency_target", "target_threshold", "visual_l1_loss", "distribution_consistency_loss", "KL_EPS"]
+__all__ = ["prediction_loss", "downsample_map", "binary_grid_target", "saliency_target", "target_threshold",
+           "visual_l1_loss", "distribution_consistency_loss", "KL_EPS"]

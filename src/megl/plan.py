@@ -14,7 +14,8 @@ decoder layer with its LoRA adapters, one CLIP encoder layer) runs on meta tenso
 2, the difference is the per-sample (per-token for a layer) size and the constant (the weights a
 layer saves) drops out. Then
     classifier: per_sample * batch
-    LM:         per_token_per_layer * layers * k * seq + 10 * k * seq * vocab   (logits: bf16, fp32 copy, fp32 log-softmax)
+    LM:         per_token_per_layer * layers * k * seq + 10 * k * seq * vocab
+                (logits: bf16, fp32 copy, fp32 log-softmax)
     LM with activation checkpointing: 2 * hidden * layers * k * seq (each layer's bf16 input)
                 + per_token_per_layer * k * seq (one layer recomputed) + the logits term
     CLIP vision: per_token_per_layer * layers * k * (patches + 1), only when L_textual's gradient
@@ -312,7 +313,8 @@ def job_plan(config: dict, dataset: str, backbone: str, method_name: str, sizes:
                           if (k[0], k[2], k[3]) == (backbone, depth, mode)), None)
             classifiers[key] = classifier_stats(cfg["backbones"][backbone], data["classes"], method, known)
         c = classifiers[key]
-        params, trainable, weights, trainable_bytes = c["params"], c["trainable"], c["weight_bytes"], c["trainable_bytes"]
+        params, trainable = c["params"], c["trainable"]
+        weights, trainable_bytes = c["weight_bytes"], c["trainable_bytes"]
         act["classifier"] = c["saved_per_sample"] * min(batch, micro)
     if method.writes_text:
         k = min(int(tr.get("text_batch_size") or batch) if not method.is_mllm else batch, micro)
@@ -378,8 +380,9 @@ def plan(config: dict, memory: bool = True) -> dict:
     if text is not None:
         out["models"].update({
             "lm": {**text.lm, **text.lm_dims, "per_token_per_layer_saved_bytes": text.lm_per_token_layer},
-            "lora": text.lora, "clip": text.clip, "clip_vision": {**text.clip_vision, **text.clip_dims,
-                                                                   "per_token_per_layer_saved_bytes": text.clip_per_token_layer},
+            "lora": text.lora, "clip": text.clip,
+            "clip_vision": {**text.clip_vision, **text.clip_dims,
+                            "per_token_per_layer_saved_bytes": text.clip_per_token_layer},
             "text_seq_len": text_seq_len(config)})
     return out
 
@@ -402,12 +405,14 @@ def format_plan(p: dict) -> str:
     if "lm" in models:
         lm, lora, clip, cv = models["lm"], models["lora"], models["clip"], models["clip_vision"]
         lines.append(f"  LM {lm['source']}: {lm['params'] - lm['trainable']:,} base params ({lm['dtype']}), "
-                     f"{lm['trainable']:,} trainable" + (f" (LoRA r={lora['r']} on {', '.join(lora['target_modules'])}; "
-                                                         f"r*(in+out) summed: {lora['analytic']:,})" if lora else ""))
+                     f"{lm['trainable']:,} trainable"
+                     + (f" (LoRA r={lora['r']} on {', '.join(lora['target_modules'])}; "
+                        f"r*(in+out) summed: {lora['analytic']:,})" if lora else ""))
         lines.append(f"  CLIP {clip['source']}: {clip['params']:,} params ({clip['dtype']}), vision tower "
                      f"{cv['params']:,}; frozen")
         lines.append(f"  text sequence: {models['text_seq_len']} tokens; saved per token per layer: "
-                     f"LM {lm['per_token_per_layer_saved_bytes']:,} B, CLIP {cv['per_token_per_layer_saved_bytes']:,} B")
+                     f"LM {lm['per_token_per_layer_saved_bytes']:,} B, "
+                     f"CLIP {cv['per_token_per_layer_saved_bytes']:,} B")
     lines.append("")
     head = (f"{'dataset':8} {'backbone':9} {'method':25} {'train':>5} {'steps':>7} {'params':>8} {'trainable':>9} "
             f"{'wts':>5} {'grad':>5} {'optim':>5} {'act':>5} {'total':>6} {'plain':>6} {'ckpt':>6}  fits 24/40/80 GB")

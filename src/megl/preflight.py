@@ -19,9 +19,8 @@ INSTALL = {
 
 def needs_java(config: dict) -> list[str]:
     """The methods of the matrix whose evaluation runs the Java text scorers (empty: no Java needed)."""
-    from megl.methods import get_method
-
     from megl.matrix import matrix_methods, matrix_mllm_methods
+    from megl.methods import get_method
 
     methods = [*matrix_methods(config["matrix"]), *matrix_mllm_methods(config["matrix"])]
     return [m for m in methods if get_method(m).writes_text]

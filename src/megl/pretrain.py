@@ -16,8 +16,7 @@ from megl.data.annotations import MEData, load_image, read_dataset
 from megl.data.split import read_split
 from megl.errors import MEGLError
 from megl.io import atomic_dir, write_json
-from megl.models.clip import (FrozenVisionEncoder, build_tiny_clip, image_norm_stats, load_clip,
-                              pretrain_tiny_clip)
+from megl.models.clip import FrozenVisionEncoder, build_tiny_clip, image_norm_stats, load_clip, pretrain_tiny_clip
 from megl.models.lm import build_tiny_lm, load_pretrained_lm, pretrain_tiny_lm
 from megl.models.tokenizer import load_tokenizer, train_tokenizer
 from megl.runtime import set_determinism

@@ -83,7 +83,8 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
             batch = train.batch(index, device)
             rationales = pick_rationales(batch["rationales"], seed, epoch, step)
             for group in optimizer.param_groups:
-                group["lr"] = base_lr * lr_factor(epoch * per_epoch + step, total, cfg_train.get("schedule", "constant"),
+                group["lr"] = base_lr * lr_factor(epoch * per_epoch + step, total,
+                                                  cfg_train.get("schedule", "constant"),
                                                   float(cfg_train.get("warmup_fraction", 0.0)))
             optimizer.zero_grad(set_to_none=True)
             terms = backward_step(model, batch, cfg_train, mean_map, config, rationales, class_names, use_bf16)

@@ -26,8 +26,8 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from megl.baselines.cdep import cd_forward, cdep_loss
-from megl.baselines.cdep import prepare as _cdep_prepare
 from megl.baselines.cdep import make_state as _cdep_state
+from megl.baselines.cdep import prepare as _cdep_prepare
 from megl.baselines.common import on_saliency
 from megl.baselines.haics import haics_loss
 from megl.baselines.haics import make_state as _haics_state

@@ -305,7 +305,8 @@ def cd_forward(classifier: nn.Module, images: Tensor, relevant_mask: Tensor, non
     if images.dim() != 4 or images.shape[1] != 3:
         raise MEGLError(f"cd_forward: images must be (B, 3, H, W), got {tuple(images.shape)}")
     if relevant_mask.dim() != 4 or relevant_mask.shape[1] != 1 or relevant_mask.shape[0] != images.shape[0]:
-        raise MEGLError(f"cd_forward: relevant_mask must be (B, 1, S, S) for B={images.shape[0]}, got {tuple(relevant_mask.shape)}")
+        raise MEGLError(f"cd_forward: relevant_mask must be (B, 1, S, S) for B={images.shape[0]}, "
+                        f"got {tuple(relevant_mask.shape)}")
     mask = relevant_mask.to(images)
     if mask.shape[-2:] != images.shape[-2:]:
         mask = F.interpolate(mask, size=images.shape[-2:], mode="nearest")

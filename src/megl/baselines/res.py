@@ -169,7 +169,8 @@ def res_loss(name: str, sal_scaled: Tensor, maps: Tensor, has_map: Tensor, cfg: 
         extra = sal.new_zeros(())
     else:
         if tuple(state.grid_hw) != tuple(sal.shape[-2:]):
-            raise MEGLError(f"baselines.res_l: imputation built for grid {state.grid_hw}, saliency grid is {tuple(sal.shape[-2:])}")
+            raise MEGLError(f"baselines.res_l: imputation built for grid {state.grid_hw}, "
+                            f"saliency grid is {tuple(sal.shape[-2:])}")
         imputed = state(sel_maps.to(sal))
         extra = float(param(cfg, "reg", name)) * ((imputed - positive) ** 2).mean()
     imputation = (sal - imputed).abs().mean()

@@ -76,17 +76,20 @@ def _train_step(cfg: dict, device: torch.device, batch: int, steps: int, target_
     warm = times[1:] or times
     return {"batch": batch, "steps": steps, "bf16": use_bf16, "ms_per_step": round(sorted(warm)[len(warm) // 2], 2),
             "losses_finite": finite, "saliency_grad_reaches_first_param": any(n > 0 for n in grad_norms),
-            "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None}
+            "peak_mem_gib": (round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+                             if device.type == "cuda" else None)}
 
 
 def run(config: dict, device: torch.device, quick: bool) -> dict:
     warmup, repeats, batch, steps = (1, 3, 2, 2) if quick else (20, 100, 32, 6)
     report: dict = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                    "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                    else platform.processor()),
                     "latency": {}, "train_step": {}, "errors": {}}
     for name, cfg in config["backbones"].items():
         cfg = {**cfg, "weights": None, "frozen_stages": 0}  # the architecture's speed: random weights, all trained
-        for section, fn, args in (("latency", _latency, (warmup, repeats)), ("train_step", _train_step, (batch, steps, config.get("saliency_target")))):
+        for section, fn, args in (("latency", _latency, (warmup, repeats)),
+                                  ("train_step", _train_step, (batch, steps, config.get("saliency_target")))):
             try:
                 report[section][name] = fn(cfg, device, *args)
             except Exception:  # record and go on: one device call must bring back every section it can

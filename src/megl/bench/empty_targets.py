@@ -26,12 +26,12 @@ from typing import Any
 import torch
 
 from megl.config import load_config
-from megl.matrix import matrix_backbones
 from megl.data.annotations import read_dataset
 from megl.data.dataset import MEDataset, load_full_maps, resize_map
 from megl.data.standin import make_standin
 from megl.io import write_json
 from megl.losses import binary_grid_target, downsample_map, target_threshold
+from megl.matrix import matrix_backbones
 from megl.models.backbones import cam_grid_size
 
 # knobs for a kind without a `datasets.<kind>.standin` entry (digits: the recommended DecoyMNIST setting)

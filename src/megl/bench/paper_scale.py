@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ WORDS = ("the a person object holds red blue ball near under above left right sm
 def small_config(config: dict) -> dict:
     """The config with every shape shrunk (the code path unchanged): for a CPU test of the script."""
     c = copy.deepcopy(config)
-    for name, bb in c["backbones"].items():
+    for bb in c["backbones"].values():
         if bb["family"] == "resnet18":
             bb.update(widths=[4, 8, 8, 16], image_size=32, stem="small")
         else:
@@ -97,7 +98,8 @@ def make_batch(batch: int, size: int, num_classes: int, rationale_words: int, de
 
 
 class TextStack:
-    """The LM (LoRA, optional checkpointing, as `prepare_lm` builds it for a run), CLIP and the tokenizer, built once."""
+    """The LM (LoRA, optional checkpointing, as `prepare_lm` builds it for a run), CLIP and the tokenizer,
+    built once."""
 
     def __init__(self, config: dict, device: torch.device):
         from transformers import CLIPModel, LlamaForCausalLM
@@ -143,8 +145,8 @@ def family_model(config: dict, family: str, backbone: str | None, num_classes: i
     from megl.baselines import baseline_config, get_baseline
     from megl.methods import get_method
     from megl.models.backbones import build_classifier
-    from megl.runs import RunModel
     from megl.models.build import cam_grid
+    from megl.runs import RunModel
 
     method = get_method(FAMILY_METHOD[family])
     classifier = state = sdtg = None
@@ -273,7 +275,8 @@ def run(config: dict, device: torch.device, *, small: bool, warmup: int, steps: 
     backbones = matrix_backbones(config["matrix"])
     families = sorted({family_of(get_method(c.method)) for c in cells(config)}, key=list(FAMILY_METHOD).index)
     report: dict = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                    "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                    else platform.processor()),
                     "small": small, "warmup": warmup, "steps": steps, "num_classes": num_classes,
                     "settings": {k: bench_config["train"].get(k) for k in ("batch_size", "micro_batch_size",
                                                                            "text_batch_size", "amp_bf16")}
@@ -282,8 +285,8 @@ def run(config: dict, device: torch.device, *, small: bool, warmup: int, steps: 
     torch.manual_seed(0)
     for family in [f for f in families if f not in ("text", "mllm")]:
         for b in backbones:
-            _one(report, f"{family}/{b}", lambda: time_family(bench_config, family, b, num_classes, None, device,
-                                                             warmup, steps))
+            _one(report, f"{family}/{b}", partial(time_family, bench_config, family, b, num_classes, None, device,
+                                                  warmup, steps))
     text = None
     if any(f in families for f in ("text", "mllm")):
         try:
@@ -297,8 +300,8 @@ def run(config: dict, device: torch.device, *, small: bool, warmup: int, steps: 
     if text is not None:
         if "text" in families:
             for b in backbones:
-                _one(report, f"text/{b}", lambda: time_family(bench_config, "text", b, num_classes, text, device,
-                                                             warmup, steps))
+                _one(report, f"text/{b}", partial(time_family, bench_config, "text", b, num_classes, text, device,
+                                                  warmup, steps))
         if "mllm" in families:
             _one(report, "mllm/mllm", lambda: time_family(bench_config, "mllm", None, num_classes, text, device,
                                                           warmup, steps))
@@ -339,10 +342,12 @@ def table(report: dict) -> str:
                      f"{'yes' if v['losses_finite'] else 'NO':6} {'yes' if v['grad_reached'] else 'NO'}")
     if report["scoring"]:
         s = report["scoring"]
-        lines.append(f"closed-set scoring: {s['ms_per_batch']:.1f} ms per batch of {s['batch']} x {s['classes']} classes")
+        lines.append(f"closed-set scoring: {s['ms_per_batch']:.1f} ms per batch of {s['batch']} x "
+                     f"{s['classes']} classes")
     for g in ("1", "4"):
         h = report["gpu_hours"][g]
-        lines.append(f"training on {g} GPU(s): {h['total_gpu_hours']:.2f} GPU-hours, wall >= {h['wall_hours_lower_bound']:.2f} h"
+        lines.append(f"training on {g} GPU(s): {h['total_gpu_hours']:.2f} GPU-hours, "
+                     f"wall >= {h['wall_hours_lower_bound']:.2f} h"
                      + (f" (not measured: {', '.join(h['missing'])})" if h["missing"] else ""))
     for k in report["errors"]:
         lines.append(f"ERROR {k}: {report['errors'][k].strip().splitlines()[-1]}")

@@ -51,12 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config)
     res, d, b = Path(args.results), args.dataset, args.backbone
     paths = dict(data_root=res / "standin" / d, split_path=res / "data" / d / "split.json",
-                 cache_path=res / "features" / d / f"{b}.safetensors", backbone_weights=res / "backbones" / f"{b}.safetensors")
+                 cache_path=res / "features" / d / f"{b}.safetensors",
+                 backbone_weights=res / "backbones" / f"{b}.safetensors")
     rows = [pilot(config, d, b, c, args.seeds, **paths) for c in args.candidate]
     for row in rows:
         v = row["val"]
         print(f"{args.dataset} {args.backbone} {row['candidate']}: val {statistics.mean(v):.3f} "
-              f"(sd {statistics.stdev(v) if len(v) > 1 else float('nan'):.3f}, seeds {' '.join(f'{x:.3f}' for x in v)}, "
+              f"(sd {statistics.stdev(v) if len(v) > 1 else float('nan'):.3f}, "
+              f"seeds {' '.join(f'{x:.3f}' for x in v)}, "
               f"n_val {row['n_val']})", flush=True)
     best = max(rows, key=lambda r: statistics.mean(r["val"]))
     print(f"chosen on validation: {best['candidate']}")

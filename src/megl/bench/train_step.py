@@ -110,8 +110,8 @@ def run(config: dict, *, batch_size: int, image_size: int, num_classes: int, ann
         repeats: int, threads: int, device: str, seed: int) -> dict:
     from megl.methods import get_method
     from megl.models.backbones import build_classifier
-    from megl.runs import RunModel
     from megl.objective import batch_losses
+    from megl.runs import RunModel
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)

@@ -11,7 +11,8 @@ full_default_s (config/config.yaml end to end, --cores 2, as `make reproduce` ru
 full_rules (per rule: jobs, summed wall s, max RSS MB, from Snakemake's `benchmark:` files),
 full_job_seconds (all jobs' wall summed), full_parallelism (full_job_seconds / full_default_s: how much of
 the 2 cores the DAG keeps busy; the --cores 1 run of the full default would take that long again and is
-not repeated unless its wall time is given: full_cores1_s and full_cores2_speedup), startup_s (one cell job's interpreter + imports, measured here: CELL_JOB_START) and
+not repeated unless its wall time is given: full_cores1_s and full_cores2_speedup), startup_s (one cell
+job's interpreter + imports, measured here: CELL_JOB_START) and
 startup_share (startup of every job over full_job_seconds). docs/benchmarks.md says how to read them.
 """
 from __future__ import annotations

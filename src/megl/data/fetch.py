@@ -44,7 +44,8 @@ def fetch_official(dataset: str, dest_dir: str | Path) -> Path:
     try:
         import gdown  # lazy: optional dependency, only for this download
     except ImportError:
-        raise RunFailure("gdown is not installed (pip install gdown); " + manual_instructions(dataset, dest_dir)) from None
+        raise RunFailure("gdown is not installed (pip install gdown); "
+                         + manual_instructions(dataset, dest_dir)) from None
     try:
         with atomic_path(dest, suffix=".zip") as tmp:
             got = gdown.download(id=file_id, output=str(tmp), quiet=True)

@@ -65,7 +65,7 @@ def make_split(sample_ids: list[str], labels: list[int], seed: int, fractions: d
     by_class: dict[int, list[str]] = defaultdict(list)
     for g, cnt in glabels.items():
         top = max(cnt.values())
-        by_class[min(l for l, c in cnt.items() if c == top)].append(g)
+        by_class[min(label for label, c in cnt.items() if c == top)].append(g)
     rng = np.random.default_rng(seed)
     out: dict[str, list[str]] = {k: [] for k in SPLITS}
     for lab in sorted(by_class):

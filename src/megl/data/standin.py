@@ -14,8 +14,8 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -274,7 +274,8 @@ ACTION_EVIDENCE = {
                               "both hands are raised high and grip the {colour} ball in the {where}",
                               "the {colour} ball is lifted to the top of the figure, in the {where}",
                               "both arms reach straight up and the ball rests between the hands",
-                              "the hands are at the very top of the figure in the {fig_where}, with the ball between them"],
+                              "the hands are at the very top of the figure in the {fig_where}, "
+                              "with the ball between them"],
     "kicks_ball": ["the figure's {side} foot meets the {colour} ball in the {where}",
                    "one leg swings forward to the ball in the {where}",
                    "the ball is at the foot of the figure, not at its hands",
@@ -665,8 +666,8 @@ def _annotated(rng: np.random.Generator, ids: list[str], labels: list[int], frac
     """round(fraction * n) ids, spread over classes round-robin (class order and members shuffled)."""
     k = round(fraction * len(ids))
     by_class: dict[int, list[str]] = {}
-    for i, l in zip(ids, labels):
-        by_class.setdefault(l, []).append(i)
+    for i, label in zip(ids, labels):
+        by_class.setdefault(label, []).append(i)
     queues = [[m[j] for j in rng.permutation(len(m))] for _, m in sorted(by_class.items())]
     queues = [queues[j] for j in rng.permutation(len(queues))]
     out: list[str] = []

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import torch
 from torch import Tensor
 
@@ -121,7 +120,8 @@ def load_cache(path: Path, splits: tuple[str, ...] = SPLITS) -> tuple[dict[str, 
             for name in splits:
                 if name not in info["splits"]:
                     raise MEGLError(f"{path}: split {name!r} missing from the feature cache")
-                get = lambda key: fh.get_tensor(f"{name}.{key}") if f"{name}.{key}" in keys else None  # noqa: E731
+                get = lambda key, name=name: (  # noqa: E731
+                    fh.get_tensor(f"{name}.{key}") if f"{name}.{key}" in keys else None)
                 out[name] = SplitTensors(
                     ids=info["splits"][name]["ids"], images=get("images"), labels=get("labels"),
                     has_map=get("has_map"), maps=get("maps"), full_maps=get("full_maps"),

@@ -6,8 +6,7 @@ from typing import Any
 
 from PIL import Image
 
-from megl.data.annotations import (ANNOTATION_FILE, IMAGE_DIR, check_structure, load_map, stats,
-                                   words)
+from megl.data.annotations import ANNOTATION_FILE, IMAGE_DIR, check_structure, load_map, stats, words
 from megl.errors import DataError
 
 

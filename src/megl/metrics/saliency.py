@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from megl.errors import MEGLError
 
 GT_THRESHOLD = 0.5

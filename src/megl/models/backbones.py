@@ -117,7 +117,8 @@ class Classifier(nn.Module):
         """Freeze the first n stages (0 = train everything). The last stage always trains: Grad-CAM's
         layer sits in it, and every explanation loss must train through it by double backprop."""
         if not 0 <= n_stages <= self.max_frozen_stages():
-            raise MEGLError(f"frozen_stages must lie in 0..{self.max_frozen_stages()} for {self.family}, got {n_stages}")
+            raise MEGLError(f"frozen_stages must lie in 0..{self.max_frozen_stages()} for {self.family}, "
+                            f"got {n_stages}")
         self.frozen_stages = int(n_stages)
         for module in self._stages()[: self.frozen_stages]:
             module.requires_grad_(False)
@@ -251,7 +252,8 @@ def _build_vit(cfg: dict[str, Any], num_classes: int) -> tuple[nn.Module, int, i
     keys = ("image_size", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim")
     v = {k: int(_require(cfg, k, "vit_b_16")) for k in keys}
     if v["image_size"] % v["patch_size"]:
-        raise MEGLError(f"backbones.vit_b_16: image_size {v['image_size']} not divisible by patch_size {v['patch_size']}")
+        raise MEGLError(f"backbones.vit_b_16: image_size {v['image_size']} not divisible by "
+                        f"patch_size {v['patch_size']}")
     if v["hidden_dim"] % v["num_heads"]:
         raise MEGLError(f"backbones.vit_b_16: hidden_dim {v['hidden_dim']} not divisible by num_heads {v['num_heads']}")
     net = VisionTransformer(num_classes=num_classes, **v)
@@ -301,7 +303,8 @@ def load_backbone_weights(net: nn.Module, path: str | Path, family: str) -> None
         )
 
 
-def build_classifier(backbone_cfg: dict[str, Any], num_classes: int, weights_path: str | Path | None = None) -> Classifier:
+def build_classifier(backbone_cfg: dict[str, Any], num_classes: int,
+                     weights_path: str | Path | None = None) -> Classifier:
     """Build the classifier described by one entry of the config's `backbones:` mapping.
 
     `weights_path` overrides `backbone_cfg["weights"]` (the workflow passes the trunk its

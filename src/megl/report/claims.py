@@ -32,8 +32,8 @@ from statsmodels.stats.multitest import multipletests
 from megl.io import write_text
 from megl.methods import methods_in
 from megl.report.collect import MLLM_BACKBONE
-from megl.report.power import mde as min_detectable_effect
 from megl.report.labels import Labels
+from megl.report.power import mde as min_detectable_effect
 from megl.report.tables import fmt_number, method_label, to_latex, to_markdown
 
 # Saliency claims read `miou_all` (every test image's true map) where a cell has it, else `miou`.

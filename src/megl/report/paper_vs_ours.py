@@ -215,7 +215,8 @@ def rank_agreement(runs: pd.DataFrame, published: pd.DataFrame, validity: pd.Dat
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray, float, np.ndarray]]] = {m: [] for m in metrics}
     classifier = runs[runs["backbone"] != MLLM_BACKBONE] if len(runs) else runs
     for ours_ds, paper_ds in PAPER_DATASETS.items():
-        backbones = list(dict.fromkeys(classifier.loc[classifier["dataset"] == ours_ds, "backbone"])) if len(runs) else []
+        backbones = (list(dict.fromkeys(classifier.loc[classifier["dataset"] == ours_ds, "backbone"]))
+                     if len(runs) else [])
         for backbone in backbones:
             for metric in metrics:
                 base = {"Dataset": labels.dataset(ours_ds), "Backbone": labels.backbone(backbone),

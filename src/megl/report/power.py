@@ -5,7 +5,8 @@ of k comparisons (its first, strictest step). Power is the exact power of the pa
 noncentral t distribution (scipy.stats.nct), solved for the effect with scipy's brentq, not the
 normal-shift sum t(1−α) + t(power), which overstates the power of a 5-seed design at alpha/k
 (docs/report.md gives both). Hand-written on scipy because statsmodels' TTestPower returns NaN for
-the two-sided power at small levels (the noncentral t's far tail). On a pilot (≥ 8 seeds of two methods on one dataset × backbone):
+the two-sided power at small levels (the noncentral t's far tail). On a pilot (≥ 8 seeds of two methods
+on one dataset × backbone):
 `paired_sd` measures the spread of the paired differences, `seeds_needed` turns it into a number of
 seeds, `mde` says what a given number of seeds can resolve.
 """

@@ -88,7 +88,8 @@ def display(frame: pd.DataFrame, labels: Labels | None = None, validity: pd.Data
         "Method": [m if m.startswith("no shortcut") else method_label(m) for m in frame["method"]],
         "n": frame["n"], "Accuracy": frame["accuracy"].map(_fmt),
         "vs baseline (paired)": frame["gain"].map(_fmt),
-        "95% CI (unadjusted)": [f"[{_fmt(lo)}, {_fmt(hi)}]" for lo, hi in zip(frame["gain_ci_low"], frame["gain_ci_high"])],
+        "95% CI (unadjusted)": [f"[{_fmt(lo)}, {_fmt(hi)}]"
+                                for lo, hi in zip(frame["gain_ci_low"], frame["gain_ci_high"])],
         "share of the shortcut's cost won back": frame["share_won_back"].map(lambda x: "n/a" if not np.isfinite(x)
                                                                               else f"{x:.0%}"),
     })
