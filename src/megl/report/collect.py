@@ -11,25 +11,20 @@ import pandas as pd
 from megl.errors import MEGLError
 from megl.matrix import enumerate_runs
 from megl.methods import METHODS, MLLM_BACKBONE
+from megl.report.metric_registry import METRICS, keys
 
 RUN_KEYS: tuple[str, ...] = ("dataset", "backbone", "method", "seed")
-CLASSIFICATION_KEYS: tuple[str, ...] = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
-VISUAL_KEYS: tuple[str, ...] = ("miou", "saliency_auprc")
-TEXT_KEYS: tuple[str, ...] = ("bleu4", "meteor", "rouge_l", "cider", "spice", "clipscore")
-EFFICIENCY_KEYS: tuple[str, ...] = ("params", "latency_ms", "fps")
-OPTIONAL_KEYS: tuple[str, ...] = ("miou_all", "saliency_auprc_all", "accuracy_closed_norm", "generate_accuracy",
-                                  "generate_n_parsed", "val_accuracy", "num_classes")
+CLASSIFICATION_KEYS: tuple[str, ...] = keys(group="classification")
+TEXT_KEYS: tuple[str, ...] = keys(group="text")
+OPTIONAL_KEYS: tuple[str, ...] = keys(required=False)
 # Optional keys that sit in a block of metrics.json (MLLM runs): column -> (block, key).
-NESTED_KEYS: dict[str, tuple[str, str]] = {"generate_accuracy": ("generate", "accuracy"),
-                                           "generate_n_parsed": ("generate", "n_parsed")}
+NESTED_KEYS: dict[str, tuple[str, str]] = {m.key: m.nested for m in METRICS if m.nested}
 # Keys every metrics.json must carry (the value may be null except for the classification keys).
-REQUIRED_KEYS: tuple[str, ...] = (
-    CLASSIFICATION_KEYS + VISUAL_KEYS + TEXT_KEYS + EFFICIENCY_KEYS + ("n_test",)
-)
+REQUIRED_KEYS: tuple[str, ...] = keys(required=True)
 METRIC_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
 
 # MLLM runs have no saliency: these keys may be absent from their metrics.json.
-MLLM_ABSENT_OK: tuple[str, ...] = VISUAL_KEYS
+MLLM_ABSENT_OK: tuple[str, ...] = tuple(m.key for m in METRICS if m.required and m.reported_by == "classifier runs")
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 

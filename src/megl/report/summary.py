@@ -13,10 +13,11 @@ from megl.errors import MEGLError
 from megl.io import atomic_dir, write_json, write_text
 from megl.matrix import Run, cell_methods, enumerate_runs, matrix_methods
 from megl.methods import MLLM_BACKBONE
+from megl.report import metric_registry
 from megl.report.collect import collect_runs, expected_runs, read_train_log
 from megl.report.tables import fmt_number, to_markdown
 
-HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "miou", "miou_all", "saliency_auprc_all")
+HEADLINE_METRICS: tuple[str, ...] = metric_registry.keys(headline=True)
 CELL_KEYS: list[str] = ["dataset", "backbone", "method", "metric"]
 SUMMARY_COLUMNS: list[str] = CELL_KEYS + ["mean", "std", "n"]
 Z_AGREES = 2.0

@@ -11,6 +11,7 @@ import pandas as pd
 
 from megl.io import write_text
 from megl.methods import GROUPS, METHODS, MLLM_BACKBONE, methods_in
+from megl.report import metric_registry
 from megl.report.collect import METRIC_KEYS, RUN_KEYS, TEXT_KEYS
 from megl.report.labels import Labels
 
@@ -45,15 +46,9 @@ def method_order() -> tuple[str, ...]:
 METHOD_ORDER: tuple[str, ...] = method_order()
 TABLE4_METHODS: tuple[str, ...] = table_methods("table4")
 
-# Column header per metric key, in table order.
-METRIC_LABELS: dict[str, str] = {
-    "accuracy": "Accuracy", "precision_macro": "Precision", "recall_macro": "Recall",
-    "f1_macro": "F1", "miou": "mIoU", "saliency_auprc": "Saliency AUPRC", "miou_all": "mIoU (all)",
-    "saliency_auprc_all": "Saliency AUPRC (all)",
-    "clipscore": "CLIPScore", "bleu4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L",
-    "spice": "SPICE", "cider": "CIDEr",
-    "params": "Params (M)", "latency_ms": "Latency (ms)", "fps": "FPS", "n_test": "n test",
-}
+# Column header per metric key; each table's metric columns: megl.report.metric_registry.
+METRIC_LABELS: dict[str, str] = metric_registry.labels()
+COLUMNS = metric_registry.TABLE_COLUMNS
 
 
 def method_label(method: str, backbone: str | None = None) -> str:
@@ -210,7 +205,7 @@ def table2(summary: pd.DataFrame, labels: Labels | None = None) -> pd.DataFrame:
     MLLM rows (backbone 'MLLM') come first in each dataset, apart from the classifier rows;
     they have no saliency map, so their mIoU reads n/a.
     """
-    metrics = ["accuracy", "precision_macro", "recall_macro", "f1_macro", "miou", "miou_all", "saliency_auprc"]
+    metrics = COLUMNS["table2"]
     methods = table_methods("table2")
     out = _display(summary, methods, metrics, labels)
     out = out.rename(columns={METRIC_LABELS[m]: label for m, label in MIOU_COLUMNS.items()})
@@ -251,7 +246,7 @@ def table3(summary: pd.DataFrame, methods: Sequence[str] | None = None,
     A scorer that could not run reads `n/a (reason)`, with the reason from the runs' notes.
     """
     methods = table_methods("table3") if methods is None else methods
-    out = _display(summary, methods, ["clipscore", "bleu4", "meteor", "rouge_l", "spice", "cider"], labels)
+    out = _display(summary, methods, COLUMNS["table3"], labels)
     return out
 
 
@@ -276,7 +271,7 @@ def table4(summary: pd.DataFrame, methods: Sequence[str] | None = None,
             out = {"Dataset": labels.dataset(dataset),
                    "Backbone": labels.backbone(backbone),
                    "Method": method_label(row["method"])}
-            for m in ("accuracy", "miou", "miou_all"):
+            for m in COLUMNS["table4"]:
                 label = MIOU_COLUMNS.get(m, METRIC_LABELS[m])
                 out[label] = cell(row, m)
                 ref = full[f"{m}_mean"].iloc[0] if len(full) else float("nan")
@@ -291,7 +286,7 @@ def table5(summary: pd.DataFrame, methods: Sequence[str] | None = None,
            labels: Labels | None = None) -> pd.DataFrame:
     """Efficiency: parameters (millions), latency (ms) and FPS at batch 1."""
     methods = table_methods("table5") if methods is None else methods
-    return _display(summary, methods, ["params", "latency_ms", "fps"], labels)
+    return _display(summary, methods, COLUMNS["table5"], labels)
 
 
 # ---------------------------------------------------------------- writers
