@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from megl.dataset_kinds import OFFICIAL_ZIPS, STANDIN_KINDS
 from megl.errors import EXIT_FAILURE, DataError, MEGLError
 
 
@@ -479,7 +480,7 @@ def _add_dataset_settings(p: argparse.ArgumentParser, what: str) -> None:
 
 def _parser_make_standin(sub) -> None:
     p = _command(sub, "make-standin", "generate an offline stand-in dataset in the ME format")
-    p.add_argument("kind", nargs="?", choices=["objects", "actions", "digits"],
+    p.add_argument("kind", nargs="?", choices=list(STANDIN_KINDS),
                    help="which stand-in generator (not with --dataset)")
     p.add_argument("out", help="folder to write the dataset to")
     _add_dataset_settings(p, "the kind and knobs (datasets.NAME.standin) and the split")
@@ -643,7 +644,7 @@ def _parser_gpu_run(sub) -> None:
 
 def _parser_fetch_data(sub) -> None:
     p = _command(sub, "fetch-data", "download the official ME zip with gdown (needs a network)")
-    p.add_argument("dataset", choices=["objects", "actions"],
+    p.add_argument("dataset", choices=list(OFFICIAL_ZIPS),
                    help="objects: Object_Classification.zip; actions: Action_Classification.zip")
     p.add_argument("--dest", default="data/raw", help="folder to put the zip in (default: %(default)s)")
     p.set_defaults(func=cmd_fetch_data)

@@ -79,8 +79,7 @@ def dataset_size(config: dict, name: str) -> dict:
         from megl.data import standin
 
         kind = entry["standin"]["kind"]
-        classes = {"objects": standin.OBJECT_CLASSES, "actions": standin.ACTION_CLASSES,
-                   "digits": standin.DIGIT_CLASSES}[kind]
+        classes = standin.KINDS[kind].classes
         return {"samples": int(entry["standin"]["n_images"]), "classes": len(classes), "source": f"standin {kind}"}
     if name in PAPER_DATASETS:
         return {**PAPER_DATASETS[name], "source": "paper Table 1"}

@@ -29,6 +29,7 @@ from megl.config import load_config
 from megl.data.annotations import read_dataset
 from megl.data.dataset import MEDataset, load_full_maps, resize_map
 from megl.data.standin import make_standin
+from megl.dataset_kinds import STANDIN_KINDS
 from megl.io import write_json
 from megl.losses import binary_grid_target, downsample_map, target_threshold
 from megl.matrix import matrix_backbones
@@ -90,7 +91,7 @@ def measure(config: dict[str, Any], kinds: list[str], workdir: Path) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config/config.yaml")
-    ap.add_argument("--kinds", nargs="+", default=["objects", "actions", "digits"])
+    ap.add_argument("--kinds", nargs="+", default=list(STANDIN_KINDS), choices=STANDIN_KINDS)
     ap.add_argument("--out", help="also write the counts here (JSON)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

@@ -10,10 +10,11 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from megl.data.annotations import ANNOTATION_FILE, unsafe_relpath
+from megl.dataset_kinds import OFFICIAL_ZIPS
 from megl.errors import MEGLError, RunFailure
 from megl.io import atomic_dir, atomic_path, remove_stale_temps, temp_prefix
 
-ZIP_NAMES = {"objects": "Object_Classification.zip", "actions": "Action_Classification.zip"}
+ZIP_NAMES = OFFICIAL_ZIPS
 
 # Google Drive file ids of the two zips, as the authors' README gives them in its dataset section
 # ("gdown 1V_kah3MZuHG7UUyPAlg27M1kjnil-uPI" for Action_Classification.zip, "gdown
