@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from megl.io import write_text
+from megl.methods import MLLM_BACKBONE
 from megl.report.labels import Labels
 from megl.report.tables import fmt_number, method_label, write_table
 from megl.report.validity import twins
@@ -45,7 +46,7 @@ def shortcut_recovery(runs: pd.DataFrame, config: Mapping[str, Any]) -> pd.DataF
     the baseline, then every other classifier method of the cell; gains are paired over seeds."""
     rows = []
     for dataset, twin in twins(config).items():
-        for backbone in sorted(set(runs.loc[runs["dataset"] == dataset, "backbone"]) - {"mllm"}):
+        for backbone in sorted(set(runs.loc[runs["dataset"] == dataset, "backbone"]) - {MLLM_BACKBONE}):
             base = _accuracy(runs, dataset, backbone, "baseline")
             clean = _accuracy(runs, twin, backbone, "baseline")
             if base.empty:
