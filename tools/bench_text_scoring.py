@@ -1,6 +1,6 @@
 """CPU and wall time a job spends scoring one cell's 5 seeds of rationales (megl.metrics.text.text_metrics_many).
 
-    PYTHONPATH=src .venv/bin/python tools/bench_text_scoring.py [--samples 300] [--repeats 3]
+    PYTHONPATH=src .venv/bin/python tools/bench_text_scoring.py [--samples 300] [--repeats 3] [--shared-only]
 
 Prints, as JSON, the job's CPU seconds (its own plus its children's: what Snakemake's benchmark
 counts) and wall seconds, (a) with every JVM the job's own (MEGL_METEOR_SERVER=0) and (b) with the
@@ -53,13 +53,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--shared-only", action="store_true", help="skip (a): time only the warm shared server")
     a = p.parse_args()
     from megl.metrics import text
 
     refs, runs = cell(a.samples)
     score = lambda: text.text_metrics_many(refs, runs, spice=False)  # noqa: E731
     os.environ["MEGL_METEOR_SERVER"] = "0"
-    own = timed(score, a.repeats)
+    own = None if a.shared_only else timed(score, a.repeats)
     reference = score()
     del os.environ["MEGL_METEOR_SERVER"]
     assert score() == reference  # starts the server if none runs; the same numbers
