@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from megl.models.clip import (_pooled, _tokenize, build_tiny_clip, clip_image_embeddings, clip_text_image_similarity,
-                              clip_text_image_similarity_from_embeddings, pixel_values)
-from megl.models.tokenizer import train_tokenizer
-
 from tiny_sdtg import CLIP_CFG, S
+
+from megl.models.clip import (
+    _pooled,
+    _tokenize,
+    build_tiny_clip,
+    clip_image_embeddings,
+    clip_text_image_similarity,
+    clip_text_image_similarity_from_embeddings,
+    pixel_values,
+)
+from megl.models.tokenizer import train_tokenizer
 
 torch.set_num_threads(1)
 SEED_TEXTS = [["the red circle is round", "", "a blue square with four corners", "green"],

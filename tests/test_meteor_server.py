@@ -112,7 +112,7 @@ def test_text_scoring_starts_no_tokenizer_jvm_and_scores_bitwise_as_own_jvms(ser
         PIPE = subprocess.PIPE
 
         @staticmethod
-        def Popen(*a, **kw):  # noqa: N802
+        def Popen(*a, **kw):
             pytest.fail(f"the job started its own tokenizer JVM: {a}")
 
     shared = text_metrics_many(refs, runs, spice=False)  # starts the server (its JVMs warm up)
@@ -134,7 +134,7 @@ def test_tokenizer_failure_falls_back_to_own_jvm(server_sock, monkeypatch):
         assert meteor_server.tokenize(conn, {0: [{"caption": "Still, served."}]}) == {0: ["still served"]}
     finally:
         conn.close()
-    monkeypatch.setattr(meteor_server._TokenizerJVM, "COMMAND", ["java", "something", "else"])
+    monkeypatch.setattr(meteor_server._TokenizerJVM, "COMMAND", ("java", "something", "else"))
     with pytest.raises(ValueError, match="not the command"):
         meteor_server._TokenizerJVM().tokenize([["A caption."]])
     asked = []

@@ -105,11 +105,12 @@ def test_text_models_load_once_per_process_bitwise(tiny_data, tiny_config, monke
 
 # ---------------------------------------------------------------- MLLM: the frozen CLIP(I) once per training image
 def _tiny_sdtg(feature_dim=None):
+    from tiny_sdtg import CLIP_CFG, LM_CFG, P, S
+
     from megl.models.clip import FrozenVisionEncoder, build_tiny_clip
     from megl.models.lm import build_tiny_lm
     from megl.models.sdtg import SDTG
     from megl.models.tokenizer import train_tokenizer
-    from tiny_sdtg import CLIP_CFG, LM_CFG, P, S
 
     tok = train_tokenizer(["the red circle is round", "the blue square has four corners"] * 3, 300, None)
     torch.manual_seed(0)

@@ -44,7 +44,6 @@ PTB_LOOP = Path(__file__).with_name("PTBTokenizerLoop.java")  # the long-lived t
 def _key() -> str:
     """Servers are shared only by jobs of the same interpreter, pycocoevalcap and server code."""
     import pycocoevalcap.meteor.meteor as meteor_mod
-
     import pycocoevalcap.tokenizer.ptbtokenizer as ptb_mod
 
     h = hashlib.sha256()
@@ -162,8 +161,8 @@ class _TokenizerJVM:
     Started at once (it loads while METEOR does); restarted on the next request after a failure."""
 
     PIPE = subprocess.PIPE
-    COMMAND = ["java", "-cp", "stanford-corenlp-3.4.1.jar", "edu.stanford.nlp.process.PTBTokenizer",
-               "-preserveLines", "-lowerCase"]
+    COMMAND = ("java", "-cp", "stanford-corenlp-3.4.1.jar", "edu.stanford.nlp.process.PTBTokenizer",
+               "-preserveLines", "-lowerCase")
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -186,13 +185,13 @@ class _TokenizerJVM:
             self.proc.wait()
             self.proc = None
 
-    def Popen(self, cmd, cwd, stdout):  # noqa: N802 - the name pycocoevalcap calls
-        if list(cmd[:-1]) != self.COMMAND or stdout != subprocess.PIPE:
+    def Popen(self, cmd, cwd, stdout):  # the name pycocoevalcap calls
+        if tuple(cmd[:-1]) != self.COMMAND or stdout != subprocess.PIPE:
             raise ValueError(f"pycocoevalcap's PTBTokenizer runs {cmd[:-1]}, not the command PTBTokenizerLoop serves")
         self.path = os.path.join(cwd, cmd[-1])
         return self
 
-    def communicate(self, input=None):  # noqa: A002 - pycocoevalcap passes input= (ignored: stdin is no pipe there)
+    def communicate(self, input=None):  # pycocoevalcap passes input= (ignored: stdin is no pipe there)
         self.start()
         try:
             self.proc.stdin.write(self.path.encode() + b"\n")
