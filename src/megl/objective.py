@@ -23,7 +23,7 @@ def batch_losses(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch.
     terms: dict[str, torch.Tensor] = {}
     if method.is_mllm:
         targets = [mllm_target(method, class_names[i], r) for i, r in zip(labels.tolist(), rationales)]
-        terms["loss_textual"] = model.sdtg.loss(images, None, None, targets)
+        terms["loss_textual"] = model.sdtg.loss(images, None, None, targets, image_ids=batch.get("index"))
         terms["loss"] = terms["loss_textual"]
         return terms
 

@@ -72,6 +72,8 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
     use_bf16 = bool(cfg_train.get("amp_bf16", True)) and device.type == "cuda"
     rows = list(log_rows or [])
     add_method_inputs(model, train, config, device)
+    if model.sdtg is not None:  # the MLLM path's frozen CLIP(I): once per training image (models/sdtg.py)
+        model.sdtg.start_image_token_cache(len(train))
     started = time.time()
     for epoch in range(start_epoch, epochs):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -81,6 +83,7 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
         for step in range(per_epoch):
             index = order[step * cfg_train["batch_size"]:(step + 1) * cfg_train["batch_size"]]
             batch = train.batch(index, device)
+            batch["index"] = index  # the image-token cache's key
             rationales = pick_rationales(batch["rationales"], seed, epoch, step)
             for group in optimizer.param_groups:
                 group["lr"] = base_lr * lr_factor(epoch * per_epoch + step, total,
@@ -97,6 +100,8 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
                  ", ".join(f"{k} {v / per_epoch:.4f}" for k, v in sums.items()), time.time() - started)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rows)
+    if model.sdtg is not None:
+        model.sdtg.stop_image_token_cache()
     return rows
 
 

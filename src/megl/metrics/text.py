@@ -1,8 +1,9 @@
 """Text metrics: the COCO caption scorers (pycocoevalcap: BLEU-4, METEOR, ROUGE-L, CIDEr, SPICE) and CLIPScore.
 
 The scorers are called as published, after pycocoevalcap's PTBTokenizer (Java); nothing is re-implemented.
-METEOR is pycocoevalcap's Meteor process and line protocol; only the feeding differs (`_meteor_many`),
-and the process is shared by the jobs of a machine (megl.metrics.meteor_server) when it can be.
+METEOR is pycocoevalcap's Meteor process and line protocol; only the feeding differs (`_meteor_many`).
+Both JVMs, METEOR's and the tokenizer's, are shared by the jobs of a machine (megl.metrics.meteor_server)
+when they can be; a job that cannot reach them starts its own.
 A scorer that cannot run returns None with the reason in `notes`, never 0.
 """
 
@@ -84,14 +85,19 @@ def _validate(references: Mapping, hypotheses: Mapping) -> None:
         if not all(isinstance(r, str) for r in refs):
             raise MEGLError(f"text metrics: sample {k!r} field 'references' holds a non-string")
         if not isinstance(hypotheses[k], str):
-            raise MEGLError(f"text metrics: sample {k!r} field 'hypothesis' must be a string, got {type(hypotheses[k]).__name__}")
+            raise MEGLError(f"text metrics: sample {k!r} field 'hypothesis' must be a string, "
+                            f"got {type(hypotheses[k]).__name__}")
 
 
-def _tokenize(captions: dict) -> dict:
+def _tokenize(captions: dict, server=None) -> dict:
+    """pycocoevalcap's PTBTokenizer().tokenize(captions): by the shared server's tokenizer JVM on the
+    connection `server` when it answers, else by a JVM of this job's own (the same tokens)."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        out = PTBTokenizer().tokenize(captions)
+    out = meteor_server.tokenize(server, captions) if server is not None else None
+    if out is None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            out = PTBTokenizer().tokenize(captions)
     for k, v in captions.items():  # the tokenizer maps output lines by position: check nothing shifted
         if len(out.get(k, [])) != len(v):
             raise MEGLError(f"text metrics: PTBTokenizer lost captions of sample {k!r}")
@@ -202,7 +208,8 @@ def text_metrics_many(references: Mapping, hypotheses_by_run: Mapping[object, Ma
                       spice: bool = True) -> dict:
     """`text_metrics` for several runs scored against the same references, paying the JVMs once:
     one PTBTokenizer call for the references and one for every run's hypotheses, one METEOR
-    process for all runs. Each run's scores equal what `text_metrics` gives it alone."""
+    process for all runs (both in the machine's shared server when it answers). Each run's scores
+    equal what `text_metrics` gives it alone."""
     _require_java()
     for hyps in hypotheses_by_run.values():
         _validate(references, hyps)
@@ -215,11 +222,11 @@ def text_metrics_many(references: Mapping, hypotheses_by_run: Mapping[object, Ma
 
     runs = list(hypotheses_by_run)
     results = {}
-    # the shared METEOR server first (started if need be): its JVM loads while PTB tokenizes
+    # the shared server (started if need be) tokenizes with its PTBTokenizer JVM, then scores METEOR
     server = meteor_server.connect()
-    gts = _tokenize({k: [{"caption": r} for r in refs] for k, refs in references.items()})
+    gts = _tokenize({k: [{"caption": r} for r in refs] for k, refs in references.items()}, server)
     keyed = {(i, k): [{"caption": hypotheses_by_run[run][k]}] for i, run in enumerate(runs) for k in references}
-    tokenized = _tokenize(keyed)
+    tokenized = _tokenize(keyed, server)
     res_by_run = [{k: tokenized[(i, k)] for k in references} for i in range(len(runs))]
     meteor_scores = meteor_server.score(server, gts, res_by_run) if server is not None else None
     if meteor_scores is None:  # no server to be had: this job's own JVM, as before

@@ -27,7 +27,8 @@ def build_tiny_clip(cfg_tiny: dict, image_size: int, vocab_size: int, pad_token_
     """A randomly initialised small CLIPModel (standard architecture) for `image_size` inputs."""
     h = int(cfg_tiny["hidden_size"])
     if image_size % int(cfg_tiny["patch_size"]):
-        raise MEGLError(f"vision_encoder.tiny.patch_size {cfg_tiny['patch_size']} does not divide image_size {image_size}")
+        raise MEGLError(f"vision_encoder.tiny.patch_size {cfg_tiny['patch_size']} does not divide "
+                        f"image_size {image_size}")
     common = dict(hidden_size=h, intermediate_size=4 * h, num_hidden_layers=int(cfg_tiny["num_layers"]),
                   num_attention_heads=int(cfg_tiny["num_heads"]))
     config = CLIPConfig(
@@ -164,15 +165,34 @@ class FrozenVisionEncoder(nn.Module):
 
 
 @torch.no_grad()
+def clip_image_embeddings(model: CLIPModel, images: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """CLIP's projected image embeddings, float32 B×projection_dim, exactly as `clip_text_image_similarity`
+    computes them: a cell's seeds score the same test images, so a caller may compute these once per
+    evaluation batch and pass them to `clip_text_image_similarity_from_embeddings` for every seed
+    (bitwise the same similarities when computed on the same batch of images; tests/test_clipscore_embeddings.py)."""
+    dev = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    pv = pixel_values(images.to(dev), model.config.vision_config.image_size, mean, std, dtype=dtype)
+    return _pooled(model.get_image_features(pixel_values=pv)).float()
+
+
+@torch.no_grad()
+def clip_text_image_similarity_from_embeddings(model: CLIPModel, tokenizer: PreTrainedTokenizerBase,
+                                               image_embeddings: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    """`clip_text_image_similarity` with the images' `clip_image_embeddings` given: Tensor[B]."""
+    if image_embeddings.shape[0] != len(texts):
+        raise MEGLError(f"clip_text_image_similarity: {image_embeddings.shape[0]} images but {len(texts)} texts")
+    dev = next(model.parameters()).device
+    texts = [t if t.strip() else "." for t in texts]  # an empty generation still gets a score
+    txt = _pooled(model.get_text_features(**_tokenize(tokenizer, model, texts, dev))).float()
+    return F.cosine_similarity(image_embeddings.to(dev), txt, dim=-1)
+
+
+@torch.no_grad()
 def clip_text_image_similarity(model: CLIPModel, tokenizer: PreTrainedTokenizerBase, images: torch.Tensor,
                                texts: list[str], mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
     """Cosine similarity of CLIP's projected image and text embeddings, one per (image, text) pair: Tensor[B]."""
     if images.shape[0] != len(texts):
         raise MEGLError(f"clip_text_image_similarity: {images.shape[0]} images but {len(texts)} texts")
-    dev = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    pv = pixel_values(images.to(dev), model.config.vision_config.image_size, mean, std, dtype=dtype)
-    texts = [t if t.strip() else "." for t in texts]  # an empty generation still gets a score
-    img = _pooled(model.get_image_features(pixel_values=pv)).float()
-    txt = _pooled(model.get_text_features(**_tokenize(tokenizer, model, texts, dev))).float()
-    return F.cosine_similarity(img, txt, dim=-1)
+    return clip_text_image_similarity_from_embeddings(model, tokenizer, clip_image_embeddings(model, images, mean, std),
+                                                      texts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 
 import torch
@@ -20,6 +21,10 @@ from megl.errors import MEGLError
 from megl.models.clip import FrozenVisionEncoder
 
 IGNORE = -100
+# MLLM training reuses each training image's Z_A = CLIP(I) (`start_image_token_cache`); False: the
+# reference path, the frozen encoder on every step (tests compare the two bitwise).
+IMAGE_TOKEN_CACHE = True
+log = logging.getLogger(__name__)
 # Token ids of target texts, per tokenizer (content fingerprint) and text: a cell's runs tokenise the
 # same training rationales every step; a fresh tokenizer call per step costs more than the LM's
 # embedding lookup. Bounded: cleared when it grows past _TARGET_CACHE_MAX texts.
@@ -106,11 +111,13 @@ class SDTG(nn.Module):
         self.register_buffer("bos_ids", torch.tensor(bos, dtype=torch.long), persistent=False)
         self.register_buffer("prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False)
         self._target_cache: dict[str, list[int]] | None = None  # text -> untruncated ids; see _target_cache_of
+        self._image_tokens: dict | None = None  # see start_image_token_cache
 
     # ------------------------------------------------------------------ prefix
     def prefix(self, images: torch.Tensor | None, saliency: torch.Tensor | None,
-               tokens: torch.Tensor | None) -> torch.Tensor:
-        """The visual prefix V: Tensor[B, prefix_tokens, LM hidden size] in the LM's embedding dtype."""
+               tokens: torch.Tensor | None, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The visual prefix V: Tensor[B, prefix_tokens, LM hidden size] in the LM's embedding dtype.
+        `image_ids`: the images' indices in the training split, for the image-token cache (MLLM path only)."""
         parts = []
         if tokens is not None:
             if self.proj_image is None:
@@ -121,13 +128,72 @@ class SDTG(nn.Module):
         if use_encoder:
             if images is None:
                 raise MEGLError("SDTG: images are required for the vision-encoder term")
-            x = images.float() if saliency is None else mask_image(images.float(), saliency.float())
-            z_a = resample_tokens(self.vision_encoder(x).float(), self.prefix_tokens)
+            if saliency is None and tokens is None:  # V = W_A·CLIP(I): frozen per image, cacheable
+                z_a = self._whole_image_tokens(images, image_ids)
+            else:  # MEGL's CLIP(I ⊙ Â): the saliency changes every step, never cached
+                x = images.float() if saliency is None else mask_image(images.float(), saliency.float())
+                z_a = resample_tokens(self.vision_encoder(x).float(), self.prefix_tokens)
             parts.append(self.proj_saliency(F.layer_norm(z_a, z_a.shape[-1:])))
         if not parts:
             raise MEGLError("SDTG: nothing to condition on (no classifier tokens and no vision encoder)")
         v = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         return v.to(self.lm.get_input_embeddings().weight.dtype)
+
+    # ------------------------------------------------------------------ image-token cache (MLLM training)
+    def start_image_token_cache(self, n_images: int) -> None:
+        """From now on, `loss(images, None, None, texts, image_ids)` keeps each training image's
+        Z_A = resample(CLIP(I)) the first time a step computes it and reuses it in later steps instead
+        of running the frozen encoder again (the MLLM baselines: whole image, encoder in eval mode
+        without dropout, no augmentation in training, so Z_A is a function of the image alone).
+
+        Exactness: rows are reused only in batches of the size they were computed in (same shapes,
+        same kernels), under the step's own autocast; and the first fully cached batch of each size
+        is computed anyway and compared: unequal (a device whose kernels make a row depend on the
+        rest of its batch), the cache switches itself off for the run, with a warning.
+        `image_ids`: indices in [0, n_images) of the training split."""
+        self._image_tokens = {"n": int(n_images), "rows": {}, "probed": set(), "on": IMAGE_TOKEN_CACHE,
+                              "computed": 0, "reused": 0}
+
+    def stop_image_token_cache(self) -> dict | None:
+        """Drop the cache (end of training); returns its counts (images computed, reused) or None."""
+        cache, self._image_tokens = self._image_tokens, None
+        return None if cache is None else {k: cache[k] for k in ("computed", "reused", "on")}
+
+    def _whole_image_tokens(self, images: torch.Tensor, image_ids: torch.Tensor | None) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            return resample_tokens(self.vision_encoder(images.float()).float(), self.prefix_tokens)
+
+        cache = self._image_tokens
+        if cache is None or image_ids is None or not cache["on"] or torch.is_grad_enabled() and images.requires_grad:
+            return compute()
+        b = images.shape[0]
+        entry = cache["rows"].get(b)
+        if entry is not None:
+            rows, filled = entry
+            ids = image_ids.to(rows.device)
+            if bool(filled[ids].all()):
+                hit = rows[ids]
+                if b in cache["probed"]:
+                    cache["reused"] += b
+                    return hit
+                z = compute()
+                cache["probed"].add(b)
+                if torch.equal(z, hit):
+                    cache["reused"] += b
+                    return hit
+                cache["on"] = False
+                log.warning("SDTG image-token cache off for this run: the encoder's output for an image depends on "
+                            "its batch on this device (max |diff| %.3g)", (z - hit).abs().max().item())
+                return z
+        z = compute()
+        cache["computed"] += b
+        if entry is None:
+            entry = cache["rows"][b] = (torch.empty((cache["n"], *z.shape[1:]), dtype=z.dtype, device=z.device),
+                                        torch.zeros(cache["n"], dtype=torch.bool, device=z.device))
+        ids = image_ids.to(z.device)
+        entry[0][ids] = z.detach()
+        entry[1][ids] = True
+        return z
 
     def _context(self, v: torch.Tensor) -> torch.Tensor:
         """[BOS] V [prompt] as embeddings: B×L0×H."""
@@ -186,9 +252,10 @@ class SDTG(nn.Module):
 
     # ------------------------------------------------------------------ training
     def loss(self, images: torch.Tensor | None, saliency: torch.Tensor | None, tokens: torch.Tensor | None,
-             rationales: list[str]) -> torch.Tensor:
-        """L_textual: mean NLL over the target tokens (' ' + text, truncated, + EOS) of the batch."""
-        v = self.prefix(images, saliency, tokens)
+             rationales: list[str], image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """L_textual: mean NLL over the target tokens (' ' + text, truncated, + EOS) of the batch.
+        `image_ids`: the images' indices in the training split (read by the image-token cache)."""
+        v = self.prefix(images, saliency, tokens, image_ids)
         if v.shape[0] != len(rationales):
             raise MEGLError(f"SDTG.loss: batch of {v.shape[0]} but {len(rationales)} target texts")
         embeds, attention, labels = self._sequence(self._context(v), self.target_ids(rationales))
