@@ -32,3 +32,23 @@ def test_atomic_dir_keeps_the_old_folder_when_the_writer_fails(tmp_path):
             raise RuntimeError("killed")
     assert (out / "old.txt").read_text() == "old" and not (out / "half.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_every_atomic_output_gets_the_usual_permissions_even_when_the_writer_recreates_the_file(tmp_path):
+    """safetensors replaces the temp file with a 0600 one of its own: weights must still be readable
+    by the group and others like every other output (mode 0666 minus the umask)."""
+    import os
+
+    import torch
+
+    from megl.io import write_text
+    from megl.runs import save_weights
+
+    umask = os.umask(0o022)
+    try:
+        save_weights({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+        write_text(tmp_path / "notes.txt", "x")
+    finally:
+        os.umask(umask)
+    assert oct((tmp_path / "model.safetensors").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "notes.txt").stat().st_mode & 0o777) == oct(0o644)
