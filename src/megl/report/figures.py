@@ -82,9 +82,11 @@ def _method_order(methods: Sequence[str]) -> list[str]:
 
 
 def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
-                          methods: Sequence[str] | None = None, labels: Labels | None = None) -> list[Path]:
+                          methods: Sequence[str] | None = None, labels: Labels | None = None,
+                          chance: dict[str, float] | None = None) -> list[Path]:
     """Mean ± std over seeds (error bar) and every seed (dot) of `metric` per method; one panel
-    per dataset × backbone. MLLM runs are included when they carry the metric."""
+    per dataset × backbone. MLLM runs are included when they carry the metric. `chance`
+    ({dataset: value}, e.g. 1/K for accuracy) draws a dashed line labelled "chance" in that dataset's panels."""
     _theme()
     data = df[df[metric].notna()]
     if methods is not None:
@@ -105,6 +107,13 @@ def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
         sns.pointplot(data=sub, x=metric, y="Method", order=order, ax=ax, errorbar="sd",
                       linestyle="none", markers="D", markersize=3, capsize=0.3, err_kws={"linewidth": 0.8},
                       color="C0", zorder=2)
+        level = (chance or {}).get(str(sub["dataset"].iloc[0]))
+        if level is not None:
+            ax.axvline(level, color="0.35", linestyle="--", linewidth=0.8, zorder=0)
+            ax.annotate(f"chance {level:.2f}", (level, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(2, -2), textcoords="offset points", ha="left", va="top", fontsize=5.5, color="0.35")
+            low, high = ax.get_xlim()
+            ax.set_xlim(min(low, level - 0.02), max(high, level + 0.02))
         ax.set_title(panel)
         ax.set_ylabel("")
         ax.set_xlabel(METRIC_LABELS.get(metric, metric))
@@ -240,10 +249,13 @@ def _to_display(image: np.ndarray) -> np.ndarray:
 
 
 def plot_qualitative(baseline_run: str | Path, megl_run: str | Path, out_stem: str | Path,
-                     n_samples: int = 4, wrap: int = 34) -> list[Path]:
+                     n_samples: int = 4, wrap: int = 34, class_names: Sequence[str] | None = None,
+                     title: str | None = None) -> list[Path]:
     """Grid per sample: image, ground-truth map, baseline saliency, MEGL saliency, and MEGL's
     generated rationale beside the reference; from each run folder's saliency.npz and MEGL's
-    predictions.jsonl. Samples are the first ids present in both runs and holding a map."""
+    predictions.jsonl. Samples are the first ids present in both runs and holding a map.
+    `class_names[label]` names the true and predicted class (the label id where absent); `title`
+    (e.g. the dataset, backbone and seed) heads the figure."""
     _theme()
     base_dir, megl_dir = Path(baseline_run), Path(megl_run)
     base = _load_npz(base_dir / "saliency.npz")
@@ -285,12 +297,24 @@ def plot_qualitative(baseline_run: str | Path, megl_run: str | Path, out_stem: s
         rationale = rec.get("rationale") or "(no rationale)"
         refs = rec.get("reference") or []
         ref = refs[0] if refs else "(no reference)"
-        text = (f"label {rec.get('label', '?')}, predicted {rec.get('prediction', '?')}\n"
+        text = (f"true: {_class_name(rec.get('label'), class_names)}, "
+                f"predicted: {_class_name(rec.get('prediction'), class_names)}\n"
                 f"MEGL: {textwrap.fill(str(rationale), wrap)}\nref.: {textwrap.fill(str(ref), wrap)}")
         ax.text(0.0, 0.5, text, fontsize=5.5, va="center", ha="left", transform=ax.transAxes)
         if r == 0:
             ax.set_title(titles[4])
+    if title:
+        fig.suptitle(title, fontsize=7, y=1.0, va="bottom")
     return save_figure(fig, out_stem)
+
+
+def _class_name(label, class_names: Sequence[str] | None) -> str:
+    """A training label as its class name ("id 3" when no names are known or the label is out of range)."""
+    if label is None:
+        return "?"
+    if class_names is not None and 0 <= int(label) < len(class_names):
+        return str(class_names[int(label)])
+    return f"id {label}"
 
 
 LOSS_COLUMNS = ("loss", "loss_pred", "loss_visual", "loss_dc", "loss_textual")
