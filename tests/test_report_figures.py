@@ -165,7 +165,7 @@ def test_accuracy_has_a_chance_line_and_qualitative_names_classes_dataset_and_ba
     for ax in accuracy.axes:
         vertical = [line for line in ax.get_lines() if len(set(line.get_xdata())) == 1]
         assert [float(line.get_xdata()[0]) for line in vertical] == [pytest.approx(0.2)], ax.get_title()
-        assert "chance 0.20" in [t.get_text() for t in ax.texts]
+    assert [t.get_text() for legend in accuracy.legends for t in legend.get_texts()] == ["chance = 0.20"]
     miou_lines = [line for ax in drawn["miou"].axes for line in ax.get_lines() if len(set(line.get_xdata())) == 1]
     assert not miou_lines  # chance is accuracy's reference only
 

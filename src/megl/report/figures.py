@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from megl.errors import MEGLError  # noqa: E402
@@ -81,6 +82,9 @@ def _method_order(methods: Sequence[str]) -> list[str]:
     return [method_label(m) for m in ranked]
 
 
+CHANCE_COLOR = "#c0392b"  # the chance line: apart from the methods' blue and the grid's grey
+
+
 def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
                           methods: Sequence[str] | None = None, labels: Labels | None = None,
                           chance: dict[str, float] | None = None) -> list[Path]:
@@ -109,15 +113,18 @@ def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
                       color="C0", zorder=2)
         level = (chance or {}).get(str(sub["dataset"].iloc[0]))
         if level is not None:
-            ax.axvline(level, color="0.35", linestyle="--", linewidth=0.8, zorder=0)
-            ax.annotate(f"chance {level:.2f}", (level, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(2, -2), textcoords="offset points", ha="left", va="top", fontsize=5.5, color="0.35")
+            ax.axvline(level, color=CHANCE_COLOR, linestyle="--", linewidth=1.0, zorder=3)
             low, high = ax.get_xlim()
             ax.set_xlim(min(low, level - 0.02), max(high, level + 0.02))
         ax.set_title(panel)
         ax.set_ylabel("")
         ax.set_xlabel(METRIC_LABELS.get(metric, metric))
     fig.tight_layout()
+    levels = sorted({round(v, 4) for v in (chance or {}).values()})
+    if levels:
+        text = f"chance = {levels[0]:.2f}" if len(levels) == 1 else "chance = 1/K of the panel's dataset"
+        fig.legend(handles=[Line2D([], [], color=CHANCE_COLOR, linestyle="--", linewidth=1.0, label=text)],
+                   loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=6)
     return save_figure(fig, out_stem)
 
 
