@@ -319,8 +319,11 @@ def test_report_holds_every_figure_and_table_with_its_caption(smoke_run):
     finds cells of table2.csv rendered as text there (test_report_build.render_report_result), and
     keeps the screenshots in this checkout's results/."""
     import pandas as pd
-
-    from test_report_build import SNAKEMAKE_REPORT_RENDERED, render_headless, render_report_result
+    from test_report_build import (
+        SNAKEMAKE_REPORT_RENDERED,
+        render_headless,
+        render_report_result,
+    )
 
     report = check_report(smoke_run)
     shots = Path(__file__).resolve().parents[1] / "results"

@@ -11,7 +11,7 @@ import argparse
 import html
 import sys
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 # in the order a reader opens them: the paper's tables, then the checks of our own
 TABLE_ORDER = ("table2", "table3", "table4", "table5", "paper_vs_ours", "shortcut", "validity", "paper_vs_ours_tau")
