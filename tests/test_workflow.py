@@ -57,6 +57,14 @@ def test_slurm_profile_dry_run(repo_copy):
     assert sum(rule == "run_cell" for rule, _ in jobs) == SMOKE_CELLS
 
 
+def test_reasons_are_hidden_unless_verbose(repo_copy):
+    """profiles/default sets quiet: [reason]: no "reason:" line per job; --verbose shows them again."""
+    quiet = snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml")
+    loud = snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml", "--verbose")
+    assert "run_cell" in quiet and "reason:" not in quiet, quiet[-2000:]
+    assert loud.count("reason:") >= SMOKE_CELLS, loud[-2000:]
+
+
 # ------------------------------------------------------------------ the resolved config (dry-runs)
 OVERRIDES = ("--config", "train={epochs: 3, lr: 1e-3}", "selection={grid: {weight: [2.0]}}")
 
