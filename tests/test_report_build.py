@@ -178,10 +178,11 @@ def render_report_result(report: Path, name: str, screenshot: Path, expect: tupl
             f"{report}: {name} did not open in the report's view: {state.group(1) if state else 'script never ran'}")
         frame = re.search(r'<iframe[^>]*\ssrc="(data:[^"]+)"', dom)
         assert frame, f"{report}: {name} opened, but no iframe shows it"
-        shown = screenshot.with_name(f"{screenshot.stem}.{Path(name).stem}.view.html")
-        shown.parent.mkdir(parents=True, exist_ok=True)
-        shown.write_bytes(decode_data_uri(html_lib.unescape(frame.group(1))))
-        text = render_headless(shown, screenshot.with_name(f"{screenshot.stem}.{Path(name).stem}.png"), expect=expect)
+        with tempfile.TemporaryDirectory(prefix="megl-view-") as tmp:  # the page the view shows, decoded
+            shown = Path(tmp) / name
+            shown.write_bytes(decode_data_uri(html_lib.unescape(frame.group(1))))
+            text = render_headless(shown, Path(tmp) / "view.png", expect=expect)
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
         screenshot.unlink(missing_ok=True)
         _chromium(exe, f"--screenshot={screenshot}", "--window-size=1280,1000", "--hide-scrollbars",
                   "--virtual-time-budget=15000", page=opened)
