@@ -15,6 +15,7 @@ localrules:
     all,
     preflight,
     tables,
+    html_tables,
     figures,
     summarize,
     paper_inputs,

@@ -309,7 +309,7 @@ def test_smoke_run_on_slurm_matches_the_local_run(tmp_path):
     local_metrics, slurm_metrics = all_metrics(local), all_metrics(slurm)
     assert len(local_metrics) >= 2 and slurm_metrics == local_metrics
     for stem in ("table2", "table3", "table4", "claims"):
-        table = Path("results/tables") / f"{stem}.csv"
+        table = Path("results/smoke/tables") / f"{stem}.csv"
         assert (slurm / table).read_bytes() == (local / table).read_bytes()
 
     numbers = {"local_s": round(local_s, 1), "slurm_s": round(slurm_s, 1), "ratio": round(slurm_s / local_s, 2),

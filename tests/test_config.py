@@ -191,11 +191,13 @@ def test_tiny_models_need_their_tiny_block() -> None:
 
 def test_schema_defaults_are_filled() -> None:
     raw = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
-    assert "schedule" not in raw["train"] and "results_dir" not in raw
+    assert "schedule" not in raw["train"] and raw["results_dir"] == "results/smoke"  # its own (make smoke)
     config = load_config(CONFIG_DIR / "smoke.yaml")
     assert (config["train"]["schedule"], config["train"]["warmup_fraction"], config["train"]["amp_bf16"]) == \
         ("constant", 0, True)
-    assert config["results_dir"] == "results"
+    assert config["results_dir"] == "results/smoke"
+    del raw["results_dir"]
+    assert validate_config(raw)["results_dir"] == "results"
 
 
 def test_bad_value_names_the_key() -> None:

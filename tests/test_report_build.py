@@ -1,14 +1,17 @@
 """The report steps' edges: the manuscript inputs and the PDF build without latexmk; and the headless
-Chromium check of an HTML report (`render_headless`, used on the smoke run's `snakemake --report` by
+Chromium check of an HTML report (`render_headless`, and `render_report_result`, which opens one
+result in the report's own viewer; used on the smoke run's `snakemake --report` by
 tests/test_workflow.py), tried here on small pages and a one-rule Snakemake report."""
 from __future__ import annotations
 
+import base64
 import html as html_lib
 import json
 import re
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -139,6 +142,60 @@ def render_headless(page: Path, screenshot: Path, expect: tuple[str, ...] = ()) 
     return text
 
 
+# Appended at the end of <body> in a copy of a Snakemake report: once the page has loaded, the result
+# named NAME is opened the way its eye button opens it (the report's own ButtonViewManager, which picks
+# the view by the result's mime type: an iframe for text/html, a download link otherwise), and what
+# happened is recorded on <html data-megl-view="..."> for --dump-dom.
+OPEN_RESULT = """<script>window.addEventListener("load", function () { setTimeout(function () {
+  var mark = function (what) { document.documentElement.setAttribute("data-megl-view", what); };
+  try {
+    var path = Object.keys(results).filter(function (p) { return p.split("/").pop() === %s; })[0];
+    if (!path) { mark("no result named " + %s); return; }
+    var button = new ButtonViewManager(app).handleSelectedResult(path);
+    if (!button.props.onClick) { mark("a link only (" + results[path].mime_type + ")"); return; }
+    button.props.onClick();
+    mark("opened " + results[path].mime_type);
+  } catch (err) { mark("failed: " + err); }
+}, 100); });</script>"""
+
+
+def decode_data_uri(uri: str) -> bytes:
+    header, _, payload = uri.partition(",")
+    return base64.b64decode(payload) if header.endswith(";base64") else urllib.parse.unquote_to_bytes(payload)
+
+
+def render_report_result(report: Path, name: str, screenshot: Path, expect: tuple[str, ...]) -> str:
+    """Open the result `name` (a file name, e.g. table2.html) of a Snakemake report in headless
+    Chromium as its eye button does: it must open in the report's own view (an iframe), and the page
+    shown there must render every `expect` string as text. Screenshot: the report with that view
+    open. Returns the rendered text of the page in the view."""
+    exe = need_chromium()
+    source = report.read_text(encoding="utf-8", errors="replace")
+    at = source.lower().rfind("</body>")
+    opened = report.with_name(f".{report.stem}.open.html")
+    quoted = json.dumps(name)
+    opened.write_text(source[:at] + OPEN_RESULT % (quoted, quoted) + source[at:], encoding="utf-8")
+    try:
+        dom = _chromium(exe, "--virtual-time-budget=15000", "--dump-dom", page=opened).stdout
+        state = re.search(r'<html[^>]*\sdata-megl-view="([^"]*)"', dom)
+        assert state and state.group(1) == "opened text/html", (
+            f"{report}: {name} did not open in the report's view: {state.group(1) if state else 'script never ran'}")
+        frame = re.search(r'<iframe[^>]*\ssrc="(data:[^"]+)"', dom)
+        assert frame, f"{report}: {name} opened, but no iframe shows it"
+        with tempfile.TemporaryDirectory(prefix="megl-view-") as tmp:  # the page the view shows, decoded
+            shown = Path(tmp) / name
+            shown.write_bytes(decode_data_uri(html_lib.unescape(frame.group(1))))
+            text = render_headless(shown, Path(tmp) / "view.png", expect=expect)
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        screenshot.unlink(missing_ok=True)
+        _chromium(exe, f"--screenshot={screenshot}", "--window-size=1280,1000", "--hide-scrollbars",
+                  "--virtual-time-budget=15000", page=opened)
+        assert screenshot.exists(), f"headless Chromium wrote no screenshot of {report} to {screenshot}"
+    finally:
+        opened.unlink(missing_ok=True)
+    return text
+
+
 def test_render_headless_catches_console_errors_and_exceptions(tmp_path: Path) -> None:
     need_chromium()
     page = tmp_path / "broken.html"
@@ -169,10 +226,17 @@ def test_snakemake_report_of_a_one_rule_workflow_renders(tmp_path: Path) -> None
 
     (tmp_path / "caption.rst").write_text("**A one-row table.** Made by the test.\n")
     (tmp_path / "Snakefile").write_text(
-        'rule all:\n    output: report("table.csv", caption="caption.rst", category="Tables")\n'
-        '    shell: "echo a,b > {output}"\n')
+        'rule all:\n    output: report("table.csv", caption="caption.rst", category="Tables"),\n'
+        '            report("table.html", caption="caption.rst", category="Tables")\n'
+        '    shell: "echo a,b > {output[0]} && echo \'<table><tr><td>cell-4217</td></tr></table>\' > {output[1]}"\n')
     for args in (("--cores", "1"), ("--report", "report.html")):
         proc = subprocess.run(snakemake_cmd(*args), cwd=tmp_path, env=tool_env(), capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     render_headless(tmp_path / "report.html", tmp_path / "report.png", expect=SNAKEMAKE_REPORT_RENDERED)
+    text = render_report_result(tmp_path / "report.html", "table.html", tmp_path / "view.png", expect=("cell-4217",))
+    assert "cell-4217" in text and (tmp_path / "view.png").stat().st_size > 1000
+    with pytest.raises(AssertionError, match="cell-9999"):  # the check reads the page: a value not in it fails
+        render_report_result(tmp_path / "report.html", "table.html", tmp_path / "view.png", expect=("cell-9999",))
+    with pytest.raises(AssertionError, match="did not open in the report's view: a link only"):
+        render_report_result(tmp_path / "report.html", "table.csv", tmp_path / "view.png", expect=("a",))

@@ -269,3 +269,18 @@ def test_saliency_claim_uses_miou_all_where_present():
     df["miou_all"] = df["miou"] + 0.01
     fam = evaluate_claims(df, claims=["C2"])
     assert set(fam["metric"]) == {"miou_all"} and claim_summary(fam)["Metric"].item() == "miou_all"
+
+
+def test_rules_header_reads_as_wrapped_lines() -> None:
+    """The rules header is one list item per rule, no line over 100 characters, none that markdown
+    would read as a quote; the rule text is the whole text (nothing lost in the wrapping)."""
+    from megl.report.claims import header
+
+    text = header(0.05)
+    lines = text.splitlines()
+    assert len(lines) > 10 and max(len(line) for line in lines) <= 100
+    assert not [line for line in lines if line.lstrip().startswith((">", "<"))]
+    items = [line for line in lines if line.startswith("- (")]
+    assert [item[3] for item in items] == list("123456")
+    flat = " ".join(line.strip() for line in lines)
+    assert "one-sided paired t-test A > B (scipy.stats.ttest_rel" in flat and "alpha = 0.05" in flat

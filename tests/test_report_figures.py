@@ -136,3 +136,45 @@ def test_forest_plot_of_every_claim(tmp_path):
     assert claims["verdict"].nunique() > 1
     _assert_written(plot_forest(claims, tmp_path / "forest", {c: s for c, (s, _) in CLAIMS.items()}))
     _assert_written(plot_forest(claims.iloc[:0], tmp_path / "empty"))  # no comparison: an n/a figure
+
+
+def test_accuracy_has_a_chance_line_and_qualitative_names_classes_dataset_and_backbone(tmp_path, monkeypatch):
+    """build_figures on runs of a 5-class dataset: the accuracy panels draw chance at 1/5 (from
+    metrics.json's num_classes), the qualitative grid names the classes from the dataset's label map
+    and heads itself with the dataset and backbone labels."""
+    import matplotlib
+
+    from megl.config import load_config
+    from megl.report import build
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config" / "smoke.yaml")
+    root = make_results(tmp_path / "results", seeds=(0, 1))
+    for path in root.glob("runs/**/metrics.json"):
+        rec = json.loads(path.read_text())
+        path.write_text(json.dumps({**rec, "num_classes": 5}))
+    standin = root / "standin" / "objects"
+    standin.mkdir(parents=True)
+    names = {"giraffe": 0, "zebra": 1, "cat": 2, "dog": 3, "owl": 4}
+    (standin / "label_class_id_mapping.json").write_text(json.dumps(names))
+    drawn: dict[str, matplotlib.figure.Figure] = {}
+    real_save = figures.save_figure
+
+    def spy(fig, out_stem):
+        drawn[Path(out_stem).name] = fig
+        return real_save(fig, out_stem)
+
+    monkeypatch.setattr(figures, "save_figure", spy)
+    build.build_figures(config, root, tmp_path / "figures")
+
+    accuracy = drawn["accuracy"]
+    for ax in accuracy.axes:
+        vertical = [line for line in ax.get_lines() if len(set(line.get_xdata())) == 1]
+        assert [float(line.get_xdata()[0]) for line in vertical] == [pytest.approx(0.2)], ax.get_title()
+    assert [t.get_text() for legend in accuracy.legends for t in legend.get_texts()] == ["chance = 0.20"]
+    miou_lines = [line for ax in drawn["miou"].axes for line in ax.get_lines() if len(set(line.get_xdata())) == 1]
+    assert not miou_lines  # chance is accuracy's reference only
+
+    texts = "\n".join(t.get_text() for t in drawn["qualitative"].findobj(matplotlib.text.Text))
+    assert "true: zebra, predicted: zebra" in texts, texts
+    assert "objects (stand-in) · ResNet18-narrow · seed0" in texts, texts
+    assert "label 1" not in texts

@@ -355,3 +355,26 @@ def test_total_loss_follows_the_formula(tiny_data, tiny_config, method):
     logits = saliency_map(model.classifier, batch["image"], batch["label"])[0]
     assert float(terms["loss_pred"]) == pytest.approx(
         float(torch.nn.functional.cross_entropy(logits, batch["label"])), rel=1e-5)
+
+
+class _Terminal(__import__("io").StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log"])
+def test_fit_draws_a_progress_bar_on_a_terminal_only(tiny_data, tiny_config, tmp_path, monkeypatch, terminal):
+    """tqdm over the training steps (disable=None): drawn when stderr is a terminal, absent from a log."""
+    import io
+    import re
+
+    err = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    train(tiny_data, tiny_config, "baseline", tmp_path / "run")
+    bars = re.findall(r"(\d+)/(\d+) \[", err.getvalue())
+    if terminal:
+        assert bars and "step" in err.getvalue(), err.getvalue()[-2000:]
+        done, total = map(int, bars[-1])
+        assert done == total > 0  # the bar reached every step of the run
+    else:
+        assert not bars, err.getvalue()[-2000:]

@@ -18,6 +18,8 @@ from megl.bench.workflow import copy_repo, snakemake_cmd, tool_env
 
 SMOKE_RUNS = 8  # config/smoke.yaml: 1 dataset x 2 backbones x 2 methods x 2 seeds
 SMOKE_CELLS = 4  # one run_cell job per (dataset, backbone, method); it trains both seeds
+SMOKE_RESULTS = "results/smoke"  # config/smoke.yaml's results_dir: a smoke run writes only there
+SMOKE_REPORT = f"{SMOKE_RESULTS}/report.html"
 
 
 def snakemake(cwd: Path, *args: str, check: bool = True) -> str:
@@ -55,6 +57,14 @@ def test_slurm_profile_dry_run(repo_copy):
     assert sum(rule == "run_cell" for rule, _ in jobs) == SMOKE_CELLS
 
 
+def test_reasons_are_hidden_unless_verbose(repo_copy):
+    """profiles/default sets quiet: [reason]: no "reason:" line per job; --verbose shows them again."""
+    quiet = snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml")
+    loud = snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml", "--verbose")
+    assert "run_cell" in quiet and "reason:" not in quiet, quiet[-2000:]
+    assert loud.count("reason:") >= SMOKE_CELLS, loud[-2000:]
+
+
 # ------------------------------------------------------------------ the resolved config (dry-runs)
 OVERRIDES = ("--config", "train={epochs: 3, lr: 1e-3}", "selection={grid: {weight: [2.0]}}")
 
@@ -65,7 +75,7 @@ def test_config_override_reaches_the_resolved_config_and_every_command(repo_copy
     from megl.config import load_config
 
     out = snakemake(repo_copy, "--dry-run", "--printshellcmds", "--configfile", "config/smoke.yaml", *OVERRIDES)
-    resolved = repo_copy / "results" / "config.resolved.yaml"
+    resolved = repo_copy / SMOKE_RESULTS / "config.resolved.yaml"
     config = yaml.safe_load(resolved.read_text())
     assert (config["train"]["epochs"], config["train"]["lr"], config["train"]["batch_size"]) == (3, 0.001, 32)
     assert config["selection"]["grid"]["weight"] == [2.0] and config["selection"]["grid"]["lambda_t"] == [0.1, 1.0]
@@ -74,12 +84,12 @@ def test_config_override_reaches_the_resolved_config_and_every_command(repo_copy
     assert config == load_config(resolved)
     commands = [line for line in out.splitlines() if " -m megl " in line and "--config" in line]
     assert any(" run-cell " in c for c in commands), out[-3000:]
-    assert all("--config results/config.resolved.yaml " in c for c in commands), commands
+    assert all(f"--config {SMOKE_RESULTS}/config.resolved.yaml " in c for c in commands), commands
     assert "config/smoke.yaml" not in "\n".join(commands)
 
 
 def test_a_locked_directory_keeps_its_resolved_config(repo_copy):
-    resolved = repo_copy / "results" / "config.resolved.yaml"
+    resolved = repo_copy / SMOKE_RESULTS / "config.resolved.yaml"
     snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml")
     before = resolved.read_text()
     locks = repo_copy / ".snakemake" / "locks"
@@ -116,9 +126,10 @@ def test_official_data_is_unpacked_validated_and_split(repo_copy):
     config["datasets"]["objects"] = {"source": "official", "zip": zip_rel}
     (repo_copy / "config" / "official.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_official_zip(repo_copy, zip_rel, "Object_Classification")
-    snakemake(repo_copy, "--configfile", "config/official.yaml", "--cores", "1", "results/data/objects/split.json")
+    snakemake(repo_copy, "--configfile", "config/official.yaml", "--cores", "1",
+              f"{SMOKE_RESULTS}/data/objects/split.json")
     assert (repo_copy / "data" / "official" / "objects" / "exp_annotation.json").is_file()
-    split = json.loads((repo_copy / "results" / "data" / "objects" / "split.json").read_text())
+    split = json.loads((repo_copy / SMOKE_RESULTS / "data" / "objects" / "split.json").read_text())
     assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 24
 
 
@@ -135,41 +146,72 @@ def assert_claims_follow_validity(tables: Path, n_cells: int) -> None:
     assert (tables / "claims.tex").stat().st_size > 0 and "Cell validity" in (tables / "claims.md").read_text()
 
 
+SMOKE_OUTPUT: dict[Path, str] = {}  # what the smoke run printed, per copy
+
+
+def files_outside(repo: Path, inside: str) -> dict[str, int]:
+    """Every file of the copy outside `inside` (and Snakemake's own .snakemake/), with its mtime."""
+    return {p.relative_to(repo).as_posix(): p.stat().st_mtime_ns for p in repo.rglob("*")
+            if p.is_file() and not p.relative_to(repo).as_posix().startswith((f"{inside}/", ".snakemake/"))
+            and "__pycache__" not in p.parts}
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("smoke") / "repo")
-    snakemake(repo, "--configfile", "config/smoke.yaml", "--cores", "2")
+    before = files_outside(repo, SMOKE_RESULTS)
+    SMOKE_OUTPUT[repo] = snakemake(repo, "--configfile", "config/smoke.yaml", "--cores", "2")
+    after = files_outside(repo, SMOKE_RESULTS)
+    # everything a smoke run writes lands under its results_dir: the default's results/, report.html,
+    # paper/generated/ and figures/ are left as they were
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))
     return repo
 
 
 @pytest.mark.slow
+def test_smoke_run_tells_where_its_results_are(smoke_run):
+    """The onsuccess story: report, claims, tables and figures by path; no per-job "reason:" line."""
+    out = SMOKE_OUTPUT[smoke_run]
+    assert f"report   {SMOKE_REPORT}  (not built yet: snakemake --profile profiles/default --configfile " \
+           f"config/smoke.yaml --report {SMOKE_REPORT})" in out, out[-3000:]
+    assert f"claims   {SMOKE_RESULTS}/tables/claims.md" in out
+    assert f"tables   {SMOKE_RESULTS}/tables/table2.md" in out and f"{SMOKE_RESULTS}/tables/validity.csv" in out
+    assert f"figures  {SMOKE_RESULTS}/figures/accuracy.png" in out and f"{SMOKE_RESULTS}/figures/qualitative.png" in out
+    assert "reason:" not in out.lower().replace("reasons:", "")
+
+
+@pytest.mark.slow
 def test_smoke_run_fills_tables_figures_and_metrics(smoke_run):
-    metrics = sorted((smoke_run / "results" / "runs").glob("*/*/*/seed*/metrics.json"))
+    results = smoke_run / SMOKE_RESULTS
+    metrics = sorted((results / "runs").glob("*/*/*/seed*/metrics.json"))
     assert len(metrics) == SMOKE_RUNS
     for path in metrics:
         m = json.loads(path.read_text())
         assert 0.0 <= m["accuracy"] <= 1.0 and m["n_test"] > 0, path
     for stem in ("table2", "table3", "table4", "table5", "paper_vs_ours"):
-        csv = smoke_run / "results" / "tables" / f"{stem}.csv"
+        csv = results / "tables" / f"{stem}.csv"
         assert len(csv.read_text().strip().splitlines()) >= 2, f"{csv} has no data row"
-        assert (smoke_run / "results" / "tables" / f"{stem}.tex").stat().st_size > 0
-    assert_claims_follow_validity(smoke_run / "results" / "tables", n_cells=2)
-    table2 = (smoke_run / "results" / "tables" / "table2.md").read_text()
+        assert (results / "tables" / f"{stem}.tex").stat().st_size > 0
+        assert csv.read_text().splitlines()[1].split(",")[0] in (results / "tables" / f"{stem}.html").read_text()
+    assert_claims_follow_validity(results / "tables", n_cells=2)
+    table2 = (results / "tables" / "table2.md").read_text()
     assert "±" in table2, table2  # mean ± std over the two seeds
     for stem in ("accuracy", "miou", "ablation", "training", "forest", "qualitative"):
-        assert (smoke_run / "results" / "figures" / f"{stem}.png").stat().st_size > 1000
-        assert (smoke_run / "results" / "figures" / f"{stem}.pdf").stat().st_size > 0
+        assert (results / "figures" / f"{stem}.png").stat().st_size > 1000
+        assert (results / "figures" / f"{stem}.pdf").stat().st_size > 0
     assert not list((smoke_run / "figures").glob("*.p*")), "figures go under the results_dir"
-    assert (smoke_run / "paper" / "generated" / "table2.tex").exists()
+    assert (results / "paper" / "generated" / "table2.tex").exists()  # the manuscript's inputs, its own copy
+    assert not (smoke_run / "paper" / "generated" / "table2.tex").exists()
     assert not (smoke_run / "results" / "dvc").exists(), "Snakemake must not write DVC's root"
 
 
 @pytest.mark.slow
 def test_smoke_run_is_complete_and_reports(smoke_run):
     assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml") == []
-    snakemake(smoke_run, "--configfile", "config/smoke.yaml", "--report", "report.html")
-    html = (smoke_run / "report.html").read_text(errors="replace")
+    snakemake(smoke_run, "--configfile", "config/smoke.yaml", "--report", SMOKE_REPORT)
+    html = (smoke_run / SMOKE_REPORT).read_text(errors="replace")
     assert len(html) > 100_000 and "accuracy.png" in html
+    assert not (smoke_run / "report.html").exists()
 
 
 def _edit(path: Path, old: str, new: str) -> str:
@@ -191,9 +233,8 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
     per_rule: dict[str, list[dict]] = {}
     for rule, wildcards in jobs:
         per_rule.setdefault(rule, []).append(wildcards)
-    # the manuscript PDF is a target only where latexmk is installed (workflow/rules/common.smk)
-    pdf = ["paper_pdf"] if shutil.which("latexmk") else []
-    expected = ["all", "figures", "paper_inputs", "run_cell", "summarize", "tables", *pdf]
+    # the manuscript PDF is a target of the default results_dir only (workflow/rules/common.smk)
+    expected = ["all", "figures", "paper_inputs", "run_cell", "summarize", "tables", "html_tables"]
     assert sorted(per_rule) == sorted(expected), per_rule
     assert len(per_rule["run_cell"]) == 2 and {w["method"] for w in per_rule["run_cell"]} == {"megl"}
 
@@ -214,7 +255,7 @@ def test_a_config_override_reruns_what_the_same_file_edit_would(smoke_run):
                         "--config", "selection={grid: {lambda_t: [0.2, 1.0]}}")
     cells = [w for rule, w in jobs if rule == "run_cell"]
     assert len(cells) == 2 and {w["method"] for w in cells} == {"megl"}, jobs
-    resolved = yaml.safe_load((smoke_run / "results" / "config.resolved.yaml").read_text())
+    resolved = yaml.safe_load((smoke_run / SMOKE_RESULTS / "config.resolved.yaml").read_text())
     assert resolved["selection"]["grid"]["lambda_t"] == [0.2, 1.0]
     assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml",
                         "--config", "baselines={haics: {weight: 0.3}}") == []
@@ -244,7 +285,7 @@ def test_editing_a_module_reruns_the_steps_that_import_it(smoke_run):
         restore()
     rules = {rule for rule, _ in jobs}
     assert sum(rule == "run_cell" for rule, _ in jobs) == SMOKE_CELLS
-    assert {"run_cell", "tables", "figures", "summarize", "paper_inputs"} <= rules, rules
+    assert {"run_cell", "tables", "html_tables", "figures", "summarize", "paper_inputs"} <= rules, rules
     assert not rules & {"make_standin", "validate_data", "split", "preflight", "pretrain_encoder",
                         "pretrain_backbone", "cache_features"}, rules
 
@@ -267,28 +308,41 @@ def _caption_title(stem: str) -> str:
 
 
 def check_report(repo: Path) -> Path:
-    """`make report`'s command on a finished run: every figure and table of the DAG, each with its own
-    caption, and the stand-in marking; returns the report."""
-    snakemake(repo, "--configfile", "config/smoke.yaml", "--report", "report.html")
-    html = (repo / "report.html").read_text(errors="replace")
+    """`make smoke`'s report command on a finished run: every figure and table of the DAG (tables as
+    HTML pages, no markdown link), each with its own caption, and the stand-in marking; returns the report."""
+    snakemake(repo, "--configfile", "config/smoke.yaml", "--report", SMOKE_REPORT)
+    html = (repo / SMOKE_REPORT).read_text(errors="replace")
     for stem in REPORT_FIGURES:
         assert f"{stem}.png" in html, f"figure {stem} missing from the report"
     for stem in REPORT_TABLES:
-        assert f"{stem}.md" in html, f"table {stem} missing from the report"
+        assert f"{stem}.html" in html, f"table {stem} missing from the report"
+    assert "data:text/markdown" not in html
     for stem in REPORT_FIGURES + REPORT_TABLES:
         title = _caption_title(stem)
         assert title in html or json.dumps(title)[1:-1] in html, f"caption of {stem} missing: {title!r}"
     assert "stand-in" in html
-    return repo / "report.html"
+    return repo / SMOKE_REPORT
 
 
 @pytest.mark.slow
 def test_report_holds_every_figure_and_table_with_its_caption(smoke_run):
     """...then, where Chromium is installed, renders it headless (test_report_build.render_headless: no
-    console error, the page drawn) and keeps the screenshot in this checkout's results/."""
-    from test_report_build import SNAKEMAKE_REPORT_RENDERED, render_headless
+    console error, the page drawn), opens Table 2 in the report's own view as its eye button does and
+    finds cells of table2.csv rendered as text there (test_report_build.render_report_result), and
+    keeps the screenshots in this checkout's results/."""
+    import pandas as pd
+    from test_report_build import (
+        SNAKEMAKE_REPORT_RENDERED,
+        render_headless,
+        render_report_result,
+    )
 
     report = check_report(smoke_run)
-    shot = Path(__file__).resolve().parents[1] / "results" / "report_screenshot.png"
+    shots = Path(__file__).resolve().parents[1] / "results"
     # skips when Chromium is missing; the rules' report() categories are drawn in the menu
-    render_headless(report, shot, expect=SNAKEMAKE_REPORT_RENDERED + ("Figures", "Tables", "Runs"))
+    render_headless(report, shots / "report_screenshot.png",
+                    expect=SNAKEMAKE_REPORT_RENDERED + ("Figures", "Tables", "Runs"))
+    table2 = pd.read_csv(smoke_run / SMOKE_RESULTS / "tables" / "table2.csv", dtype=str, keep_default_na=False)
+    cells = (table2.iloc[0]["Accuracy"], table2.iloc[-1]["Method"], table2.iloc[0]["Backbone"])
+    assert "±" in cells[0]  # a real measured cell, mean ± std over the two seeds
+    render_report_result(report, "table2.html", shots / "report_table2_screenshot.png", expect=cells)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from megl import rundir
 from megl.config import for_cell, image_size_for
@@ -75,6 +76,9 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
     if model.sdtg is not None:  # the MLLM path's frozen CLIP(I): once per training image (models/sdtg.py)
         model.sdtg.start_image_token_cache(len(train))
     started = time.time()
+    # progress over every step: drawn when stderr is a terminal, off in logs (disable=None)
+    bar = tqdm(total=total, initial=start_epoch * per_epoch, desc=label.strip(" :") or "train", unit="step",
+               disable=None, leave=False, dynamic_ncols=True)
     for epoch in range(start_epoch, epochs):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(len(train), generator=generator)
@@ -96,10 +100,14 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
             rows.append({"epoch": epoch, "step": step, **{k: f"{v:.6f}" for k, v in values.items()}})
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{values.get('loss', math.nan):.4f}", refresh=False)
+            bar.update()
+        bar.refresh()  # every epoch's end is drawn, whatever tqdm's rate limit skipped
         log.info("%sepoch %d/%d: %s (%.1f s)", label, epoch + 1, epochs,
                  ", ".join(f"{k} {v / per_epoch:.4f}" for k, v in sums.items()), time.time() - started)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rows)
+    bar.close()
     if model.sdtg is not None:
         model.sdtg.stop_image_token_cache()
     return rows

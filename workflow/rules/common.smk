@@ -23,8 +23,9 @@ RESULTS = config.get("results_dir", "results")
 # environment running Snakemake (the project's .venv) runs every step, named one way whether
 # Snakemake was started as .venv/bin/snakemake or `python -m snakemake` (it is a rule param).
 _PYTHON = os.path.join(sys.prefix, "bin", "python")
-MEGL = ("python -m megl" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-        else f"{_PYTHON if os.path.exists(_PYTHON) else sys.executable} -m megl")
+PYTHON = ("python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+          else _PYTHON if os.path.exists(_PYTHON) else sys.executable)
+MEGL = f"{PYTHON} -m megl"
 CONDA_ENV = "../envs/megl.yaml"
 # The one config every megl command reads: the resolved config (config files + --config overrides +
 # schema defaults, validated), written here at parse time, only when its content changed, atomically.
@@ -62,6 +63,20 @@ FIGURES = [f"{RESULTS}/figures/{s}.{ext}" for s in ("accuracy", "miou", "ablatio
            for ext in ("png", "pdf")]
 
 
+# The manuscript's inputs (paper/generated/, read by paper/main.tex) and the HTML report come from the
+# default results_dir; any other results_dir (smoke, full) gets its own, under it, and no PDF: two configs
+# never overwrite each other's files.
+MAIN_RESULTS = os.path.normpath(RESULTS) == "results"
+PAPER_GENERATED = "paper/generated" if MAIN_RESULTS else f"{RESULTS}/paper/generated"
+REPORT_HTML = "report.html" if MAIN_RESULTS else f"{RESULTS}/report.html"  # make report / make smoke write it
+_CONFIGFILES = " ".join(f"--configfile {os.path.relpath(f)}" for f in workflow.config_settings.configfiles or [])
+REPORT_COMMAND = ("make report" if not _CONFIGFILES and MAIN_RESULTS
+                  else f"snakemake --profile profiles/default {_CONFIGFILES} --report {REPORT_HTML}")
+# The tables the report shows as HTML pages (megl.report.html_tables, rule html_tables).
+HTML_TABLES = [f"{RESULTS}/tables/{s}.html" for s in
+               ("table2", "table3", "table4", "table5", "paper_vs_ours", "claims", "shortcut")]
+
+
 # Preflight (workflow/rules/preflight.smk): the tools the runs need, checked before any training.
 # The PDF is asked for when latexmk is installed (then it is a default target) or when named as a
 # target (the targets are not parsed yet when this file is read, hence the command line).
@@ -80,10 +95,17 @@ def code_deps(command):
 
 
 def report_outputs():
-    outputs = [PREFLIGHT] + TABLES + FIGURES + ["paper/generated/.inputs_done", f"{RESULTS}/metrics"]
-    if shutil.which("latexmk"):
+    outputs = [PREFLIGHT] + TABLES + HTML_TABLES + FIGURES + [f"{PAPER_GENERATED}/.inputs_done", f"{RESULTS}/metrics"]
+    if shutil.which("latexmk") and MAIN_RESULTS:
         outputs.append("paper/main.pdf")
     return outputs
+
+
+def print_story():
+    """The onsuccess story (workflow/Snakefile): where the report, claims, tables and figures are."""
+    from megl.report.story import story
+
+    print("\n".join(story(RESULTS, REPORT_HTML, REPORT_COMMAND)), flush=True)
 
 
 def gpu_prefix(wildcards, resources):

@@ -8,12 +8,7 @@ rule tables:
         published="config/published.yaml",
         code=code_deps("tables"),
     output:
-        [
-            report(t, category="Tables", caption=f"../report/{Path(t).stem}.rst", labels={"table": Path(t).name})
-            if t.endswith(".md")
-            else t
-            for t in TABLES
-        ],
+        TABLES,  # the report shows each as an HTML page (rule html_tables)
     params:
         config_file=CONFIG_FILE,
         megl=MEGL,
@@ -31,6 +26,29 @@ rule tables:
     shell:
         "{params.megl} tables --config {params.config_file} --results {params.results} --out {params.out} "
         "--published {input.published} > {log} 2>&1"
+
+
+rule html_tables:
+    input:
+        tables=[t for t in TABLES if t.endswith(".csv")],
+        code=[os.path.join(_MEGL_SRC, *f) for f in (("report", "html_tables.py"), ("io.py",), ("errors.py",))],
+    output:
+        [
+            report(t, category="Tables", caption=f"../report/{Path(t).stem}.rst", labels={"table": Path(t).name})
+            for t in HTML_TABLES
+        ],
+    params:
+        python=PYTHON,
+        tables=lambda w, input: subpath(input.tables[0], parent=True),
+        out=subpath(output[0], parent=True),
+    benchmark:
+        f"{RESULTS}/benchmarks/report/html_tables.tsv"
+    log:
+        f"{RESULTS}/logs/report/html_tables.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "{params.python} -m megl.report.html_tables --tables {params.tables} --out {params.out} > {log} 2>&1"
 
 
 rule figures:
@@ -67,11 +85,12 @@ rule paper_inputs:
         figures=FIGURES,
         code=code_deps("paper"),
     output:
-        touch("paper/generated/.inputs_done"),
+        touch(f"{PAPER_GENERATED}/.inputs_done"),
     params:
         megl=MEGL,
         tables=lambda w, input: subpath(input.tables[0], parent=True),
         figures=lambda w, input: subpath(input.figures[0], parent=True),
+        out=lambda w, output: subpath(output[0], parent=True),
     benchmark:
         f"{RESULTS}/benchmarks/report/paper_inputs.tsv"
     log:
@@ -79,7 +98,7 @@ rule paper_inputs:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out paper/generated > {log} 2>&1"
+        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out {params.out} > {log} 2>&1"
 
 
 rule paper_pdf:

@@ -20,6 +20,7 @@ Rules (docs/report.md states them with their reasons; the claims.md header repea
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -365,26 +366,36 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 
 def header(alpha: float) -> str:
-    return (
-        f"Pre-registered rules, alpha = {alpha:g}. (1) Each comparison is tested in the paper's direction "
-        "only, A beats B: one-sided paired t-test A > B (scipy.stats.ttest_rel, alternative=\"greater\"), "
-        "seed s of A with seed s of B; Mean A and Mean B are over the paired seeds. (2) A family is one "
-        "claim across every VALID dataset × backbone (the validity table above) on which both methods of "
-        "a comparison have runs; Holm (statsmodels) adjusts the p-values over every testable comparison of "
-        "the family (k of them). A comparison **holds** when its Holm-adjusted p < alpha and the difference "
-        f"> 0, is **not shown** otherwise, and is **untestable** with fewer than {MIN_PAIRED_SEEDS} paired "
-        "seeds or a run missing (the note says which; it is not in k). A claim holds on a cell iff every "
-        "comparison of the claim there holds. (3) The column \"" + OPPOSITE_COLUMN + "\" is exploratory: "
-        "a two-sided paired t-test, Holm-adjusted in the same family, reads \"b > a\" when its adjusted "
-        "p < alpha and the difference < 0; it never changes a verdict. (4) Bound: the one-sided lower "
-        "confidence bound of the mean difference at the level Holm used for the comparison, "
-        "alpha · p / p (Holm); it is > 0 exactly when the comparison holds (claims.csv also has the "
-        "unadjusted two-sided 95 % t interval, ci_low/ci_high). (5) MDE: the mean difference the design "
-        "detects with 80 % power, one-sided, at alpha / k (Holm's first, strictest step), solved on the "
-        "noncentral t (scipy.stats.nct). (6) When every paired difference is the same, t is "
-        "undefined: p is the exact sign-flip permutation p-value (2^-n for n identical positive "
-        "differences, 1 when all are zero). C2 compares mIoU over every test image's true map "
-        "(miou_all) where the runs report it, else mIoU over the annotated images (miou).")
+    """The rules, one markdown list item per rule, wrapped at 100 characters."""
+    rules = [
+        ("(1) Each comparison is tested in the paper's direction only, A beats B: one-sided paired t-test "
+         "A > B (scipy.stats.ttest_rel, alternative=\"greater\"), seed s of A with seed s of B; Mean A and "
+         "Mean B are over the paired seeds."),
+        ("(2) A family is one claim across every VALID dataset × backbone (the validity table above) on "
+         "which both methods of a comparison have runs; Holm (statsmodels) adjusts the p-values over every "
+         "testable comparison of the family (k of them). A comparison **holds** when its Holm-adjusted "
+         "p < alpha and the difference > 0, is **not shown** otherwise, and is **untestable** with fewer "
+         f"than {MIN_PAIRED_SEEDS} paired seeds or a run missing (the note says which; it is not in k). A "
+         "claim holds on a cell iff every comparison of the claim there holds."),
+        ("(3) The column \"" + OPPOSITE_COLUMN + "\" is exploratory: a two-sided paired t-test, "
+         "Holm-adjusted in the same family, reads \"b > a\" when its adjusted p < alpha and the "
+         "difference < 0; it never changes a verdict."),
+        ("(4) Bound: the one-sided lower confidence bound of the mean difference at the level Holm used for "
+         "the comparison, alpha · p / p (Holm); it is > 0 exactly when the comparison holds (claims.csv "
+         "also has the unadjusted two-sided 95 % t interval, ci_low/ci_high)."),
+        ("(5) MDE: the mean difference the design detects with 80 % power, one-sided, at alpha / k (Holm's "
+         "first, strictest step), solved on the noncentral t (scipy.stats.nct)."),
+        ("(6) When every paired difference is the same, t is undefined: p is the exact sign-flip "
+         "permutation p-value (2^-n for n identical positive differences, 1 when all are zero)."),
+        ("C2 compares mIoU over every test image's true map (miou_all) where the runs report it, else mIoU "
+         "over the annotated images (miou)."),
+    ]
+    lines = [f"Pre-registered rules, alpha = {alpha:g}:", ""]
+    for rule in rules:  # no line may start with "<" or ">" (markdown would read a quote): keep them glued
+        glued = rule.replace(" > ", "\u00a0>\u00a0").replace(" < ", "\u00a0<\u00a0")
+        lines.append(textwrap.fill(glued, width=100, initial_indent="- ", subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False).replace("\u00a0", " "))
+    return "\n".join(lines)
 
 
 def detail_table(claims: pd.DataFrame, labels: Labels | None = None) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from megl.errors import MEGLError  # noqa: E402
@@ -81,10 +82,15 @@ def _method_order(methods: Sequence[str]) -> list[str]:
     return [method_label(m) for m in ranked]
 
 
+CHANCE_COLOR = "#c0392b"  # the chance line: apart from the methods' blue and the grid's grey
+
+
 def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
-                          methods: Sequence[str] | None = None, labels: Labels | None = None) -> list[Path]:
+                          methods: Sequence[str] | None = None, labels: Labels | None = None,
+                          chance: dict[str, float] | None = None) -> list[Path]:
     """Mean ± std over seeds (error bar) and every seed (dot) of `metric` per method; one panel
-    per dataset × backbone. MLLM runs are included when they carry the metric."""
+    per dataset × backbone. MLLM runs are included when they carry the metric. `chance`
+    ({dataset: value}, e.g. 1/K for accuracy) draws a dashed line labelled "chance" in that dataset's panels."""
     _theme()
     data = df[df[metric].notna()]
     if methods is not None:
@@ -105,10 +111,20 @@ def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
         sns.pointplot(data=sub, x=metric, y="Method", order=order, ax=ax, errorbar="sd",
                       linestyle="none", markers="D", markersize=3, capsize=0.3, err_kws={"linewidth": 0.8},
                       color="C0", zorder=2)
+        level = (chance or {}).get(str(sub["dataset"].iloc[0]))
+        if level is not None:
+            ax.axvline(level, color=CHANCE_COLOR, linestyle="--", linewidth=1.0, zorder=3)
+            low, high = ax.get_xlim()
+            ax.set_xlim(min(low, level - 0.02), max(high, level + 0.02))
         ax.set_title(panel)
         ax.set_ylabel("")
         ax.set_xlabel(METRIC_LABELS.get(metric, metric))
     fig.tight_layout()
+    levels = sorted({round(v, 4) for v in (chance or {}).values()})
+    if levels:
+        text = f"chance = {levels[0]:.2f}" if len(levels) == 1 else "chance = 1/K of the panel's dataset"
+        fig.legend(handles=[Line2D([], [], color=CHANCE_COLOR, linestyle="--", linewidth=1.0, label=text)],
+                   loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=6)
     return save_figure(fig, out_stem)
 
 
@@ -169,7 +185,7 @@ def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
         sub = claims[claims["claim"] == cid].reset_index(drop=True)
         ys = np.arange(len(sub))[::-1]
         groups = [(labels or Labels()).panel(d, b) for d, b in zip(sub["dataset"], sub["backbone"])]
-        for y, group, r in zip(ys, groups, sub.itertuples(index=False)):
+        for y, r in zip(ys, sub.itertuples(index=False)):
             if np.isfinite(r.mde):
                 ax.barh(y, 2 * r.mde, left=-r.mde, height=0.7, color="0.88", zorder=0)
             if np.isfinite(r.lower_bound):
@@ -240,10 +256,13 @@ def _to_display(image: np.ndarray) -> np.ndarray:
 
 
 def plot_qualitative(baseline_run: str | Path, megl_run: str | Path, out_stem: str | Path,
-                     n_samples: int = 4, wrap: int = 34) -> list[Path]:
+                     n_samples: int = 4, wrap: int = 34, class_names: Sequence[str] | None = None,
+                     title: str | None = None) -> list[Path]:
     """Grid per sample: image, ground-truth map, baseline saliency, MEGL saliency, and MEGL's
     generated rationale beside the reference; from each run folder's saliency.npz and MEGL's
-    predictions.jsonl. Samples are the first ids present in both runs and holding a map."""
+    predictions.jsonl. Samples are the first ids present in both runs and holding a map.
+    `class_names[label]` names the true and predicted class (the label id where absent); `title`
+    (e.g. the dataset, backbone and seed) heads the figure."""
     _theme()
     base_dir, megl_dir = Path(baseline_run), Path(megl_run)
     base = _load_npz(base_dir / "saliency.npz")
@@ -285,12 +304,24 @@ def plot_qualitative(baseline_run: str | Path, megl_run: str | Path, out_stem: s
         rationale = rec.get("rationale") or "(no rationale)"
         refs = rec.get("reference") or []
         ref = refs[0] if refs else "(no reference)"
-        text = (f"label {rec.get('label', '?')}, predicted {rec.get('prediction', '?')}\n"
+        text = (f"true: {_class_name(rec.get('label'), class_names)}, "
+                f"predicted: {_class_name(rec.get('prediction'), class_names)}\n"
                 f"MEGL: {textwrap.fill(str(rationale), wrap)}\nref.: {textwrap.fill(str(ref), wrap)}")
         ax.text(0.0, 0.5, text, fontsize=5.5, va="center", ha="left", transform=ax.transAxes)
         if r == 0:
             ax.set_title(titles[4])
+    if title:
+        fig.suptitle(title, fontsize=7, y=1.0, va="bottom")
     return save_figure(fig, out_stem)
+
+
+def _class_name(label, class_names: Sequence[str] | None) -> str:
+    """A training label as its class name ("id 3" when no names are known or the label is out of range)."""
+    if label is None:
+        return "?"
+    if class_names is not None and 0 <= int(label) < len(class_names):
+        return str(class_names[int(label)])
+    return f"id {label}"
 
 
 LOSS_COLUMNS = ("loss", "loss_pred", "loss_visual", "loss_dc", "loss_textual")

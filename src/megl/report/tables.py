@@ -52,9 +52,10 @@ COLUMNS = metric_registry.TABLE_COLUMNS
 
 
 def method_label(method: str, backbone: str | None = None) -> str:
-    """The paper's row name for a method (our name when the paper has none)."""
+    """The paper's row name for a method (our name when the paper has none); the paper's unguided
+    row "-" reads "baseline"."""
     name = METHODS[method].paper_row if method in METHODS else method
-    return "- (baseline)" if name == "-" else name
+    return "baseline" if name == "-" else name
 
 
 # ---------------------------------------------------------------- number formatting
