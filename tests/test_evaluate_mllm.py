@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import megl.evaluate as evaluate_mod
+import megl.predict as evaluate_mod
 from megl.data.annotations import read_dataset
-from megl.evaluate import evaluate_run, parse_answer
+from megl.evaluate import evaluate_run
+from megl.predict import parse_answer
 from megl.methods import MLLM_BACKBONE
 from megl.models.sdtg import SDTG
 from megl.train import mllm_answer, train_run

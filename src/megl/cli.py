@@ -196,6 +196,17 @@ def cmd_run_cell(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from megl.runlock import run_folders_lock
+    from megl.score import cell_line, score_runs
+
+    run_dirs = [Path(d) for d in args.run_dirs]
+    with run_folders_lock(run_dirs, "score"):
+        metrics = score_runs(run_dirs)
+    print(cell_line(list(metrics.values())), flush=True)  # stdout: the terminal's one line per cell
+    return 0
+
+
 def torch_threads(config: dict) -> None:
     import torch
 
@@ -439,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_pretrain_backbone(sub)
     _parser_cache_features(sub)
     _parser_run_cell(sub)
+    _parser_score(sub)
     _parser_tables(sub)
     _parser_figures(sub)
     _parser_paper(sub)
@@ -546,7 +558,7 @@ def _parser_train(sub) -> None:
 
 
 def _parser_evaluate(sub) -> None:
-    p = _command(sub, "evaluate", "score a trained run on the test split: metrics.json")
+    p = _command(sub, "evaluate", "predict with a trained run on the test split, then score it (its own config.yaml): metrics.json")
     _add_config(p)
     p.add_argument("run_dir", help="the run's folder (model.safetensors, run.json from megl train)")
     _add_data(p)
@@ -575,7 +587,7 @@ def _parser_cache_features(sub) -> None:
 
 
 def _parser_run_cell(sub) -> None:
-    p = _command(sub, "run-cell", "select the guidance weight on val, then train and evaluate every seed")
+    p = _command(sub, "run-cell", "select the guidance weight on val, then train every seed and predict on test (megl score scores)")
     _add_config(p)
     _add_cell(p)
     p.add_argument("--seeds", type=int, nargs="*", help="seeds to run (default: matrix.seeds)")
@@ -585,6 +597,13 @@ def _parser_run_cell(sub) -> None:
     p.add_argument("--cache", help="feature cache of this dataset and backbone (megl cache-features)")
     _add_pretrained(p)
     p.set_defaults(func=cmd_run_cell)
+
+
+def _parser_score(sub) -> None:
+    p = _command(sub, "score", "score predicted runs (one cell's seeds): each run's metrics.json")
+    p.add_argument("run_dirs", nargs="+", help="run folders (predictions.jsonl, score_inputs.npz, config.yaml); "
+                   "their text is scored in one METEOR call")
+    p.set_defaults(func=cmd_score)
 
 
 def _parser_tables(sub) -> None:

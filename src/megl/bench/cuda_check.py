@@ -24,7 +24,7 @@ import yaml
 
 from megl import losses
 from megl.io import write_json
-from megl.metrics.efficiency import count_parameters, latency_of_classifier
+from megl.timing import count_parameters, latency_of_classifier
 from megl.models.backbones import build_classifier
 from megl.models.gradcam import saliency
 
