@@ -198,12 +198,22 @@ def cmd_run_cell(args) -> int:
 
 def cmd_score(args) -> int:
     from megl.runlock import run_folders_lock
-    from megl.score import cell_line, score_runs
+    from megl.score import cell_line, score_runs, write_cell_scores
 
     run_dirs = [Path(d) for d in args.run_dirs]
+    if args.runs_root:
+        if not args.seeds and not args.config:
+            raise MEGLError("score: --runs-root needs --seeds or --config (its matrix.seeds)")
+        seeds = args.seeds or list(_config(args)["matrix"]["seeds"])
+        run_dirs += [Path(args.runs_root) / f"seed{seed}" for seed in seeds]
+    if not run_dirs:
+        raise MEGLError("score: name the run folders, or --runs-root with --seeds or --config")
     with run_folders_lock(run_dirs, "score"):
         metrics = score_runs(run_dirs)
-    print(cell_line(list(metrics.values())), flush=True)  # stdout: the terminal's one line per cell
+    line = cell_line(list(metrics.values()))
+    if args.cell_out:
+        write_cell_scores(Path(args.cell_out), line, metrics)
+    print(line, flush=True)  # stdout: the terminal's one line per cell (the log has the rest)
     return 0
 
 
@@ -601,9 +611,13 @@ def _parser_run_cell(sub) -> None:
 
 def _parser_score(sub) -> None:
     p = _command(sub, "score", "score predicted runs (one cell's seeds): each run's metrics.json")
-    p.add_argument("run_dirs", nargs="+", help="run folders (predictions.jsonl, score_inputs.npz, config.yaml); "
+    p.add_argument("run_dirs", nargs="*", help="run folders (predictions.jsonl, score_inputs.npz, config.yaml); "
                    "their text is scored in one METEOR call")
-    p.set_defaults(func=cmd_score)
+    p.add_argument("--runs-root", help="a cell's folder: score its seed<N>/ folders (--seeds, or the config's matrix.seeds)")
+    p.add_argument("--seeds", type=int, nargs="*", help="seeds below --runs-root")
+    p.add_argument("--config", help="config whose matrix.seeds --runs-root scores (nothing else is read from it)")
+    p.add_argument("--cell-out", help="also write the cell's scores here (JSON: its line and every run's metrics)")
+    p.set_defaults(func=cmd_score, set=None)
 
 
 def _parser_tables(sub) -> None:

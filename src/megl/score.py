@@ -161,3 +161,8 @@ def cell_line(metrics: list[dict]) -> str:
     if mious:
         line += f", mIoU {float(np.mean(mious)):.3f}"
     return line
+
+
+def write_cell_scores(path: Path, line: str, metrics: dict[Path, dict]) -> None:
+    """One cell's scores in one file (DVC's score stage output: the run folders are the cell stage's)."""
+    write_json(path, {"line": line, "runs": {Path(d).name: m for d, m in metrics.items()}})
