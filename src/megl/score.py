@@ -156,7 +156,8 @@ def cell_line(metrics: list[dict]) -> str:
     run = metrics[0]["run"]
     acc = np.asarray([m["accuracy"] for m in metrics], dtype=np.float64)
     spread = f" ± {acc.std(ddof=1):.3f}" if len(acc) > 1 else ""
-    line = f"{run['dataset']} × {run['backbone']} × {run['method']}: {len(metrics)} seeds, accuracy {acc.mean():.3f}{spread}"
+    seeds = f"{len(metrics)} seed{'' if len(metrics) == 1 else 's'}"
+    line = f"{run['dataset']} × {run['backbone']} × {run['method']}: {seeds}, accuracy {acc.mean():.3f}{spread}"
     mious = [m["miou"] for m in metrics if m.get("miou") is not None]
     if mious:
         line += f", mIoU {float(np.mean(mious)):.3f}"
