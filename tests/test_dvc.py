@@ -273,6 +273,15 @@ def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
     untouched = {"make_standin@objects", "split@objects", "pretrain_encoder@objects",
                  "cache_features@objects-resnet18", "tables", "summarize"}
     assert not untouched & changed, changed
+    # scoring apart from training (#22): an edited metric changes the score stages only, no cell
+    saliency = repo / "src" / "megl" / "metrics" / "saliency.py"
+    original = saliency.read_text()
+    saliency.write_text(original + "\n# edited\n")
+    try:
+        changed = {name.split(":", 1)[1] for name in json.loads(dvc(repo, "status", SMOKE, "--json"))}
+    finally:
+        saliency.write_text(original)
+    assert {f"score@objects-{b}-{m}" for b in ("resnet18", "vit_b_16") for m in ("baseline", "megl")} == changed, changed
     (repo / "README.md").write_text((repo / "README.md").read_text() + "\nedited\n")
     assert "up to date" in dvc(repo, "status", SMOKE)
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}
