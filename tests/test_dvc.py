@@ -324,8 +324,8 @@ def params_of(shown) -> list[dict]:
 
 @pytest.mark.slow
 def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
-    """Commit the pipeline (its dvc.lock), then try train.lr on one cell and re-summarize (`-s`: only the
-    stages named, ~15 s): `dvc params diff`, `dvc exp show`, `dvc plots diff` and `dvc metrics diff` see it.
+    """Commit the pipeline (its dvc.lock), then try train.lr on one cell, re-score it and re-summarize (`-s`:
+    only the stages named, ~15 s): `dvc params diff`, `dvc exp show`, `dvc plots diff` and `dvc metrics diff` see it.
     Runs last (it changes the copy)."""
     repo = smoke_repro
     run(repo, "git", "add", "-A")
@@ -333,8 +333,10 @@ def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
     old = load("smoke.yaml")["train"]["lr"]
     new = old / 2
     out = dvc(repo, "exp", "run", "-s", "-S", f"config/smoke.yaml:train.lr={new}",
-              f"{SMOKE}:cell@objects-resnet18-baseline", f"{SMOKE}:summarize")
-    assert "cell@objects-resnet18-baseline'" in out and "summarize'" in out, out
+              f"{SMOKE}:cell@objects-resnet18-baseline", f"{SMOKE}:score@objects-resnet18-baseline",
+              f"{SMOKE}:summarize")
+    assert "cell@objects-resnet18-baseline'" in out and "score@objects-resnet18-baseline'" in out, out
+    assert "summarize'" in out, out
     assert "cell@objects-resnet18-megl'" not in out, out
 
     diff = json.loads(dvc(repo, "params", "diff", "--json"))  # workspace (the experiment) against HEAD
