@@ -19,7 +19,9 @@ import numpy as np
 
 from megl.io import write_json
 from megl.methods import Method
-from megl.metrics import classification, saliency as saliency_metrics, text as text_metrics
+from megl.metrics import classification
+from megl.metrics import saliency as saliency_metrics
+from megl.metrics import text as text_metrics
 from megl.score_inputs import RunOutputs, read_run_outputs
 
 log = logging.getLogger(__name__)
