@@ -73,7 +73,10 @@ def read_run_outputs(run_dir: Path) -> RunOutputs:
     for key in (*MAP_KEYS, "clip_sims", "facts"):
         if key not in arrays:
             raise MEGLError(f"{path}: field {key!r} missing; predict the run again")
-    facts = json.loads(str(arrays["facts"]))
+    try:
+        facts = json.loads(str(arrays["facts"]))
+    except json.JSONDecodeError as exc:
+        raise MEGLError(f"{path}: field 'facts' is not JSON ({exc.msg}); predict the run again") from None
     missing = [k for k in FACT_KEYS if k not in facts]
     if missing:
         raise MEGLError(f"{path}: field 'facts' lacks {missing}; predict the run again")
