@@ -17,6 +17,7 @@ from megl.errors import MEGLError
 from megl.evaluate import evaluate_run
 from megl.features import cache_features
 from megl.methods import get_method
+from megl.score import score_runs
 from megl.train import lr_factor, train_run
 
 TIMING = {"latency_ms", "fps", "latency_device", "scorer_versions", "split"}
@@ -39,11 +40,14 @@ def frozen_setup(tiny_data, tmp_path_factory):
 
 
 def _cell(tiny_data, setup, method, out, cache=None, seeds=(0, 1)):
+    """The workflow's two jobs of a cell: run_cell (select, train, predict), then score (metrics.json)."""
     base, config, weights, default_cache = setup
-    return run_cell(config, dataset="objects", backbone="resnet18", method=method, seeds=list(seeds),
-                    runs_root=out / "runs", selection_out=out / "selection.json", data_root=tiny_data.root,
-                    split_path=tiny_data.split, cache_path=cache or default_cache,
-                    pretrained_dir=tiny_data.pretrained, backbone_weights=weights)
+    selection = run_cell(config, dataset="objects", backbone="resnet18", method=method, seeds=list(seeds),
+                         runs_root=out / "runs", selection_out=out / "selection.json", data_root=tiny_data.root,
+                         split_path=tiny_data.split, cache_path=cache or default_cache,
+                         pretrained_dir=tiny_data.pretrained, backbone_weights=weights)
+    score_runs([out / "runs" / f"seed{seed}" for seed in seeds])
+    return selection
 
 
 def test_guidance_grid_is_zipped_and_the_same_size_for_every_guided_method(tiny_config):

@@ -273,6 +273,16 @@ def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
     untouched = {"make_standin@objects", "split@objects", "pretrain_encoder@objects",
                  "cache_features@objects-resnet18", "tables", "summarize"}
     assert not untouched & changed, changed
+    # scoring apart from training (#22): an edited metric changes the score stages only, no cell
+    saliency = repo / "src" / "megl" / "metrics" / "saliency.py"
+    original = saliency.read_text()
+    saliency.write_text(original + "\n# edited\n")
+    try:
+        changed = {name.split(":", 1)[1] for name in json.loads(dvc(repo, "status", SMOKE, "--json"))}
+    finally:
+        saliency.write_text(original)
+    expected = {f"score@objects-{b}-{m}" for b in ("resnet18", "vit_b_16") for m in ("baseline", "megl")}
+    assert expected == changed, changed
     (repo / "README.md").write_text((repo / "README.md").read_text() + "\nedited\n")
     assert "up to date" in dvc(repo, "status", SMOKE)
     shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}
@@ -315,8 +325,8 @@ def params_of(shown) -> list[dict]:
 
 @pytest.mark.slow
 def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
-    """Commit the pipeline (its dvc.lock), then try train.lr on one cell and re-summarize (`-s`: only the
-    stages named, ~15 s): `dvc params diff`, `dvc exp show`, `dvc plots diff` and `dvc metrics diff` see it.
+    """Commit the pipeline (its dvc.lock), then try train.lr on one cell, re-score it and re-summarize (`-s`:
+    only the stages named, ~15 s): `dvc params diff`, `dvc exp show`, `dvc plots diff` and `dvc metrics diff` see it.
     Runs last (it changes the copy)."""
     repo = smoke_repro
     run(repo, "git", "add", "-A")
@@ -325,8 +335,10 @@ def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
     old = load("smoke.yaml")["train"]["lr"]
     new = old / 2
     out = dvc(repo, "exp", "run", "-s", "-S", f"config/smoke.yaml:train.lr={new}",
-              f"{SMOKE}:cell@objects-resnet18-baseline", f"{SMOKE}:summarize")
-    assert "cell@objects-resnet18-baseline'" in out and "summarize'" in out, out
+              f"{SMOKE}:cell@objects-resnet18-baseline", f"{SMOKE}:score@objects-resnet18-baseline",
+              f"{SMOKE}:summarize")
+    assert "cell@objects-resnet18-baseline'" in out and "score@objects-resnet18-baseline'" in out, out
+    assert "summarize'" in out, out
     assert "cell@objects-resnet18-megl'" not in out, out
 
     diff = json.loads(dvc(repo, "params", "diff", "--json"))  # workspace (the experiment) against HEAD

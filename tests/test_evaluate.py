@@ -12,7 +12,8 @@ import torch
 
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
-from megl.evaluate import TOPK, evaluate_run, parse_answer
+from megl.evaluate import evaluate_run
+from megl.predict import TOPK, parse_answer
 from megl.train import train_run
 
 torch.set_num_threads(1)

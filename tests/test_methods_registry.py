@@ -16,6 +16,7 @@ from megl.matrix import cells, dvc_matrix, enumerate_runs, training_config
 from megl.report.claims import claim_definitions
 from megl.report.collect import collect_runs, expected_runs
 from megl.report.tables import method_label, method_order, summarise, table2, table4, table_methods
+from megl.score import score_runs
 
 NEW = methods.Method("megl_consistency_only", "L_dc only", "distribution consistency on unannotated samples only",
                      "ablation", consistency=True)
@@ -65,6 +66,7 @@ def test_a_new_method_runs_through_matrix_cell_tables_and_claims(registry_with_n
     selection = run_cell(config, dataset="objects", backbone="resnet18", method=NEW.name, seeds=[0],
                          runs_root=cell_dir, selection_out=tmp_path / "selection.json", data_root=tiny_data.root,
                          split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained)
+    score_runs([cell_dir / "seed0"])  # the workflow's score step (metrics.json)
     assert [c["overrides"] for c in selection["candidates"]] == guidance_grid(config, NEW)
     assert set(selection["chosen"]) == {"train.lambda_v"}
     log = (cell_dir / "seed0" / "train_log.csv").read_text().splitlines()

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from megl.errors import MEGLError
-from megl.metrics.efficiency import count_parameters, latency_of_classifier, measure_latency
+from megl.timing import count_parameters, latency_of_classifier, measure_latency
 
 torch.set_num_threads(1)
 

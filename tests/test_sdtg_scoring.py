@@ -158,7 +158,7 @@ def test_answer_tokens_are_a_prefix_of_the_cot_target(tok):
 def test_generate_fixed_length_runs_the_lm_once_per_new_token(tok):
     """min_new_tokens = max_new_tokens decodes exactly that many tokens; the LM runs once for the
     prefill and once per further token (what the MLLM latency times)."""
-    from megl.evaluate import mllm_latency_fn
+    from megl.predict import mllm_latency_fn
 
     model = make_mllm(tok, lora=LORA)
     base = next(m for m in model.lm.modules() if type(m).__name__ == "LlamaModel")

@@ -17,7 +17,7 @@ from conftest import zip_official
 from megl.bench.workflow import copy_repo, snakemake_cmd, tool_env
 
 SMOKE_RUNS = 8  # config/smoke.yaml: 1 dataset x 2 backbones x 2 methods x 2 seeds
-SMOKE_CELLS = 4  # one run_cell job per (dataset, backbone, method); it trains both seeds
+SMOKE_CELLS = 4  # one run_cell job per (dataset, backbone, method); it trains both seeds, then one score job
 SMOKE_RESULTS = "results/smoke"  # config/smoke.yaml's results_dir: a smoke run writes only there
 SMOKE_REPORT = f"{SMOKE_RESULTS}/report.html"
 
@@ -234,9 +234,10 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
     for rule, wildcards in jobs:
         per_rule.setdefault(rule, []).append(wildcards)
     # the manuscript PDF is a target of the default results_dir only (workflow/rules/common.smk)
-    expected = ["all", "figures", "paper_inputs", "run_cell", "summarize", "tables", "html_tables"]
+    expected = ["all", "figures", "paper_inputs", "run_cell", "score", "summarize", "tables", "html_tables"]
     assert sorted(per_rule) == sorted(expected), per_rule
     assert len(per_rule["run_cell"]) == 2 and {w["method"] for w in per_rule["run_cell"]} == {"megl"}
+    assert per_rule["score"] == per_rule["run_cell"]
 
     # a method outside the smoke matrix: nothing to re-run
     _edit(config, "  haics:\n    weight: 0.1", "  haics:\n    weight: 0.3")
@@ -285,9 +286,22 @@ def test_editing_a_module_reruns_the_steps_that_import_it(smoke_run):
         restore()
     rules = {rule for rule, _ in jobs}
     assert sum(rule == "run_cell" for rule, _ in jobs) == SMOKE_CELLS
-    assert {"run_cell", "tables", "html_tables", "figures", "summarize", "paper_inputs"} <= rules, rules
+    assert sum(rule == "score" for rule, _ in jobs) == SMOKE_CELLS
+    assert {"run_cell", "score", "tables", "html_tables", "figures", "summarize", "paper_inputs"} <= rules, rules
     assert not rules & {"make_standin", "validate_data", "split", "preflight", "pretrain_encoder",
                         "pretrain_backbone", "cache_features"}, rules
+
+    # scoring apart from training (#22): an edited metric re-scores every cell and re-reports, re-trains nothing
+    for metric in ("saliency.py", "text.py"):
+        restore = _append(smoke_run / "src" / "megl" / "metrics" / metric, "\n# edited\n")
+        try:
+            jobs = planned_jobs(smoke_run, "--configfile", "config/smoke.yaml")
+        finally:
+            restore()
+        rules = {rule for rule, _ in jobs}
+        assert sum(rule == "score" for rule, _ in jobs) == SMOKE_CELLS, (metric, jobs)
+        assert {"score", "tables", "figures", "summarize", "paper_inputs"} <= rules, (metric, rules)
+        assert "run_cell" not in rules and "cache_features" not in rules, (metric, rules)
 
     restores = [_append(smoke_run / doc, "\nedited\n") for doc in ("README.md", "docs/workflow.md")]
     try:

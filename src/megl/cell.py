@@ -1,11 +1,13 @@
 """One workflow job per (dataset, backbone, method): choose the guidance weight on the validation
-split, then train and evaluate every seed, in one process.
+split, then train every seed and predict with it on the test split, in one process. Scoring (metrics.json)
+is the next job, `megl score` (megl.score): editing a metric re-runs no training.
 
 Why one process per method cell (docs/workflow.md): an interpreter with torch, transformers and
 the scorers costs seconds to start, more than a small run trains; the decoded data and the frozen
-trunk's features come from one cache file; the text scorers' JVMs start once for all seeds. Each
-seed still gets its own run folder (model, log, metrics, predictions), written atomically, and the
-numbers equal what `megl train` + `megl evaluate` give for that run (tests/test_cell.py).
+trunk's features come from one cache file. Each seed still gets its own run folder (model, log,
+predictions, score inputs), written atomically, by the same functions `megl train` + `megl evaluate`
+run (train.write_run_record, fit, finish_run; predict.predict_into), so the numbers equal theirs
+(tests/test_cell.py).
 
 Selection protocol (docs/experiment.md §2), the same for every method: the method's guidance weights
 take each point of `selection.grid` in turn (the lists are zipped, so every guided method trains
@@ -31,12 +33,11 @@ from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, load_cache, mean_map_of
 from megl.errors import MEGLError
-from megl.evaluate import Prediction, predict, split_accuracy, write_evaluation
 from megl.io import write_json
 from megl.methods import Method, get_method
-from megl.metrics import text as text_metrics
 from megl.mllm_protocol import class_names_of
 from megl.models.build import backbone_entry, new_run_model
+from megl.predict import predict_into, split_accuracy
 from megl.rundir import finish_run, write_run_record
 from megl.runtime import resolve_device, set_determinism
 from megl.train import fit
@@ -113,7 +114,7 @@ class Cell:
         set_determinism(seed, config["train"]["num_threads"])
         model = new_run_model(config, self.method, self.bb_cfg, self.data.num_classes, seed, self.pretrained_dir,
                               self.backbone_weights, self.device)
-        names = self.class_names if self.method.kind == "mllm" else None
+        names = self.class_names if self.method.is_mllm else None
         started = time.time()
         rows = fit(model, train, config, seed, self.device, mean_map, names, label=label)
         return model, rows, time.time() - started
@@ -149,7 +150,8 @@ class Cell:
 def run_cell(config: dict, *, dataset: str, backbone: str, method: str, seeds: list[int], runs_root: Path,
              selection_out: Path, data_root: Path, split_path: Path, cache_path: Path | None = None,
              pretrained_dir: Path | None = None, backbone_weights: Path | None = None) -> dict:
-    """Select on validation, then train + evaluate each seed into runs_root/seed{N}/. Returns the selection."""
+    """Select on validation, then train + predict each seed into runs_root/seed{N}/ (scoring: megl.score).
+    Returns the selection."""
     config = for_cell(config, dataset, backbone)
     if int(config["selection"]["seed"]) in {int(s) for s in seeds}:
         raise MEGLError(f"selection.seed {config['selection']['seed']} is one of the reported seeds {list(seeds)}: "
@@ -168,6 +170,7 @@ def run_cell(config: dict, *, dataset: str, backbone: str, method: str, seeds: l
     for seed in seeds:
         run_dir = Path(runs_root) / f"seed{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").unlink(missing_ok=True)  # scores an older model: megl score writes it anew
         identity = {"dataset": dataset, "backbone": backbone, "method": method, "seed": int(seed)}
         write_run_record(run_dir, run_config, identity, m, data_root, split_path, pretrained_dir,
                          backbone_weights, cell.device)
@@ -179,26 +182,7 @@ def run_cell(config: dict, *, dataset: str, backbone: str, method: str, seeds: l
         trained[seed] = (run_dir, identity, model, val_acc)
     del val
     test = cell.splits(("test",))["test"]  # read only now: the choice above never saw it
-    predictions: dict[int, tuple] = {}
-    for seed, (run_dir, identity, model, val_acc) in trained.items():
-        set_determinism(int(seed), run_config["train"]["num_threads"])
-        predictions[seed] = (run_dir, identity, model, val_acc,
-                             predict(model, test, run_config, cell.device, cell.class_names))
-    text = score_text_many(m, {s: p[4] for s, p in predictions.items()}, config["evaluate"])
-    for seed, (run_dir, identity, model, val_acc, prediction) in predictions.items():
-        write_evaluation(run_dir, identity, str(split_path), model, m, prediction, text.get(seed), run_config,
-                         cell.device, cell.data.num_classes, val_acc)
+    for run_dir, identity, model, val_acc in trained.values():
+        predict_into(run_dir, identity, str(split_path), model, test, run_config, cell.device, cell.class_names,
+                     cell.data.num_classes, val_acc)
     return selection
-
-
-def score_text_many(method: Method, predictions: dict[int, Prediction], ev: dict) -> dict:
-    """Text scores of every seed's rationales, with one tokenizer and METEOR process for all."""
-    if not method.writes_text:
-        return {}
-    hyps = {s: {r["id"]: r["rationale"] for r in p.records} for s, p in predictions.items()
-            if p.records and p.records[0]["rationale"] is not None}
-    if not hyps:
-        return {}
-    first = next(iter(predictions.values())).records
-    refs = {r["id"]: r["reference"] for r in first}
-    return text_metrics.text_metrics_many(refs, hyps, spice=ev.get("spice", True))

@@ -199,6 +199,27 @@ def cmd_run_cell(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from megl.runlock import run_folders_lock
+    from megl.score import cell_line, score_runs, write_cell_scores
+
+    run_dirs = [Path(d) for d in args.run_dirs]
+    if args.runs_root:
+        if not args.seeds and not args.config:
+            raise MEGLError("score: --runs-root needs --seeds or --config (its matrix.seeds)")
+        seeds = args.seeds or list(_config(args)["matrix"]["seeds"])
+        run_dirs += [Path(args.runs_root) / f"seed{seed}" for seed in seeds]
+    if not run_dirs:
+        raise MEGLError("score: name the run folders, or --runs-root with --seeds or --config")
+    with run_folders_lock(run_dirs, "score"):
+        metrics = score_runs(run_dirs)
+    line = cell_line(list(metrics.values()))
+    if args.cell_out:
+        write_cell_scores(Path(args.cell_out), line, metrics)
+    print(line, flush=True)  # stdout: the terminal's one line per cell (the log has the rest)
+    return 0
+
+
 def torch_threads(config: dict) -> None:
     import torch
 
@@ -442,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_pretrain_backbone(sub)
     _parser_cache_features(sub)
     _parser_run_cell(sub)
+    _parser_score(sub)
     _parser_tables(sub)
     _parser_figures(sub)
     _parser_paper(sub)
@@ -551,7 +573,8 @@ def _parser_train(sub) -> None:
 
 
 def _parser_evaluate(sub) -> None:
-    p = _command(sub, "evaluate", "score a trained run on the test split: metrics.json")
+    p = _command(sub, "evaluate",
+                 "predict with a trained run on the test split, then score it (its own config.yaml): metrics.json")
     _add_config(p)
     p.add_argument("run_dir", help="the run's folder (model.safetensors, run.json from megl train)")
     _add_data(p)
@@ -580,7 +603,8 @@ def _parser_cache_features(sub) -> None:
 
 
 def _parser_run_cell(sub) -> None:
-    p = _command(sub, "run-cell", "select the guidance weight on val, then train and evaluate every seed")
+    p = _command(sub, "run-cell",
+                 "select the guidance weight on val, then train every seed and predict on test (megl score scores)")
     _add_config(p)
     _add_cell(p)
     p.add_argument("--seeds", type=int, nargs="*", help="seeds to run (default: matrix.seeds)")
@@ -590,6 +614,18 @@ def _parser_run_cell(sub) -> None:
     p.add_argument("--cache", help="feature cache of this dataset and backbone (megl cache-features)")
     _add_pretrained(p)
     p.set_defaults(func=cmd_run_cell)
+
+
+def _parser_score(sub) -> None:
+    p = _command(sub, "score", "score predicted runs (one cell's seeds): each run's metrics.json")
+    p.add_argument("run_dirs", nargs="*", help="run folders (predictions.jsonl, score_inputs.npz, config.yaml); "
+                   "their text is scored in one METEOR call")
+    p.add_argument("--runs-root",
+                   help="a cell's folder: score its seed<N>/ folders (--seeds, or the config's matrix.seeds)")
+    p.add_argument("--seeds", type=int, nargs="*", help="seeds below --runs-root")
+    p.add_argument("--config", help="config whose matrix.seeds --runs-root scores (nothing else is read from it)")
+    p.add_argument("--cell-out", help="also write the cell's scores here (JSON: its line and every run's metrics)")
+    p.set_defaults(func=cmd_score, set=None)
 
 
 def _parser_tables(sub) -> None:

@@ -5,8 +5,9 @@ Static analysis with `ast`, nothing is imported: a command is `python -m megl CO
 command) and `main`, and its handler (`set_defaults(func=...)` in those parser helpers) with the cli.py
 helpers the handler calls. Every `megl` module these import is then followed transitively, each module
 as a whole: every `import` / `from` statement in it counts, also the ones inside functions (lazy
-imports), and importing `megl.a.b` also runs `megl/a/__init__.py`. A string literal naming a non-Python file beside a module in the
-package (e.g. `Path(__file__).with_name("config.schema.yaml")`) is package data the command reads.
+imports), and importing `megl.a.b` also runs `megl/a/__init__.py`. A string literal naming a
+non-Python file beside a module in the package (e.g.
+`Path(__file__).with_name("config.schema.yaml")`) is package data the command reads.
 
 The result is a small over-approximation (a module counts when any of its functions imports
 another) and never misses a statically written import. Dynamic imports (`importlib.import_module`

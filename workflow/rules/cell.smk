@@ -1,6 +1,8 @@
-# Training and evaluation, one job per (dataset, backbone, method) cell: the job chooses the method's
-# guidance weight on the validation split (results/selection/...), then trains and evaluates every
-# seed into its own run folder (docs/workflow.md says why one process serves a whole cell).
+# Training, prediction and scoring, two jobs per (dataset, backbone, method) cell: run_cell chooses the
+# method's guidance weight on the validation split (results/selection/...), then trains every seed and
+# predicts with it on the test split, into its own run folder (docs/workflow.md says why one process
+# serves a whole cell); score reads those predictions and writes each seed's metrics.json. Only score's
+# code inputs hold src/megl/metrics/: editing a metric re-scores, it re-trains nothing.
 
 
 rule pretrain_backbone:
@@ -62,17 +64,10 @@ rule run_cell:
         code=code_deps("run-cell"),
     output:
         selection=f"{RESULTS}/selection/{{dataset}}/{{backbone}}/{{method}}.json",
-        metrics=[
-            report(
-                path,
-                category="Runs",
-                subcategory="{dataset} / {backbone}",
-                labels={"method": "{method}", "seed": str(seed)},
-            )
-            for seed, path in cell_outputs("metrics.json")
-        ],
         weights=[path for _, path in cell_outputs("model.safetensors")],
         predictions=[path for _, path in cell_outputs("predictions.jsonl")],
+        score_inputs=[path for _, path in cell_outputs("score_inputs.npz")],
+        run_configs=[path for _, path in cell_outputs("config.yaml")],
     params:
         megl=MEGL,
         config_file=CONFIG_FILE,
@@ -95,3 +90,37 @@ rule run_cell:
         "--backbone {wildcards.backbone} --method {wildcards.method} --runs-root {params.runs_root} "
         "--selection-out {output.selection} --data-root {input.data} --split {input.split} "
         "{params.optional} > {log} 2>&1"
+
+
+rule score:
+    input:
+        predictions=[path for _, path in cell_outputs("predictions.jsonl")],
+        score_inputs=[path for _, path in cell_outputs("score_inputs.npz")],
+        run_configs=[path for _, path in cell_outputs("config.yaml")],
+        code=code_deps("score"),
+    output:
+        metrics=[
+            report(
+                path,
+                category="Runs",
+                subcategory="{dataset} / {backbone}",
+                labels={"method": "{method}", "seed": str(seed)},
+            )
+            for seed, path in cell_outputs("metrics.json")
+        ],
+    params:
+        megl=MEGL,
+        run_dirs=lambda w: " ".join(f"{RESULTS}/runs/{w.dataset}/{w.backbone}/{w.method}/seed{seed}"
+                                    for seed in config["matrix"]["seeds"]),
+    benchmark:
+        f"{RESULTS}/benchmarks/scores/{{dataset}}/{{backbone}}/{{method}}.tsv"
+    log:
+        f"{RESULTS}/logs/scores/{{dataset}}/{{backbone}}/{{method}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        CONDA_ENV
+    shell:
+        # stdout (one line: what the cell scored) goes to the terminal, the rest to the log
+        "{params.megl} score {params.run_dirs} 2> {log}"

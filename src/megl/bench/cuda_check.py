@@ -24,9 +24,9 @@ import yaml
 
 from megl import losses
 from megl.io import write_json
-from megl.metrics.efficiency import count_parameters, latency_of_classifier
 from megl.models.backbones import build_classifier
 from megl.models.gradcam import saliency
+from megl.timing import count_parameters, latency_of_classifier
 
 
 def _latency(cfg: dict, device: torch.device, warmup: int, repeats: int) -> dict:

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from megl.errors import MEGLError
 
@@ -21,7 +19,9 @@ GT_THRESHOLD = 0.5
 
 
 def _to_numpy(m, name: str) -> np.ndarray:
-    if isinstance(m, torch.Tensor):
+    if hasattr(m, "detach"):  # a torch tensor (torch is imported only where a map needs resizing)
+        import torch
+
         m = m.detach().to(torch.float32).cpu().numpy()
     arr = np.asarray(m, dtype=np.float64)
     if arr.ndim != 2:
@@ -64,6 +64,11 @@ def resize_to(m, size: tuple[int, int]) -> np.ndarray:
     arr = _to_numpy(m, "map")
     if arr.shape == tuple(size):
         return arr
+    # torch's kernel is the reference (a NumPy bilinear differs by ~1e-16, which can flip a binarised pixel);
+    # imported here so that scoring maps already at the mask's size never starts torch
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(arr)[None, None]
     return F.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
@@ -113,8 +118,8 @@ def _mean(values: list) -> float | None:
 
 
 def saliency_scores(
-    pred_maps: Sequence | np.ndarray | torch.Tensor,
-    gt_maps: Sequence | np.ndarray | torch.Tensor,
+    pred_maps: Sequence | np.ndarray,
+    gt_maps: Sequence | np.ndarray,
     threshold: float = 0.5,
 ) -> dict:
     """Mean IoU, mean AP ('auprc') and mean Pearson r over annotated samples; None (never 0) when none."""
