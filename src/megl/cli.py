@@ -257,7 +257,8 @@ def cmd_summarize(args) -> int:
 
     config = _config(args)
     paths = write_summary(config, _results(args, config), Path(args.out),
-                          Path(args.plots) if args.plots else None, Path(args.summary_csv) if args.summary_csv else None)
+                          Path(args.plots) if args.plots else None, Path(args.summary_csv) if args.summary_csv else None,
+                          Path(args.headline) if args.headline else None)
     print(f"wrote {len(paths)} summary files to {args.out}" + (f" and {args.plots}" if args.plots else ""))
     return 0
 
@@ -655,6 +656,8 @@ def _parser_summarize(sub) -> None:
                    help="folder for the DVC plot data: loss/, accuracy/, miou/{dataset}_{backbone}.csv")
     p.add_argument("--summary-csv", default=None,
                    help="where the flat summary CSV goes (default: OUT/summary.csv); DVC keeps it out of its metrics folder")
+    p.add_argument("--headline", default=None,
+                   help="folder for {dataset}_{backbone}_{method}.json: mean accuracy and mIoU (what `dvc metrics show` prints)")
     p.set_defaults(func=cmd_summarize)
 
 

@@ -26,6 +26,10 @@ PLOT_LOSS = "loss"          # step, then one column per matrix.methods: `loss` m
 PLOT_ACCURACY = "accuracy"  # method, accuracy: mean over seeds (every cell, MLLM ones under backbone mllm)
 PLOT_MIOU = "miou"          # method, miou: mean over seeds (classifier cells)
 PLOT_DIRS: tuple[str, ...] = (PLOT_LOSS, PLOT_ACCURACY, PLOT_MIOU)
+# `megl summarize --headline DIR`: DIR/{dataset}_{backbone}_{method}.json = {accuracy, miou}, the mean
+# over seeds rounded for reading; the metrics DVC shows by default (a few columns, one row per cell).
+HEADLINE_COLUMNS: tuple[str, ...] = ("accuracy", "miou")
+HEADLINE_DIGITS = 4
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -57,11 +61,31 @@ def cell_json(summary: pd.DataFrame, dataset: str, backbone: str) -> dict:
     return out
 
 
+def headline_json(summary: pd.DataFrame, dataset: str, backbone: str, method: str) -> dict:
+    """{accuracy, miou}: the mean over seeds of each HEADLINE_COLUMNS metric the cell has, rounded."""
+    sel = summary[(summary["dataset"] == dataset) & (summary["backbone"] == backbone) & (summary["method"] == method)]
+    means = dict(zip(sel["metric"], sel["mean"]))
+    return {m: round(float(means[m]), HEADLINE_DIGITS) for m in HEADLINE_COLUMNS if m in means}
+
+
+def write_headline(summary: pd.DataFrame, headline_dir: Path) -> list[Path]:
+    """`headline_dir/{dataset}_{backbone}_{method}.json` for every cell with a run (headline_json)."""
+    written = []
+    cells = summary[["dataset", "backbone", "method"]].drop_duplicates()
+    Path(headline_dir).mkdir(parents=True, exist_ok=True)  # an empty folder before any run
+    for dataset, backbone, method in cells.itertuples(index=False):
+        path = Path(headline_dir) / f"{dataset}_{backbone}_{method}.json"
+        write_json(path, headline_json(summary, dataset, backbone, method))
+        written.append(path)
+    return written
+
+
 def write_summary(config: dict, results_dir: Path, out_dir: Path, plots_dir: Path | None = None,
-                  summary_csv: Path | None = None) -> list[Path]:
+                  summary_csv: Path | None = None, headline_dir: Path | None = None) -> list[Path]:
     """`out_dir/{dataset}_{backbone}.json` for every dataset × backbone of the matrix (MLLM runs
     under backbone `mllm`; `{}` where no run is found yet) and the flat summary CSV (`summary_csv`,
-    default `out_dir/summary.csv`); with `plots_dir`, the plot data of `write_plot_data` too."""
+    default `out_dir/summary.csv`); with `plots_dir`, the plot data of `write_plot_data` too; with
+    `headline_dir`, the short per-cell files of `write_headline`."""
     expected = expected_runs(config["matrix"])
     paths = [Path(results_dir) / r.path / "metrics.json" for r in enumerate_runs(config)]
     runs = collect_runs([p for p in paths if p.exists()])
@@ -78,6 +102,8 @@ def write_summary(config: dict, results_dir: Path, out_dir: Path, plots_dir: Pat
     written.append(summary_csv)
     if plots_dir is not None:
         written += write_plot_data(config, Path(results_dir), summary, cells, Path(plots_dir))
+    if headline_dir is not None:
+        written += write_headline(summary, Path(headline_dir))
     return written
 
 
