@@ -91,6 +91,20 @@ def test_preflight_names_the_install_command(monkeypatch):
     assert preflight(config)["java_needed_by"] == []
 
 
+def test_preflight_records_latexmk_but_needs_it_only_for_the_pdf(tmp_path, monkeypatch):
+    """An installed latexmk is recorded (its version) and a missing one is recorded as None: neither
+    fails the check unless the PDF is asked for."""
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config["matrix"]["methods"] = ["baseline"]  # writes no text: Java is not needed
+    monkeypatch.setenv("PATH", str(tmp_path))  # no latexmk
+    assert preflight(config)["latexmk"] is None
+    (tmp_path / "latexmk").write_text("#!/bin/sh\necho 'Latexmk, fake'\n")
+    (tmp_path / "latexmk").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/bin{os.pathsep}/usr/bin")
+    report = preflight(config)
+    assert report["latexmk"] == "Latexmk, fake" and report["latexmk_needed"] is False
+
+
 def test_preflight_process_fails_within_seconds_with_exit_1(tmp_path):
     """The real `python -m megl preflight` with a Java that does not run: exit 1, one line, fast."""
     _fake_tool(tmp_path / "bin", "java")

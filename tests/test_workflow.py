@@ -49,6 +49,32 @@ def test_lint_is_clean(repo_copy):
     assert "Congratulations, your workflow is in a good condition!" in out, out
 
 
+def fake_latexmk(folder: Path) -> Path:
+    """A `latexmk` that answers `-v` like the real one: enough for shutil.which and the preflight."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "latexmk"
+    script.write_text("#!/bin/sh\necho 'Latexmk, John Collins, fake for a test'\n")
+    script.chmod(0o755)
+    return folder
+
+
+def test_installed_latexmk_changes_no_plan_unless_asked(repo_copy, tmp_path, monkeypatch):
+    """MEGL_PDF=0 (the tests' pin): the same plan with and without a latexmk on PATH; unset (auto), an
+    installed latexmk makes the PDF a default target; naming paper/main.pdf asks for it either way."""
+    def plan() -> list[str]:
+        return sorted(rule for rule, _ in planned_jobs(repo_copy, "--configfile", "config/smoke.yaml", "--cores", "1"))
+
+    monkeypatch.setenv("MEGL_PDF", "0")
+    without = plan()
+    monkeypatch.setenv("PATH", f"{fake_latexmk(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
+    assert shutil.which("latexmk") == str(tmp_path / "bin" / "latexmk")
+    assert plan() == without and "paper_pdf" not in without
+    monkeypatch.setenv("MEGL_PDF", "auto")
+    assert "paper_pdf" in plan()
+    monkeypatch.setenv("MEGL_PDF", "yes")
+    assert "MEGL_PDF='yes'" in snakemake(repo_copy, "--configfile", "config/smoke.yaml", "-n", check=False)
+
+
 def test_slurm_profile_dry_run(repo_copy):
     jobs = planned_jobs(repo_copy, "--workflow-profile", "none", "--profile", "profiles/slurm", "--jobs", "1",
                         "--configfile", "config/smoke.yaml")
@@ -191,9 +217,8 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
     per_rule: dict[str, list[dict]] = {}
     for rule, wildcards in jobs:
         per_rule.setdefault(rule, []).append(wildcards)
-    # the manuscript PDF is a target only where latexmk is installed (workflow/rules/common.smk)
-    pdf = ["paper_pdf"] if shutil.which("latexmk") else []
-    assert sorted(per_rule) == sorted(["all", "figures", "paper_inputs", "run_cell", "summarize", "tables", *pdf]), per_rule
+    # no paper_pdf: the tests pin MEGL_PDF=0 (conftest.py), latexmk installed or not
+    assert sorted(per_rule) == sorted(["all", "figures", "paper_inputs", "run_cell", "summarize", "tables"]), per_rule
     assert len(per_rule["run_cell"]) == 2 and {w["method"] for w in per_rule["run_cell"]} == {"megl"}
 
     # a method outside the smoke matrix: nothing to re-run

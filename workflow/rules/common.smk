@@ -6,6 +6,7 @@ import sys
 
 from snakemake.settings.types import DeploymentMethod
 
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from megl.codedeps import code_deps as _code_deps
@@ -63,10 +64,16 @@ FIGURES = [f"{RESULTS}/figures/{s}.{ext}" for s in ("accuracy", "miou", "ablatio
 
 
 # Preflight (workflow/rules/preflight.smk): the tools the runs need, checked before any training.
-# The PDF is asked for when latexmk is installed (then it is a default target) or when named as a
-# target (the targets are not parsed yet when this file is read, hence the command line).
+# The PDF is a default target per MEGL_PDF: `auto` (unset: when latexmk is installed), `1` (always: the
+# preflight fails without latexmk) or `0` (never; the tests pin it, so that an installed latexmk does
+# not change their DAG). Naming paper/main.pdf as a target asks for it whatever MEGL_PDF says (the
+# targets are not parsed yet when this file is read, hence the command line).
 PREFLIGHT = f"{RESULTS}/preflight.json"
-PDF_ASKED = bool(shutil.which("latexmk")) or any(str(a).endswith("paper/main.pdf") for a in sys.argv)
+_MEGL_PDF = os.environ.get("MEGL_PDF", "auto")
+if _MEGL_PDF not in ("auto", "0", "1"):
+    raise WorkflowError(f"MEGL_PDF={_MEGL_PDF!r}: use auto (the default), 1 or 0")
+PDF_DEFAULT = bool(shutil.which("latexmk")) if _MEGL_PDF == "auto" else _MEGL_PDF == "1"
+PDF_ASKED = PDF_DEFAULT or any(str(a).endswith("paper/main.pdf") for a in sys.argv)
 
 
 # Code is an input: every rule that runs `megl COMMAND` takes the package files that command imports
@@ -81,7 +88,7 @@ def code_deps(command):
 
 def report_outputs():
     outputs = [PREFLIGHT] + TABLES + FIGURES + ["paper/generated/.inputs_done", f"{RESULTS}/metrics"]
-    if shutil.which("latexmk"):
+    if PDF_DEFAULT:
         outputs.append("paper/main.pdf")
     return outputs
 
