@@ -59,6 +59,10 @@ def test_help_documents_the_exit_codes():
     assert "exit status:" in text
     for line in ("0  success", "1  runtime failure", "2  usage or bad input"):
         assert line in text, line
+    # once, on the top-level help: not repeated under every subcommand's
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    repeated = [name for name, p in sub.choices.items() if "exit status:" in p.format_help()]
+    assert not repeated, repeated
 
 
 def test_usage_and_bad_input_exit_2(tmp_path, capsys):

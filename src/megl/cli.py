@@ -456,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    """One sub-command: its one-line help doubles as its description; the exit codes as its epilog."""
-    return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+    """One sub-command: its one-line help doubles as its description (the exit codes: `megl --help` only)."""
+    return sub.add_parser(name, help=help_text, description=help_text,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
