@@ -75,6 +75,12 @@ def test_installed_latexmk_changes_no_plan_unless_asked(repo_copy, tmp_path, mon
     assert "MEGL_PDF='yes'" in snakemake(repo_copy, "--configfile", "config/smoke.yaml", "-n", check=False)
 
 
+def test_a_dry_run_prints_no_unawaited_coroutine_warning(repo_copy):
+    """Snakemake's own RuntimeWarning (snakemake/snakemake#4280) is silenced by workflow/Snakefile."""
+    out = snakemake(repo_copy, "--configfile", "config/smoke.yaml", "--cores", "1", "-n")
+    assert "Job stats" in out and "was never awaited" not in out and "tracemalloc" not in out, out[-3000:]
+
+
 def test_slurm_profile_dry_run(repo_copy):
     jobs = planned_jobs(repo_copy, "--workflow-profile", "none", "--profile", "profiles/slurm", "--jobs", "1",
                         "--configfile", "config/smoke.yaml")
