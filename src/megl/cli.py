@@ -248,7 +248,7 @@ def cmd_figures(args) -> int:
 def cmd_paper(args) -> int:
     from megl.report.build import build_pdf, copy_for_paper
 
-    copy_for_paper(Path(args.tables), Path(args.figures), Path(args.out))
+    copy_for_paper(Path(args.tables), Path(args.figures), Path(args.out), args.config_file)
     return build_pdf(Path(args.out).parent) if args.pdf else 0
 
 
@@ -618,6 +618,8 @@ def _parser_paper(sub) -> None:
     p.add_argument("--figures", default="results/figures", help="folder of the figures' .pdf (default: %(default)s)")
     p.add_argument("--out", default="paper/generated", help="the manuscript's input folder (default: %(default)s)")
     p.add_argument("--pdf", action="store_true", help="run latexmk when it is installed")
+    p.add_argument("--config-file", action="append", default=None,
+                   help="the config file the results came from, as the manuscript names it (repeatable)")
     p.set_defaults(func=cmd_paper)
 
 

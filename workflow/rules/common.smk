@@ -1,6 +1,7 @@
 # Paths, the run matrix and the helpers the rules share. The matrix comes from megl.matrix, the one
 # enumeration DVC's dvc.yaml follows too (tests/test_dvc.py checks both plan the same runs).
 import os
+import shlex
 import shutil
 import sys
 
@@ -33,6 +34,8 @@ CONDA_ENV = "../envs/megl.yaml"
 # job. While another Snakemake holds this directory's lock, a differing file is left alone: its jobs
 # read it (docs/workflow.md).
 CONFIG_FILE = str(resolved_config_path(config))
+# The config file(s) this run was built from, as given (the manuscript names them: paper/generated/config.tex).
+CONFIG_SOURCES = [os.path.relpath(f) for f in workflow.config_settings.configfiles] or ["config/config.yaml"]
 
 
 def _write_resolved_config():

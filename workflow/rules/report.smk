@@ -72,6 +72,7 @@ rule paper_inputs:
         megl=MEGL,
         tables=lambda w, input: subpath(input.tables[0], parent=True),
         figures=lambda w, input: subpath(input.figures[0], parent=True),
+        config_files=" ".join(f"--config-file {shlex.quote(f)}" for f in CONFIG_SOURCES),
     benchmark:
         f"{RESULTS}/benchmarks/report/paper_inputs.tsv"
     log:
@@ -79,7 +80,8 @@ rule paper_inputs:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out paper/generated > {log} 2>&1"
+        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out paper/generated "
+        "{params.config_files} > {log} 2>&1"
 
 
 rule paper_pdf:
