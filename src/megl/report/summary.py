@@ -1,6 +1,6 @@
 """Headline metrics aggregated over seeds (the files DVC declares as metrics), and a cell-by-cell
-comparison of two such summaries (a reference run of the workflow against a new one), and the small
-CSVs that dvc.yaml's top-level `plots:` read (loss per step, accuracy and mIoU per method)."""
+comparison of two such summaries (a reference run of the workflow against a new one), the small plot
+CSVs (loss per step, accuracy and mIoU per method), and the short headline files DVC shows as metrics."""
 from __future__ import annotations
 
 import math
@@ -20,8 +20,8 @@ HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "f1_macro", "miou", "miou_all",
 CELL_KEYS: list[str] = ["dataset", "backbone", "method", "metric"]
 SUMMARY_COLUMNS: list[str] = CELL_KEYS + ["mean", "std", "n"]
 Z_AGREES = 2.0
-# `megl summarize --plots DIR` writes DIR/<name>/{dataset}_{backbone}.csv for each name; dvc.yaml's
-# top-level `plots:` declare one entry per folder, reading these columns (tests/test_dvc.py checks both).
+# `megl summarize --plots DIR` writes DIR/<name>/{dataset}_{backbone}.csv for each name (plot data for
+# anyone's own plots; DVC's declared plots are the figures' PNGs, which draw offline: docs/workflow.md).
 PLOT_LOSS = "loss"          # step, then one column per matrix.methods: `loss` mean over seeds (classifier cells)
 PLOT_ACCURACY = "accuracy"  # method, accuracy: mean over seeds (every cell, MLLM ones under backbone mllm)
 PLOT_MIOU = "miou"          # method, miou: mean over seeds (classifier cells)
@@ -140,7 +140,7 @@ def method_means(summary: pd.DataFrame, methods: list[str], dataset: str, backbo
 
 def write_plot_data(config: dict, results_dir: Path, summary: pd.DataFrame, cells: pd.DataFrame,
                     plots_dir: Path) -> list[Path]:
-    """`plots_dir/<PLOT_DIRS>/{dataset}_{backbone}.csv` (dvc.yaml's top-level plots). The folder is
+    """`plots_dir/<PLOT_DIRS>/{dataset}_{backbone}.csv` (the plot data). The folder is
     replaced whole, so a cell dropped from the matrix leaves no stale plot behind."""
     written: list[Path] = []
     with atomic_dir(plots_dir) as tmp:
