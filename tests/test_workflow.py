@@ -104,10 +104,12 @@ def test_config_override_reaches_the_resolved_config_and_every_command(repo_copy
     assert config["train"]["schedule"] == "constant"  # schema default; config.yaml's cosine is not merged in
     assert "by_backbone" not in config["train"]  # --configfile replaces config/config.yaml
     assert config == load_config(resolved)
-    commands = [line for line in out.splitlines() if " -m megl " in line and "--config" in line]
+    commands = [line for line in out.splitlines() if " -m megl " in line and "--config " in line]
     assert any(" run-cell " in c for c in commands), out[-3000:]
     assert all("--config results/config.resolved.yaml " in c for c in commands), commands
     assert "config/smoke.yaml" not in "\n".join(commands)
+    # the one mention: the manuscript names the file the run was built from (it reads no setting of it)
+    assert any(" -m megl paper " in line and "--config-file config/smoke.yaml" in line for line in out.splitlines())
 
 
 def test_a_locked_directory_keeps_its_resolved_config(repo_copy):
