@@ -72,11 +72,13 @@ cluster-down:
 test-cluster: $(STAMP)
 	$(shell tools/local_slurm.sh env) && MEGL_REQUIRE_CLUSTER=1 $(PY) -m pytest -p no:cacheprovider -rs -s tests/test_cluster.py
 
-# JupyterLab on the reviewer's notebook (MEGL_RESULTS, MEGL_CONFIG: what it reads; see the notebook).
+# JupyterLab rooted at the repository (results/ can be browsed), opening the reviewer's notebook.
+# MEGL_RESULTS, MEGL_CONFIG: what it reads, relative to the repository root (see the notebook), e.g.
+#   make lab MEGL_CONFIG=config/smoke.yaml
 # As root (a container): make lab LAB_ARGS=--allow-root; on a remote machine add --no-browser.
 LAB_ARGS ?=
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/review.ipynb $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/review.ipynb $(LAB_ARGS)
 
 # After a kill -9 the rerun stops with "Directory cannot be locked": clear the stale lock (only
 # when no Snakemake process is still running in this folder).

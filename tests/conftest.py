@@ -13,6 +13,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The manuscript PDF is never a default target in the tests (workflow/rules/common.smk): whether latexmk
+# is installed must not change a test's DAG or outcome. Tests that want it set MEGL_PDF themselves.
+os.environ["MEGL_PDF"] = "0"
 
 import pytest
 import torch

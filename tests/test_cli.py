@@ -60,6 +60,10 @@ def test_help_documents_the_exit_codes():
     assert "exit status:" in text
     for line in ("0  success", "1  runtime failure", "2  usage or bad input"):
         assert line in text, line
+    # once, on the top-level help: not repeated under every subcommand's
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    repeated = [name for name, p in sub.choices.items() if "exit status:" in p.format_help()]
+    assert not repeated, repeated
 
 
 def test_usage_and_bad_input_exit_2(tmp_path, capsys):
@@ -90,6 +94,20 @@ def test_preflight_names_the_install_command(monkeypatch):
     assert INSTALL["java"] in msg and INSTALL["latexmk"] in msg and "megl" in msg
     config["matrix"]["methods"] = ["baseline"]  # writes no text: Java is not needed
     assert preflight(config)["java_needed_by"] == []
+
+
+def test_preflight_records_latexmk_but_needs_it_only_for_the_pdf(tmp_path, monkeypatch):
+    """An installed latexmk is recorded (its version) and a missing one is recorded as None: neither
+    fails the check unless the PDF is asked for."""
+    config = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    config["matrix"]["methods"] = ["baseline"]  # writes no text: Java is not needed
+    monkeypatch.setenv("PATH", str(tmp_path))  # no latexmk
+    assert preflight(config)["latexmk"] is None
+    (tmp_path / "latexmk").write_text("#!/bin/sh\necho 'Latexmk, fake'\n")
+    (tmp_path / "latexmk").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/bin{os.pathsep}/usr/bin")
+    report = preflight(config)
+    assert report["latexmk"] == "Latexmk, fake" and report["latexmk_needed"] is False
 
 
 def test_preflight_process_fails_within_seconds_with_exit_1(tmp_path):

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
 LOCAL_PROFILE = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
 DOCUMENTED = ("--workflow-profile", "none", "--profile", "profiles/slurm")  # what tools/slurm_run.py runs
-GPU_OUTPUTS = ("model.safetensors", "metrics.json")  # the training and evaluation jobs
+GPU_OUTPUTS = ("model.safetensors",)  # the cells: training and prediction (scoring, metrics.json, runs on CPUs)
 DRY_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 3600
 
@@ -99,7 +99,7 @@ def test_documented_command_requests_the_slurm_profiles_resources_and_one_gpu(re
     assert any(j["resources"]["mem_mb"] == mem_mb for j in submitted), submitted
 
     gpu = gpu_jobs(jobs)
-    assert len(gpu) >= 2, "expected training and evaluation jobs in the smoke plan"
+    assert len(gpu) >= 2, "expected the cells (training and prediction) in the smoke plan"
     for job in gpu:
         assert job["resources"].get("gpu") == 1, job
         args = plugin_sbatch_args(job)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,8 @@ from test_workflow import SMOKE_RUNS, assert_claims_follow_validity, planned_job
 
 from megl.bench.workflow import copy_repo, tool_env
 from megl.dvc_pipeline import MATRIX_VARS, derive_pipeline, matrix_vars_text
-from megl.matrix import Run, enumerate_runs, matrix_datasets, matrix_methods, matrix_mllm_methods
-from megl.report.summary import PLOT_ACCURACY, PLOT_DIRS, PLOT_LOSS, PLOT_MIOU, write_summary
+from megl.matrix import Run, enumerate_runs, matrix_datasets, matrix_mllm_methods
+from megl.report.summary import write_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,9 +32,14 @@ def run(cwd: Path, *cmd: str) -> str:
     return proc.stdout
 
 
+DVC_ENV = "config/dvc_env.yaml"  # `python:` the interpreter of every stage (dvc.yaml vars)
+
+
 def dvc_copy(dest: Path, config: dict | None = None) -> Path:
-    """A fresh copy of the repository (git + DVC), with config/config.yaml replaced by `config` if given."""
+    """A fresh copy of the repository (git + DVC), with config/config.yaml replaced by `config` if given.
+    The copy has no .venv: its stages run this interpreter, set the documented way (config/dvc_env.yaml)."""
     repo = copy_repo(dest)
+    (repo / DVC_ENV).write_text(f"python: {sys.executable}\n")
     if config is not None:
         (repo / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         (repo / MATRIX_VARS).write_text(matrix_vars_text(config, "config/config.yaml"))
@@ -43,8 +49,22 @@ def dvc_copy(dest: Path, config: dict | None = None) -> Path:
     return repo
 
 
+def no_venv_env() -> dict[str, str]:
+    """tool_env() without this interpreter's bin on PATH: a shell where the venv is not activated."""
+    env = tool_env()
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+    return env
+
+
 def dvc(repo: Path, *args: str) -> str:
-    return run(repo, "dvc", *args)
+    """`.venv/bin/dvc ARGS` as the README writes it: the venv's dvc by path, the venv not activated, so a
+    stage calling a bare `python` fails (No module named megl) and one calling `${python}` runs."""
+    cmd = [str(Path(sys.executable).parent / "dvc"), *args]
+    proc = subprocess.run(cmd, cwd=repo, env=no_venv_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-6000:]}")
+    return proc.stdout
 
 
 def load(name: str) -> dict:
@@ -99,57 +119,90 @@ def test_dvc_stage_names_are_readable(tmp_path):
 
 
 FIGURES = "results/dvc/figures"  # the figures stage's `plots:` (PNGs only; the PDFs go to figures_pdf/)
+FIGURE_STEMS = ("accuracy", "miou", "ablation", "training", "forest", "qualitative")
 
 
-def plotted(shown: dict, figures_made: bool = False) -> dict[str, list[dict]]:
-    """`dvc plots show/diff --json`: {plotted data file: its rows (each with its `rev`)}; fails on any
-    error DVC reports (before the figures stage ran, but its folder's: it does not exist yet)."""
-    errors = [e for e in shown.get("errors", [])
-              if figures_made or not e.get("name", "").startswith(FIGURES)]
-    assert not errors, errors
-    return {path: [row for entry in entries for row in entry["content"]["data"]["values"]]
-            for path, entries in shown["data"].items() if entries and entries[0]["type"] == "vega"}
+def stage_bodies(spec: dict) -> dict[str, dict]:
+    return {name: (st["do"] if "foreach" in st else st) for name, st in spec["stages"].items()}
 
 
-def plot_files(config: dict) -> list[str]:
-    """What dvc.yaml's top-level plots must draw for `config`: one file per folder and cell."""
-    runs = enumerate_runs(config)
-    cells = {f"{r.dataset}_{r.backbone}" for r in runs if r.backbone != "mllm"}
-    mllm = {f"{r.dataset}_mllm" for r in runs if r.backbone == "mllm"}
-    return sorted([f"results/dvc/plots/{kind}/{c}.csv" for kind in PLOT_DIRS for c in cells]
-                  + [f"results/dvc/plots/{PLOT_ACCURACY}/{c}.csv" for c in mllm])
-
-
-def test_dvc_plots_are_the_folders_summarize_writes():
-    """The plot folders and columns live in megl.report.summary; dvc.yaml names the same ones."""
+def test_every_stage_runs_the_projects_interpreter():
+    """Every `megl` stage calls `${python} -m megl` (config/dvc_env.yaml: the venv's python), never a bare
+    `python` that an unactivated venv does not provide; the derived pipelines keep it (and read the file)."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    assert "--plots ${dvc_root}/plots" in spec["stages"]["summarize"]["cmd"]
-    # cached, so that `dvc plots diff` / `dvc metrics diff` find another revision's files (results/ is not in git)
-    assert {"${dvc_root}/metrics", "${dvc_root}/plots"} <= set(spec["stages"]["summarize"]["outs"])
-    plots = {k: v for entry in spec["plots"] for k, v in entry.items()}
-    assert sorted(plots) == sorted(f"${{dvc_root}}/plots/{kind}" for kind in PLOT_DIRS)
-    assert plots[f"${{dvc_root}}/plots/{PLOT_LOSS}"].items() >= {"x": "step", "y": "${runs.methods}"}.items()
-    for kind in (PLOT_ACCURACY, PLOT_MIOU):
-        assert plots[f"${{dvc_root}}/plots/{kind}"].items() >= {"x": kind, "y": "method"}.items()
+    assert "config/dvc_env.yaml" in spec["vars"]
+    assert yaml.safe_load((REPO / DVC_ENV).read_text()) == {"python": ".venv/bin/python"}
+    config = load("paper.yaml")
+    derived = derive_pipeline(spec, config, "config/paper.yaml", "paper")
+    assert "../../config/dvc_env.yaml" in derived["vars"]
+    for pipeline in (spec, derived):
+        cmds = {name: " ".join(body["cmd"].split()) for name, body in stage_bodies(pipeline).items()}
+        assert cmds and all(c.startswith("${python} -m megl ") for c in cmds.values()), cmds
 
 
-def test_dvc_plots_show_draws_what_summarize_writes(tmp_path):
-    """Stand-in runs (metrics.json + train_log.csv) for the smoke matrix with both MLLM baselines,
-    `megl summarize`'s plot data, then `dvc plots show --json`: every declared plot, no error."""
+def test_dvc_shows_short_metrics_and_offline_image_plots():
+    """No top-level vega plots (their HTML loads Vega from a CDN) and no top-level metrics (a missing
+    one warns): the figures stage's PNGs are the plots, summarize's headline folder the metrics."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert "plots" not in spec and "metrics" not in spec
+    assert spec["stages"]["figures"]["plots"] == ["${dvc_root}/figures"]  # cached: `dvc plots diff HEAD`
+    summarize = spec["stages"]["summarize"]
+    assert summarize["metrics"] == ["${dvc_root}/headline"] and "--headline ${dvc_root}/headline" in summarize["cmd"]
+    assert {"${dvc_root}/metrics", "${dvc_root}/plots"} <= set(summarize["outs"])
+
+
+def write_fake_figures(folder: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in FIGURE_STEMS:
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [1, 0])
+        fig.savefig(folder / f"{stem}.png")
+        plt.close(fig)
+
+
+def assert_offline_plots(html_dir: Path, figures: list[str]) -> None:
+    """`dvc plots show -o html_dir`: no script fetched over http(s), every figure an <img> of its file."""
+    import re
+
+    html = (html_dir / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=[\"']?https?:", html), "the HTML loads a script from the network"
+    assert "vega" not in html.lower()
+    imgs = re.findall(r"<img[^>]+src=\"([^\"]+)\"", html)
+    assert len(imgs) == len(figures), imgs
+    for src, figure in zip(sorted(imgs), sorted(figures)):
+        assert figure.replace("/", "_") in src
+        assert (html_dir / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # real image content
+
+
+def test_dvc_metrics_and_plots_show_on_a_run(tmp_path):
+    """Stand-in runs for the smoke matrix with both MLLM baselines, `megl summarize` (headline included)
+    and PNG figures: `dvc metrics show` prints a few columns per cell and no warning, `dvc plots show`
+    an HTML page that draws every figure offline."""
     config = with_mllm(load("smoke.yaml"))
     repo = dvc_copy(tmp_path / "repo", config)
     root = repo / "results" / "dvc"
     for run in enumerate_runs(config):
         write_run(root, run.backbone, run.method, run.seed, accuracy=0.5 + 0.1 * run.seed)
-        (root / run.path / "train_log.csv").write_text("epoch,step,loss\n0,0,2.0\n0,1,1.5\n1,2,1.0\n")
-    write_summary(config, root, root / "metrics", root / "plots")
-    data = plotted(json.loads(dvc(repo, "plots", "show", "--json")))  # no figures made here
-    assert sorted(data) == plot_files(config)
-    loss = data["results/dvc/plots/loss/objects_resnet18.csv"]
-    assert {row["field"] for row in loss} == set(matrix_methods(config["matrix"]))  # one line per method
-    assert sorted({float(row["dvc_inferred_y_value"]) for row in loss}) == [1.0, 1.5, 2.0]
-    acc = data["results/dvc/plots/accuracy/objects_mllm.csv"]
-    assert {row["method"]: float(row["accuracy"]) for row in acc} == {"llava_vqa": 0.55, "finetune_cot": 0.55}
+    write_summary(config, root, root / "metrics", root / "plots", headline_dir=root / "headline")
+    write_fake_figures(root / "figures")
+    shown = subprocess.run([str(Path(sys.executable).parent / "dvc"), "metrics", "show"], cwd=repo,
+                           env=no_venv_env(), capture_output=True, text=True)
+    assert shown.returncode == 0 and "failed" not in shown.stdout + shown.stderr, shown
+    lines = shown.stdout.strip().splitlines()
+    assert lines[0].split() == ["Path", "accuracy", "miou"]
+    cells = {f"{r.dataset}_{r.backbone}_{r.method}" for r in enumerate_runs(config)}
+    assert len(lines) == 1 + len(cells) and max(map(len, lines)) < 120, shown.stdout
+    data = json.loads(dvc(repo, "metrics", "show", "--json"))[""]["data"]
+    assert sorted(Path(p).stem for p in data) == sorted(cells)
+    assert data["results/dvc/headline/objects_mllm_llava_vqa.json"]["data"]["accuracy"] == 0.55  # mean of 0.5, 0.6
+    assert set(data["results/dvc/headline/objects_resnet18_megl.json"]["data"]) == {"accuracy", "miou"}
+    out = tmp_path / "html"
+    dvc(repo, "plots", "show", "-o", str(out))
+    assert_offline_plots(out, [f"{FIGURES}/{s}.png" for s in FIGURE_STEMS])
 
 
 # ------------------------------------------------------------------ pipelines for other config files
@@ -186,10 +239,10 @@ def test_a_mixed_config_gets_an_unpack_stage_and_a_stand_in_stage():
     assert stages["unpack_data"]["foreach"] == {"actions": "data/raw/Action_Classification.zip"}
     assert sorted(stages["make_standin"]["foreach"]) == ["digits", "digits_control", "objects", "objects_control"]
     assert all((st["do"] if "foreach" in st else st)["wdir"] == "../.." for st in stages.values())
-    assert derived["vars"] == ["../../config/mixed.yaml", "dvc_matrix.yaml",
+    assert derived["vars"] == ["../../config/mixed.yaml", "dvc_matrix.yaml", "../../config/dvc_env.yaml",
                                {"dvc_root": "results/dvc/pipelines/mixed"}]
     assert "config/config.yaml" not in yaml.safe_dump(derived)
-    assert derived["metrics"] == ["../../${dvc_root}/metrics"]
+    assert stages["summarize"]["metrics"] == ["${dvc_root}/headline"]
 
 
 def test_dvc_pipeline_refuses_the_root_config_and_a_bad_config(tmp_path):
@@ -232,16 +285,8 @@ def smoke_repro(tmp_path_factory) -> Path:
     return repo
 
 
-def smoke_plots(shown: dict, figures_made: bool = False) -> dict[str, list[dict]]:
-    """`plotted` for the smoke pipeline's files only (the root pipeline's have not been made here)."""
-    own = {k: v for k, v in shown["data"].items() if k.startswith(SMOKE_ROOT)}
-    errors = [e for e in shown.get("errors", []) if e.get("name", "").startswith(SMOKE_ROOT)
-              and (figures_made or not e["name"].startswith(f"{SMOKE_ROOT}/figures"))]
-    return plotted({"data": own, "errors": errors}, figures_made=True)
-
-
-def smoke_plot_files() -> list[str]:
-    return [p.replace("results/dvc/", f"{SMOKE_ROOT}/", 1) for p in plot_files(load("smoke.yaml"))]
+def smoke_figures() -> list[str]:
+    return [f"{SMOKE_ROOT}/figures/{stem}.png" for stem in FIGURE_STEMS]
 
 
 @pytest.mark.slow
@@ -285,35 +330,28 @@ def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
     assert expected == changed, changed
     (repo / "README.md").write_text((repo / "README.md").read_text() + "\nedited\n")
     assert "up to date" in dvc(repo, "status", SMOKE)
-    shown = json.loads(dvc(repo, "metrics", "show", "--json"))  # {rev: {"data": {path: {"data": metrics}}}}
-    files = {path: entry["data"] for rev in shown.values() for path, entry in rev["data"].items()
-             if path.startswith(SMOKE_ROOT)}
-    # one aggregated file per dataset x backbone (megl summarize), each with every method's accuracy
-    assert all(p.endswith(".json") for p in files), files  # one table: no raw-text CSV among the metrics
-    per_cell = {Path(p).name: m for p, m in files.items()}
-    assert sorted(per_cell) == ["objects_resnet18.json", "objects_vit_b_16.json"]
-    assert all(m["baseline"]["accuracy"]["n"] == 2 for m in per_cell.values())
+    # the root pipeline has not run here: name the smoke pipeline's headline (docs/workflow.md)
+    shown = json.loads(dvc(repo, "metrics", "show", "--json", f"{SMOKE_ROOT}/headline"))
+    files = {path: entry["data"] for rev in shown.values() for path, entry in rev["data"].items()}
+    # the headline: one short file per dataset x backbone x method (megl summarize --headline)
+    per_cell = {Path(p).stem: m for p, m in files.items()}
+    cells = [f"objects_{b}_{m}" for b in ("resnet18", "vit_b_16") for m in ("baseline", "megl")]
+    assert sorted(per_cell) == sorted(cells)
+    assert all(set(m) == {"accuracy", "miou"} for m in per_cell.values()), per_cell
+    full = json.loads((root / "metrics" / "objects_resnet18.json").read_text())  # the full one, beside it
+    assert full["baseline"]["accuracy"]["n"] == 2
+    assert round(full["baseline"]["accuracy"]["mean"], 4) == per_cell["objects_resnet18_baseline"]["accuracy"]
 
 
 @pytest.mark.slow
 def test_dvc_plots_show_writes_every_declared_plot(smoke_repro, tmp_path):
     out = tmp_path / "dvc_plots"
-    dvc(smoke_repro, "plots", "show", "-o", str(out))
-    html = (out / "index.html").read_text()
-    for path in smoke_plot_files():
-        assert path in html, f"{path} missing from dvc plots show's HTML"
-    data = smoke_plots(json.loads(dvc(smoke_repro, "plots", "show", "--json")), figures_made=True)
-    assert sorted(data) == smoke_plot_files()
+    # the root pipeline has not run here, so its figures folder is missing (DVC then draws an empty vega
+    # plot for it): name the smoke pipeline's, as docs/workflow.md says
+    dvc(smoke_repro, "plots", "show", "-o", str(out), f"{SMOKE_ROOT}/figures")
+    assert_offline_plots(out, smoke_figures())
     assert {p.suffix for p in (smoke_repro / SMOKE_ROOT / "figures").iterdir()} == {".png"}
     assert list((smoke_repro / SMOKE_ROOT / "figures_pdf").glob("*.pdf"))
-    loss = data[f"{SMOKE_ROOT}/plots/loss/objects_resnet18.csv"]
-    for method in ("baseline", "megl"):  # a curve per method, with real numbers at every step
-        ys = [float(row["dvc_inferred_y_value"]) for row in loss if row["field"] == method]
-        assert len(ys) > 1 and all(y > 0 for y in ys), (method, ys)
-    for kind in (PLOT_ACCURACY, PLOT_MIOU):
-        rows = data[f"{SMOKE_ROOT}/plots/{kind}/objects_vit_b_16.csv"]
-        assert sorted(r["method"] for r in rows) == ["baseline", "megl"]
-        assert all(0.0 <= float(r[kind]) <= 1.0 for r in rows)
 
 
 def params_of(shown) -> list[dict]:
@@ -348,13 +386,9 @@ def test_dvc_exp_run_sets_a_param_and_params_diff_shows_it(smoke_repro):
     lrs = [p["config/smoke.yaml"]["data"]["train"]["lr"] for p in shown if "config/smoke.yaml" in p]
     assert old in lrs and new in lrs, lrs
 
-    data = smoke_plots(json.loads(dvc(repo, "plots", "diff", "HEAD", "--json")))
-    for cell, changed in (("objects_resnet18", True), ("objects_vit_b_16", False)):
-        rows = data[f"{SMOKE_ROOT}/plots/loss/{cell}.csv"]
-        curve = {rev: [r["baseline"] for r in rows if r["rev"] == rev and r["field"] == "baseline"]
-                 for rev in ("HEAD", "workspace")}
-        assert curve["HEAD"] and curve["workspace"], curve  # both revisions read (HEAD's from the cache)
-        assert (curve["HEAD"] != curve["workspace"]) == changed, (cell, curve)
+    shown = json.loads(dvc(repo, "plots", "diff", "HEAD", "--json", "--targets", f"{SMOKE_ROOT}/figures"))["data"]
+    for figure in smoke_figures():  # both revisions' images (HEAD's from the cache)
+        assert sorted(r for e in shown[figure] for r in e["revisions"]) == ["HEAD", "workspace"], shown[figure]
     metrics = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json", "--all"))
-    cell = metrics[f"{SMOKE_ROOT}/metrics/objects_resnet18.json"]
-    assert cell["baseline.accuracy.mean"]["old"] is not None and cell["baseline.accuracy.mean"]["new"] is not None
+    cell = metrics[f"{SMOKE_ROOT}/headline/objects_resnet18_baseline.json"]
+    assert cell["accuracy"]["old"] is not None and cell["accuracy"]["new"] is not None

@@ -46,9 +46,15 @@ def test_paper_inputs_copy_tables_and_figure_pdfs(tmp_path: Path) -> None:
         (tables / f"{stem}.tex").write_text(f"% {stem}")
     (figures / "accuracy.pdf").write_bytes(b"%PDF-1.4 fake")
     (figures / "accuracy.png").write_bytes(b"png")
-    written = build.copy_for_paper(tables, figures, out)
-    assert sorted(p.name for p in written) == sorted([f"{s}.tex" for s in build.TABLE_STEMS] + ["accuracy.pdf"])
+    written = build.copy_for_paper(tables, figures, out, ["config/smoke_2.yaml"])
+    assert sorted(p.name for p in written) == sorted([f"{s}.tex" for s in build.TABLE_STEMS]
+                                                     + ["accuracy.pdf", build.CONFIG_TEX])
     assert (out / "claims.tex").read_text() == "% claims"
+    # the manuscript names the config file the run was built from, escaped for LaTeX
+    assert (out / build.CONFIG_TEX).read_text() == "\\texttt{config/smoke\\_2.yaml}%\n"
+    main = (Path(__file__).resolve().parents[1] / "paper" / "main.tex").read_text()
+    assert r"\input{\gen{config.tex}}" in main and r"\usepackage[T1]{fontenc}" in main
+    assert r"run matrix in \texttt{config/config.yaml}" not in main
 
 
 # ------------------------------------------------------------------ headless Chromium

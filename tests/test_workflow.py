@@ -51,6 +51,41 @@ def test_lint_is_clean(repo_copy):
     assert "Congratulations, your workflow is in a good condition!" in out, out
 
 
+def fake_latexmk(folder: Path) -> Path:
+    """A `latexmk` that answers `-v` like the real one: enough for shutil.which and the preflight."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "latexmk"
+    script.write_text("#!/bin/sh\necho 'Latexmk, John Collins, fake for a test'\n")
+    script.chmod(0o755)
+    return folder
+
+
+def test_installed_latexmk_changes_no_plan_unless_asked(repo_copy, tmp_path, monkeypatch):
+    """MEGL_PDF=0 (the tests' pin): the same plan with and without a latexmk on PATH; unset (auto), an
+    installed latexmk makes the PDF a default target of the default results_dir (another results_dir,
+    e.g. the smoke's, never builds the manuscript); naming paper/main.pdf asks for it either way."""
+    def plan(*config: str) -> list[str]:
+        args = config or ("--configfile", "config/smoke.yaml")
+        return sorted(rule for rule, _ in planned_jobs(repo_copy, *args, "--cores", "1"))
+
+    monkeypatch.setenv("MEGL_PDF", "0")
+    without = plan()
+    monkeypatch.setenv("PATH", f"{fake_latexmk(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
+    assert shutil.which("latexmk") == str(tmp_path / "bin" / "latexmk")
+    assert plan() == without and "paper_pdf" not in without
+    monkeypatch.setenv("MEGL_PDF", "auto")
+    assert "paper_pdf" not in plan()  # the smoke's results_dir: no manuscript
+    assert "paper_pdf" in plan("--configfile", "config/config.yaml")
+    monkeypatch.setenv("MEGL_PDF", "yes")
+    assert "MEGL_PDF='yes'" in snakemake(repo_copy, "--configfile", "config/smoke.yaml", "-n", check=False)
+
+
+def test_a_dry_run_prints_no_unawaited_coroutine_warning(repo_copy):
+    """Snakemake's own RuntimeWarning (snakemake/snakemake#4280) is silenced by workflow/Snakefile."""
+    out = snakemake(repo_copy, "--configfile", "config/smoke.yaml", "--cores", "1", "-n")
+    assert "Job stats" in out and "was never awaited" not in out and "tracemalloc" not in out, out[-3000:]
+
+
 def test_slurm_profile_dry_run(repo_copy):
     jobs = planned_jobs(repo_copy, "--workflow-profile", "none", "--profile", "profiles/slurm", "--jobs", "1",
                         "--configfile", "config/smoke.yaml")
@@ -82,10 +117,12 @@ def test_config_override_reaches_the_resolved_config_and_every_command(repo_copy
     assert config["train"]["schedule"] == "constant"  # schema default; config.yaml's cosine is not merged in
     assert "by_backbone" not in config["train"]  # --configfile replaces config/config.yaml
     assert config == load_config(resolved)
-    commands = [line for line in out.splitlines() if " -m megl " in line and "--config" in line]
+    commands = [line for line in out.splitlines() if " -m megl " in line and "--config " in line]
     assert any(" run-cell " in c for c in commands), out[-3000:]
     assert all(f"--config {SMOKE_RESULTS}/config.resolved.yaml " in c for c in commands), commands
     assert "config/smoke.yaml" not in "\n".join(commands)
+    # the one mention: the manuscript names the file the run was built from (it reads no setting of it)
+    assert any(" -m megl paper " in line and "--config-file config/smoke.yaml" in line for line in out.splitlines())
 
 
 def test_a_locked_directory_keeps_its_resolved_config(repo_copy):
@@ -233,7 +270,7 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
     per_rule: dict[str, list[dict]] = {}
     for rule, wildcards in jobs:
         per_rule.setdefault(rule, []).append(wildcards)
-    # the manuscript PDF is a target of the default results_dir only (workflow/rules/common.smk)
+    # no paper_pdf: the tests pin MEGL_PDF=0 (conftest.py), latexmk installed or not
     expected = ["all", "figures", "paper_inputs", "run_cell", "score", "summarize", "tables", "html_tables"]
     assert sorted(per_rule) == sorted(expected), per_rule
     assert len(per_rule["run_cell"]) == 2 and {w["method"] for w in per_rule["run_cell"]} == {"megl"}

@@ -272,7 +272,7 @@ def cmd_figures(args) -> int:
 def cmd_paper(args) -> int:
     from megl.report.build import build_pdf, copy_for_paper
 
-    copy_for_paper(Path(args.tables), Path(args.figures), Path(args.out))
+    copy_for_paper(Path(args.tables), Path(args.figures), Path(args.out), args.config_file)
     return build_pdf(Path(args.out).parent) if args.pdf else 0
 
 
@@ -281,7 +281,8 @@ def cmd_summarize(args) -> int:
 
     config = _config(args)
     paths = write_summary(config, _results(args, config), Path(args.out), Path(args.plots) if args.plots else None,
-                          Path(args.summary_csv) if args.summary_csv else None)
+                          Path(args.summary_csv) if args.summary_csv else None,
+                          Path(args.headline) if args.headline else None)
     print(f"wrote {len(paths)} summary files to {args.out}" + (f" and {args.plots}" if args.plots else ""))
     return 0
 
@@ -480,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
-    """One sub-command: its one-line help doubles as its description; the exit codes as its epilog."""
-    return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+    """One sub-command: its one-line help doubles as its description (the exit codes: `megl --help` only)."""
+    return sub.add_parser(name, help=help_text, description=help_text,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -658,6 +659,8 @@ def _parser_paper(sub) -> None:
     p.add_argument("--figures", default="results/figures", help="folder of the figures' .pdf (default: %(default)s)")
     p.add_argument("--out", default="paper/generated", help="the manuscript's input folder (default: %(default)s)")
     p.add_argument("--pdf", action="store_true", help="run latexmk when it is installed")
+    p.add_argument("--config-file", action="append", default=None,
+                   help="the config file the results came from, as the manuscript names it (repeatable)")
     p.set_defaults(func=cmd_paper)
 
 
@@ -697,6 +700,9 @@ def _parser_summarize(sub) -> None:
     p.add_argument("--summary-csv", default=None,
                    help="where the flat summary CSV goes (default: OUT/summary.csv); "
                         "DVC keeps it out of its metrics folder")
+    p.add_argument("--headline", default=None,
+                   help="folder for {dataset}_{backbone}_{method}.json: mean accuracy and mIoU "
+                        "(what `dvc metrics show` prints)")
     p.set_defaults(func=cmd_summarize)
 
 

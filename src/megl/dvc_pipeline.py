@@ -9,7 +9,7 @@ without editing a tracked file, is a second `dvc.yaml` that names that config. T
 - `vars` pointing at the chosen config file, and `dvc_root` at `results/dvc/pipelines/<name>` (its own
   outputs: nothing of the default pipeline's or Snakemake's is touched);
 - every stage run from the repository root (`wdir: ../..`), every `config/config.yaml` in commands and
-  `params:` replaced by the chosen file;
+  `params:` replaced by the chosen file, the same `${python}` interpreter (config/dvc_env.yaml);
 - official datasets (`source: official`) unpacked from their zip (`megl unpack-data`, the zip a DVC
   dependency) instead of generated (`megl make-standin`).
 
@@ -67,7 +67,7 @@ def _unpack_stage(datasets: dict[str, dict], code: list[str]) -> dict:
     return {
         "foreach": {name: spec["zip"] for name, spec in datasets.items()},
         "do": {
-            "cmd": "python -m megl unpack-data ${item} ${dvc_root}/data/standin/${key}",
+            "cmd": "${python} -m megl unpack-data ${item} ${dvc_root}/data/standin/${key}",
             "deps": ["${item}", *code],
             "outs": ["${dvc_root}/data/standin/${key}"],
         },
@@ -83,8 +83,8 @@ def derive_pipeline(spec: dict, config: dict, config_file: str, name: str) -> di
     derived = _replace(spec, ROOT_CONFIG, config_file)
     variables = []
     for entry in derived.get("vars", []):
-        if entry == config_file:
-            variables.append(up + config_file)
+        if isinstance(entry, str) and entry != MATRIX_VARS:  # a vars file (the config, dvc_env.yaml)
+            variables.append(up + entry)
         elif isinstance(entry, dict) and "dvc_root" in entry:
             variables.append({**entry, "dvc_root": f"{entry['dvc_root']}/{PIPELINES_DIR}/{name}"})
         else:

@@ -37,19 +37,19 @@ def _version(tool: str, path: str, flag: str) -> str | None:
 
 
 def preflight(config: dict, pdf: bool = False) -> dict:
-    """Check the tools this config (and the PDF, when `pdf`) needs; return what was found.
+    """Check the tools this config (and the PDF, when `pdf`) needs; return what was found (latexmk's
+    version, or None, is recorded either way: only `pdf` makes its absence an error).
 
     Raises RunFailure naming every missing tool and its install command."""
     report: dict = {"java_needed_by": needs_java(config), "latexmk_needed": bool(pdf)}
     wanted = [("java", "-version")] if report["java_needed_by"] else []
-    if pdf:
-        wanted.append(("latexmk", "-v"))
+    wanted.append(("latexmk", "-v"))  # always recorded; required only with `pdf`
     problems = []
     for tool, flag in wanted:
         path = shutil.which(tool)
         version = _version(tool, path, flag) if path else None
         report[tool] = version
-        if version is None:
+        if version is None and (tool != "latexmk" or pdf):
             why = "not found on PATH" if path is None else f"{path} does not run"
             need = (f"the text scorers of {', '.join(report['java_needed_by'])}" if tool == "java"
                     else "the manuscript PDF (paper/main.pdf)")

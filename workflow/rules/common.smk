@@ -1,11 +1,13 @@
 # Paths, the run matrix and the helpers the rules share. The matrix comes from megl.matrix, the one
 # enumeration DVC's dvc.yaml follows too (tests/test_dvc.py checks both plan the same runs).
 import os
+import shlex
 import shutil
 import sys
 
 from snakemake.settings.types import DeploymentMethod
 
+from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from megl.codedeps import code_deps as _code_deps
@@ -33,6 +35,8 @@ CONDA_ENV = "../envs/megl.yaml"
 # job. While another Snakemake holds this directory's lock, a differing file is left alone: its jobs
 # read it (docs/workflow.md).
 CONFIG_FILE = str(resolved_config_path(config))
+# The config file(s) this run was built from, as given (the manuscript names them: paper/generated/config.tex).
+CONFIG_SOURCES = [os.path.relpath(f) for f in workflow.config_settings.configfiles] or ["config/config.yaml"]
 
 
 def _write_resolved_config():
@@ -78,10 +82,16 @@ HTML_TABLES = [f"{RESULTS}/tables/{s}.html" for s in
 
 
 # Preflight (workflow/rules/preflight.smk): the tools the runs need, checked before any training.
-# The PDF is asked for when latexmk is installed (then it is a default target) or when named as a
-# target (the targets are not parsed yet when this file is read, hence the command line).
+# The PDF is a default target per MEGL_PDF: `auto` (unset: when latexmk is installed), `1` (always: the
+# preflight fails without latexmk) or `0` (never; the tests pin it, so that an installed latexmk does
+# not change their DAG). Naming paper/main.pdf as a target asks for it whatever MEGL_PDF says (the
+# targets are not parsed yet when this file is read, hence the command line).
 PREFLIGHT = f"{RESULTS}/preflight.json"
-PDF_ASKED = bool(shutil.which("latexmk")) or any(str(a).endswith("paper/main.pdf") for a in sys.argv)
+_MEGL_PDF = os.environ.get("MEGL_PDF", "auto")
+if _MEGL_PDF not in ("auto", "0", "1"):
+    raise WorkflowError(f"MEGL_PDF={_MEGL_PDF!r}: use auto (the default), 1 or 0")
+PDF_DEFAULT = bool(shutil.which("latexmk")) if _MEGL_PDF == "auto" else _MEGL_PDF == "1"
+PDF_ASKED = PDF_DEFAULT or any(str(a).endswith("paper/main.pdf") for a in sys.argv)
 
 
 # Code is an input: every rule that runs `megl COMMAND` takes the package files that command imports
@@ -96,7 +106,7 @@ def code_deps(command):
 
 def report_outputs():
     outputs = [PREFLIGHT] + TABLES + HTML_TABLES + FIGURES + [f"{PAPER_GENERATED}/.inputs_done", f"{RESULTS}/metrics"]
-    if shutil.which("latexmk") and MAIN_RESULTS:
+    if PDF_DEFAULT and MAIN_RESULTS:
         outputs.append("paper/main.pdf")
     return outputs
 

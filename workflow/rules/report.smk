@@ -91,6 +91,7 @@ rule paper_inputs:
         tables=lambda w, input: subpath(input.tables[0], parent=True),
         figures=lambda w, input: subpath(input.figures[0], parent=True),
         out=lambda w, output: subpath(output[0], parent=True),
+        config_files=" ".join(f"--config-file {shlex.quote(f)}" for f in CONFIG_SOURCES),
     benchmark:
         f"{RESULTS}/benchmarks/report/paper_inputs.tsv"
     log:
@@ -98,7 +99,8 @@ rule paper_inputs:
     conda:
         CONDA_ENV
     shell:
-        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out {params.out} > {log} 2>&1"
+        "{params.megl} paper --tables {params.tables} --figures {params.figures} --out {params.out} "
+        "{params.config_files} > {log} 2>&1"
 
 
 rule paper_pdf:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from megl.errors import MEGLError, RunFailure
-from megl.io import write_bytes
+from megl.io import write_bytes, write_text
 from megl.matrix import enumerate_runs, matrix_datasets
 from megl.report.labels import Labels, labels_from_config
 
@@ -146,8 +146,21 @@ def _qualitative(figures, runs, results_dir: Path, out_stem: Path, config: dict 
                                     title=f"{labels.dataset(dataset)} · {labels.backbone(backbone)} · {seed}")
 
 
-def copy_for_paper(tables_dir: Path, figures_dir: Path, out_dir: Path) -> list[Path]:
-    """The manuscript's inputs: every table's .tex and every figure's .pdf, into paper/generated/."""
+CONFIG_TEX = "config.tex"  # the config file(s) the results came from, as the manuscript names them
+
+
+def latex_escape(text: str) -> str:
+    """`text` as LaTeX prints it literally (paths: `_`, `#`, `%`, `&`, `$`, `{`, `}`, `~`, `^`, `\\`)."""
+    table = {"\\": r"\textbackslash{}", "_": r"\_", "#": r"\#", "%": r"\%", "&": r"\&", "$": r"\$",
+             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(table.get(c, c) for c in text)
+
+
+def copy_for_paper(tables_dir: Path, figures_dir: Path, out_dir: Path,
+                   config_files: list[str] | None = None) -> list[Path]:
+    """The manuscript's inputs: every table's .tex and every figure's .pdf, into paper/generated/, and
+    `config.tex` naming the config file(s) the run was built from (`config_files`; when None, it
+    says the file was not recorded)."""
     written = []
     sources = [Path(tables_dir) / f"{s}.tex" for s in TABLE_STEMS]
     sources += sorted(Path(figures_dir).glob("*.pdf"))
@@ -156,6 +169,10 @@ def copy_for_paper(tables_dir: Path, figures_dir: Path, out_dir: Path) -> list[P
             raise MEGLError(f"{src}: missing; build the tables and figures first")
         write_bytes(Path(out_dir) / src.name, src.read_bytes())
         written.append(Path(out_dir) / src.name)
+    names = ", ".join(rf"\texttt{{{latex_escape(f)}}}" for f in config_files) if config_files else \
+        "a config file that was not recorded"
+    write_text(Path(out_dir) / CONFIG_TEX, names + "%\n")
+    written.append(Path(out_dir) / CONFIG_TEX)
     return written
 
 

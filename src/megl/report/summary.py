@@ -1,6 +1,6 @@
 """Headline metrics aggregated over seeds (the files DVC declares as metrics), and a cell-by-cell
-comparison of two such summaries (a reference run of the workflow against a new one), and the small
-CSVs that dvc.yaml's top-level `plots:` read (loss per step, accuracy and mIoU per method)."""
+comparison of two such summaries (a reference run of the workflow against a new one), the small plot
+CSVs (loss per step, accuracy and mIoU per method), and the short headline files DVC shows as metrics."""
 from __future__ import annotations
 
 import math
@@ -21,12 +21,16 @@ HEADLINE_METRICS: tuple[str, ...] = metric_registry.keys(headline=True)
 CELL_KEYS: list[str] = ["dataset", "backbone", "method", "metric"]
 SUMMARY_COLUMNS: list[str] = CELL_KEYS + ["mean", "std", "n"]
 Z_AGREES = 2.0
-# `megl summarize --plots DIR` writes DIR/<name>/{dataset}_{backbone}.csv for each name; dvc.yaml's
-# top-level `plots:` declare one entry per folder, reading these columns (tests/test_dvc.py checks both).
+# `megl summarize --plots DIR` writes DIR/<name>/{dataset}_{backbone}.csv for each name (plot data for
+# anyone's own plots; DVC's declared plots are the figures' PNGs, which draw offline: docs/workflow.md).
 PLOT_LOSS = "loss"          # step, then one column per matrix.methods: `loss` mean over seeds (classifier cells)
 PLOT_ACCURACY = "accuracy"  # method, accuracy: mean over seeds (every cell, MLLM ones under backbone mllm)
 PLOT_MIOU = "miou"          # method, miou: mean over seeds (classifier cells)
 PLOT_DIRS: tuple[str, ...] = (PLOT_LOSS, PLOT_ACCURACY, PLOT_MIOU)
+# `megl summarize --headline DIR`: DIR/{dataset}_{backbone}_{method}.json = {accuracy, miou}, the mean
+# over seeds rounded for reading; the metrics DVC shows by default (a few columns, one row per cell).
+HEADLINE_COLUMNS: tuple[str, ...] = ("accuracy", "miou")
+HEADLINE_DIGITS = 4
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -58,11 +62,31 @@ def cell_json(summary: pd.DataFrame, dataset: str, backbone: str) -> dict:
     return out
 
 
+def headline_json(summary: pd.DataFrame, dataset: str, backbone: str, method: str) -> dict:
+    """{accuracy, miou}: the mean over seeds of each HEADLINE_COLUMNS metric the cell has, rounded."""
+    sel = summary[(summary["dataset"] == dataset) & (summary["backbone"] == backbone) & (summary["method"] == method)]
+    means = dict(zip(sel["metric"], sel["mean"]))
+    return {m: round(float(means[m]), HEADLINE_DIGITS) for m in HEADLINE_COLUMNS if m in means}
+
+
+def write_headline(summary: pd.DataFrame, headline_dir: Path) -> list[Path]:
+    """`headline_dir/{dataset}_{backbone}_{method}.json` for every cell with a run (headline_json)."""
+    written = []
+    cells = summary[["dataset", "backbone", "method"]].drop_duplicates()
+    Path(headline_dir).mkdir(parents=True, exist_ok=True)  # an empty folder before any run
+    for dataset, backbone, method in cells.itertuples(index=False):
+        path = Path(headline_dir) / f"{dataset}_{backbone}_{method}.json"
+        write_json(path, headline_json(summary, dataset, backbone, method))
+        written.append(path)
+    return written
+
+
 def write_summary(config: dict, results_dir: Path, out_dir: Path, plots_dir: Path | None = None,
-                  summary_csv: Path | None = None) -> list[Path]:
+                  summary_csv: Path | None = None, headline_dir: Path | None = None) -> list[Path]:
     """`out_dir/{dataset}_{backbone}.json` for every dataset × backbone of the matrix (MLLM runs
     under backbone `mllm`; `{}` where no run is found yet) and the flat summary CSV (`summary_csv`,
-    default `out_dir/summary.csv`); with `plots_dir`, the plot data of `write_plot_data` too."""
+    default `out_dir/summary.csv`); with `plots_dir`, the plot data of `write_plot_data` too; with
+    `headline_dir`, the short per-cell files of `write_headline`."""
     expected = expected_runs(config["matrix"])
     paths = [Path(results_dir) / r.path / "metrics.json" for r in enumerate_runs(config)]
     runs = collect_runs([p for p in paths if p.exists()])
@@ -79,6 +103,8 @@ def write_summary(config: dict, results_dir: Path, out_dir: Path, plots_dir: Pat
     written.append(summary_csv)
     if plots_dir is not None:
         written += write_plot_data(config, Path(results_dir), summary, cells, Path(plots_dir))
+    if headline_dir is not None:
+        written += write_headline(summary, Path(headline_dir))
     return written
 
 
@@ -115,7 +141,7 @@ def method_means(summary: pd.DataFrame, methods: list[str], dataset: str, backbo
 
 def write_plot_data(config: dict, results_dir: Path, summary: pd.DataFrame, cells: pd.DataFrame,
                     plots_dir: Path) -> list[Path]:
-    """`plots_dir/<PLOT_DIRS>/{dataset}_{backbone}.csv` (dvc.yaml's top-level plots). The folder is
+    """`plots_dir/<PLOT_DIRS>/{dataset}_{backbone}.csv` (the plot data). The folder is
     replaced whole, so a cell dropped from the matrix leaves no stale plot behind."""
     written: list[Path] = []
     with atomic_dir(plots_dir) as tmp:
