@@ -87,6 +87,21 @@ def tiny_config(tiny_data) -> dict:
     return copy.deepcopy(tiny_data.config)
 
 
+@pytest.fixture(scope="module")
+def evaluated(tiny_data, tmp_path_factory):
+    """A trained + evaluated baseline run on the tiny stand-in (module scope: trained once per module):
+    (run folder, its metrics, the config it was trained with)."""
+    from megl.evaluate import evaluate_run
+    from megl.train import train_run
+
+    config = copy.deepcopy(tiny_data.config)
+    run = tmp_path_factory.mktemp("eval") / "baseline"
+    train_run(config, dataset="objects", backbone="resnet18", method="baseline", seed=0, run_dir=run,
+              data_root=tiny_data.root, split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained)
+    metrics = evaluate_run(config, run, tiny_data.root, tiny_data.split, tiny_data.pretrained)
+    return run, metrics, config
+
+
 class Killed(RuntimeError):
     """Raised by `kill_after_checkpoint` in place of a kill -9 right after an epoch's checkpoint."""
 

@@ -289,6 +289,17 @@ def smoke_figures() -> list[str]:
     return [f"{SMOKE_ROOT}/figures/{stem}.png" for stem in FIGURE_STEMS]
 
 
+def stages_changed_by_editing(repo: Path, rel: str) -> set[str]:
+    """The smoke pipeline's stages `dvc status` lists while `rel` has one more line (then restored)."""
+    path = repo / rel
+    original = path.read_text()
+    path.write_text(original + "\n# edited\n")
+    try:
+        return {name.split(":", 1)[1] for name in json.loads(dvc(repo, "status", SMOKE, "--json"))}
+    finally:
+        path.write_text(original)
+
+
 @pytest.mark.slow
 def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
     repo = smoke_repro
@@ -307,25 +318,13 @@ def test_dvc_repro_smoke_from_a_fresh_copy(smoke_repro):
                          cwd=repo, env=tool_env(), capture_output=True, text=True)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
     # code is an input (megl.codedeps): an edited losses.py changes the cell stages, not the stand-ins
-    losses = repo / "src" / "megl" / "losses.py"
-    original = losses.read_text()
-    losses.write_text(original + "\n# edited\n")
-    try:
-        changed = {name.split(":", 1)[1] for name in json.loads(dvc(repo, "status", SMOKE, "--json"))}
-    finally:
-        losses.write_text(original)
+    changed = stages_changed_by_editing(repo, "src/megl/losses.py")
     assert {"cell@objects-resnet18-megl", "cell@objects-vit_b_16-baseline"} <= changed, changed
     untouched = {"make_standin@objects", "split@objects", "pretrain_encoder@objects",
                  "cache_features@objects-resnet18", "tables", "summarize"}
     assert not untouched & changed, changed
     # scoring apart from training (#22): an edited metric changes the score stages only, no cell
-    saliency = repo / "src" / "megl" / "metrics" / "saliency.py"
-    original = saliency.read_text()
-    saliency.write_text(original + "\n# edited\n")
-    try:
-        changed = {name.split(":", 1)[1] for name in json.loads(dvc(repo, "status", SMOKE, "--json"))}
-    finally:
-        saliency.write_text(original)
+    changed = stages_changed_by_editing(repo, "src/megl/metrics/saliency.py")
     expected = {f"score@objects-{b}-{m}" for b in ("resnet18", "vit_b_16") for m in ("baseline", "megl")}
     assert expected == changed, changed
     (repo / "README.md").write_text((repo / "README.md").read_text() + "\nedited\n")

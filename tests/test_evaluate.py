@@ -2,7 +2,6 @@
 predictions.jsonl and saliency.npz contents."""
 from __future__ import annotations
 
-import copy
 import json
 import pathlib
 
@@ -14,7 +13,6 @@ from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.evaluate import evaluate_run
 from megl.predict import TOPK, parse_answer
-from megl.train import train_run
 
 torch.set_num_threads(1)
 
@@ -41,15 +39,6 @@ def test_parse_answer_order_independent():
     assert parse_answer("the answer is red circle.", list(reversed(CLASSES))) == 2
 
 
-@pytest.fixture(scope="module")
-def evaluated(tiny_data, tmp_path_factory):
-    """A trained + evaluated baseline run on the tiny stand-in (module scope: trained once)."""
-    config = copy.deepcopy(tiny_data.config)
-    run = tmp_path_factory.mktemp("eval") / "baseline"
-    train_run(config, dataset="objects", backbone="resnet18", method="baseline", seed=0, run_dir=run,
-              data_root=tiny_data.root, split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained)
-    metrics = evaluate_run(config, run, tiny_data.root, tiny_data.split, tiny_data.pretrained)
-    return run, metrics, config
 
 
 def temp_files(folder: pathlib.Path) -> list[str]:

@@ -17,7 +17,6 @@ from megl.errors import MEGLError
 from megl.evaluate import evaluate_run
 from megl.score import cell_line, score_runs
 from megl.score_inputs import MAP_KEYS, SCORE_INPUTS, read_run_outputs
-from megl.train import train_run
 
 TIMING = {"latency_ms", "fps"}
 
@@ -40,23 +39,15 @@ def test_the_score_command_starts_without_torch():
     assert out.strip() == "False"
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    config = copy.deepcopy(tiny_data.config)
-    run = tmp_path_factory.mktemp("score") / "baseline"
-    train_run(config, dataset="objects", backbone="resnet18", method="baseline", seed=0, run_dir=run,
-              data_root=tiny_data.root, split_path=tiny_data.split, pretrained_dir=tiny_data.pretrained)
-    metrics = evaluate_run(config, run, tiny_data.root, tiny_data.split, tiny_data.pretrained)
-    return run, metrics, config
 
 
 def _untimed(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
-def test_a_run_is_evaluated_with_its_own_config(trained, tiny_data):
+def test_a_run_is_evaluated_with_its_own_config(evaluated, tiny_data):
     """Today's config names another model (other widths, image size): the run still rebuilds its own."""
-    run, metrics, config = trained
+    run, metrics, config = evaluated
     changed = copy.deepcopy(config)
     changed["backbones"]["resnet18"]["widths"] = [8, 8, 8, 8]
     changed["backbones"]["resnet18"]["image_size"] = 2 * config["backbones"]["resnet18"]["image_size"]
@@ -66,8 +57,8 @@ def test_a_run_is_evaluated_with_its_own_config(trained, tiny_data):
     assert again["params"] == metrics["params"]
 
 
-def test_score_inputs_hold_exact_float32_maps_and_rescoring_gives_the_same_file(trained):
-    run, metrics, _ = trained
+def test_score_inputs_hold_exact_float32_maps_and_rescoring_gives_the_same_file(evaluated):
+    run, metrics, _ = evaluated
     before = json.loads((run / "metrics.json").read_text())
     with np.load(run / SCORE_INPUTS, allow_pickle=False) as npz:
         assert set(npz.files) == {*MAP_KEYS, "clip_sims", "facts"}
@@ -79,11 +70,11 @@ def test_score_inputs_hold_exact_float32_maps_and_rescoring_gives_the_same_file(
     assert json.loads((run / "metrics.json").read_text()) == before == json.loads(json.dumps(again))
 
 
-def test_scoring_reads_the_runs_own_evaluate_settings(trained, tmp_path):
+def test_scoring_reads_the_runs_own_evaluate_settings(evaluated, tmp_path):
     """A score setting (evaluate.miou_threshold) is read from the run's config.yaml."""
     import shutil
 
-    run, metrics, _ = trained
+    run, metrics, _ = evaluated
     copy_dir = tmp_path / "run"
     shutil.copytree(run, copy_dir)
     config = yaml.safe_load((copy_dir / "config.yaml").read_text())
@@ -94,10 +85,10 @@ def test_scoring_reads_the_runs_own_evaluate_settings(trained, tmp_path):
     assert rescored["miou"] != metrics["miou"] and rescored["accuracy"] == metrics["accuracy"]
 
 
-def test_bad_score_inputs_stop_early_naming_file_record_and_field(trained, tmp_path):
+def test_bad_score_inputs_stop_early_naming_file_record_and_field(evaluated, tmp_path):
     import shutil
 
-    run, _, _ = trained
+    run, _, _ = evaluated
     bad = tmp_path / "bad"
     shutil.copytree(run, bad)
     lines = (bad / "predictions.jsonl").read_text().splitlines()
