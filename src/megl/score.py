@@ -1,6 +1,6 @@
 """Scoring: each run's metrics.json from what its model produced, without the model.
 
-The prediction step (`megl.evaluate.predict_into`, run by `megl run-cell` and `megl evaluate`) writes, per
+The prediction step (`megl.predict.predict_into`, run by `megl run-cell` and `megl evaluate`) writes, per
 run, predictions.jsonl (one record per test sample) and score_inputs.npz: the Grad-CAM and ground-truth
 maps the saliency scores read (float32, as the model gave them), the CLIP similarities of the rationales,
 and `facts` (JSON): identity, split, num_classes, val_accuracy, the efficiency block (a measurement of the
