@@ -85,8 +85,9 @@ def test_make_lab_roots_jupyterlab_at_the_repository_and_opens_the_notebook():
     from jupyter_server.serverapp import ServerApp
 
     repo = NOTEBOOK.parents[1]
-    line = subprocess.run(["make", "-n", "lab", "STAMP="], cwd=repo, capture_output=True, text=True,
-                          check=True).stdout.strip().splitlines()[-1]
+    # --no-print-directory: under `make test` (MAKELEVEL set) make would add "Leaving directory" lines
+    line = subprocess.run(["make", "--no-print-directory", "-n", "lab", "STAMP="], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip().splitlines()[-1]
     argv = shlex.split(line)
     assert argv[:2] == [".venv/bin/jupyter", "lab"], argv
     app = ServerApp()

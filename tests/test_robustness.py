@@ -412,4 +412,6 @@ def test_official_data_without_test_maps_and_without_megl_reaches_the_report(tmp
         assert (results / "figures" / f"{stem}.png").stat().st_size > 1000, stem
         assert (results / "figures" / f"{stem}.pdf").stat().st_size > 0, stem
     assert not list((repo / "figures").glob("*.p*")), "figures live under the results_dir"
-    assert (repo / "paper" / "generated" / "accuracy.pdf").is_file()
+    # the manuscript's inputs of a results_dir other than the default's: under it (never paper/generated)
+    assert (results / "paper" / "generated" / "accuracy.pdf").is_file()
+    assert not (repo / "paper" / "generated" / "accuracy.pdf").exists()
