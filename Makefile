@@ -86,4 +86,4 @@ unlock: $(STAMP)
 	$(VENV)/bin/snakemake --unlock
 
 clean-results:
-	rm -rf results/standin results/data results/backbones results/features results/encoders results/selection results/runs results/metrics results/tables results/logs results/benchmarks results/dvc results/plots results/control results/bench results/figures results/preflight.json results/config.resolved.yaml results/report_screenshot.png paper/generated/* figures/*.png figures/*.pdf report.html
+	rm -rf results/smoke results/full results/report_table2_screenshot.png results/standin results/data results/backbones results/features results/encoders results/selection results/runs results/metrics results/tables results/logs results/benchmarks results/dvc results/plots results/control results/bench results/figures results/preflight.json results/config.resolved.yaml results/report_screenshot.png paper/generated/* figures/*.png figures/*.pdf report.html
