@@ -12,7 +12,8 @@ import torch
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.evaluate import evaluate_run
-from megl.predict import TOPK, parse_answer
+from megl.mllm_protocol import parse_answer
+from megl.predict import TOPK
 
 torch.set_num_threads(1)
 

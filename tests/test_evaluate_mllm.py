@@ -13,9 +13,8 @@ import megl.predict as evaluate_mod
 from megl.data.annotations import read_dataset
 from megl.evaluate import evaluate_run
 from megl.methods import MLLM_BACKBONE
-from megl.mllm_protocol import mllm_answer
+from megl.mllm_protocol import mllm_answer, parse_answer
 from megl.models.sdtg import SDTG
-from megl.predict import parse_answer
 from megl.train import train_run
 
 torch.set_num_threads(1)

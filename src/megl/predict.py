@@ -24,7 +24,14 @@ from megl.data.tensors import SplitTensors, decode_split, trunk_features
 from megl.errors import MEGLError
 from megl.io import atomic_path, write_text
 from megl.methods import get_method
-from megl.mllm_protocol import class_names_of, mllm_answer
+from megl.mllm_protocol import (
+    answer_has_eos,
+    class_names_of,
+    closed_set_protocol,
+    mllm_answer,
+    parse_answer,
+    rationale_part,
+)
 from megl.models.build import backbone_entry, build_run_model
 from megl.models.gradcam import saliency as saliency_map
 from megl.runs import WEIGHTS, load_weights, read_json
@@ -214,15 +221,6 @@ def config_image_size(config: dict) -> int:
 
 
 # ---------------------------------------------------------------- MLLM baselines (docs/metrics.md)
-def closed_set_protocol(method) -> str:
-    eos = " + EOS" if answer_has_eos(method) else ""
-    return (f"closed-set: argmax over the classes of log p(' the answer is <class>.'{eos} | visual prefix, prompt), "
-            "summed over those tokens")
-
-
-def answer_has_eos(method) -> bool:
-    """llava_vqa's training target ends with EOS after the answer; Fine-tune-CoT's goes on ' because …'."""
-    return method.mllm_target == "answer"
 
 
 def _mllm_batch(sdtg, method, images, candidates: list[str], class_names: list[str], ev: dict) -> dict:
@@ -289,21 +287,6 @@ def _mllm_efficiency(sdtg, method, candidates: list[str], size: int, device, lat
 
 def _decoding(ev: dict) -> dict:
     return {"max_new_tokens": ev["decoding"]["max_new_tokens"], "num_beams": ev["decoding"].get("num_beams", 1)}
-
-
-def rationale_part(text: str) -> str:
-    """Fine-tune-CoT writes "the answer is X. because R": the text metrics score R alone."""
-    return text.split(" because ", 1)[1].strip() if " because " in text else text.strip()
-
-
-def parse_answer(answer: str, class_names: list[str]) -> int:
-    """Index of the class named after "the answer is"; the longest matching name wins; -1 if none."""
-    text = " ".join(answer.lower().replace("_", " ").split())
-    head = text.split("the answer is", 1)[-1].split(".")[0].strip()
-    matches = [i for i, name in enumerate(class_names) if head.startswith(name.lower().replace("_", " "))]
-    if not matches:
-        return -1
-    return max(matches, key=lambda i: len(class_names[i]))
 
 
 def _efficiency_block(model, method, size: int, device, ev: dict, candidates: list[str] | None = None) -> dict:
