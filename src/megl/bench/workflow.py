@@ -11,9 +11,10 @@ full_default_s (config/config.yaml end to end, --cores 2, as `make reproduce` ru
 full_rules (per rule: jobs, summed wall s, max RSS MB, from Snakemake's `benchmark:` files),
 full_job_seconds (all jobs' wall summed), full_parallelism (full_job_seconds / full_default_s: how much of
 the 2 cores the DAG keeps busy; the --cores 1 run of the full default would take that long again and is
-not repeated unless its wall time is given: full_cores1_s and full_cores2_speedup), startup_s (one cell
-job's interpreter + imports, measured here: CELL_JOB_START) and
-startup_share (startup of every job over full_job_seconds). docs/benchmarks.md says how to read them.
+not repeated unless its wall time is given: full_cores1_s and full_cores2_speedup), job_kinds (jobs per
+kind: JOB_STARTS), startup_s (each kind's bare start: interpreter, imports, config, measured here),
+startup_job_s (every job's start summed) and startup_share (startup_job_s over full_job_seconds).
+docs/benchmarks.md says how to read them.
 """
 from __future__ import annotations
 
@@ -92,18 +93,65 @@ def rule_breakdown(results: Path) -> dict[str, dict]:
     return rules
 
 
-# What a `megl run-cell` job does before it starts work: import the CLI and the cell with its training
-# and evaluation code (torch, torchvision, scikit-learn), then load and validate the config (yaml, jsonschema).
-CELL_JOB_START = ("import megl.cli, megl.cell\nfrom megl.config import load_config\n"
-                  f"load_config({str(REPO / 'config' / 'config.yaml')!r})")
+# What each kind of job does before it starts work: the interpreter, the imports of its `megl` command
+# (megl.cli imports each command's modules lazily) and, where the command reads it, the validated config.
+# Keyed by the folder of the job's Snakemake benchmark file (results/benchmarks/<kind>/...).
+_CONFIG = f"from megl.config import load_config\nload_config({str(REPO / 'config' / 'config.yaml')!r})"
+CELL_JOB_START = f"import megl.cli, megl.cell\n{_CONFIG}"
+JOB_STARTS = {
+    "cells": CELL_JOB_START,
+    "scores": "import megl.cli, megl.runlock, megl.score\nimport torch",  # torch: resizing the saliency maps
+    "features": f"import megl.cli, megl.features, megl.models.backbones\n{_CONFIG}",  # builds the trunk
+    "backbones": f"import megl.cli, megl.backbone_pretrain, megl.runtime\n{_CONFIG}\nimport torch",
+    "encoders": f"import megl.cli, megl.pretrain\n{_CONFIG}",
+    "data/standin": f"import megl.cli, megl.data.standin\n{_CONFIG}",
+    "data/validate": "import megl.cli, megl.data.validate, megl.io",
+    "data/split": f"import megl.cli, megl.data.annotations, megl.data.split\n{_CONFIG}",
+    "data/unpack": "import megl.cli, megl.data.fetch",
+    "report/tables": f"import megl.cli, megl.report.build, megl.report.tables\n{_CONFIG}",
+    "report/figures": f"import megl.cli, megl.report.build, megl.report.figures\n{_CONFIG}",
+    "report/summarize": f"import megl.cli, megl.report.summary\n{_CONFIG}",
+    "report/paper_inputs": "import megl.cli, megl.report.build",
+    "report/paper_pdf": "import megl.cli, megl.report.build",
+    "report/html_tables": "import megl.report.html_tables",
+}
 # What a text-writing cell imports on top, when it builds SDTG and the LM (megl.models.build.build_run_model).
 TEXT_CELL_IMPORTS = "import megl.models.lm, megl.models.sdtg, megl.pretrain, peft"
 
 
-def startup_seconds(repeats: int = 3) -> dict[str, float]:
-    """Median wall time of a bare job start: the interpreter, the imports and the config of a cell job
-    (CELL_JOB_START), and the same with the text models' imports that text-writing cells pay on top
-    (TEXT_CELL_IMPORTS: transformers, peft)."""
+def job_kind(tsv: Path, benchmarks: Path) -> str:
+    """The JOB_STARTS key of one benchmark file: its rule folder, with the step for data/ and report/
+    (data/<dataset>_<step>.tsv, report/<step>.tsv); cells of text-writing methods get `cells+text`, scores
+    of MLLM cells (no saliency map, so no torch) `scores-mllm`."""
+    # MLLM cells build the LM too (megl.models.build)
+    from megl.methods import MLLM_BACKBONE, get_method
+
+    parts = tsv.relative_to(benchmarks).parts
+    kind = parts[0]
+    if kind == "data":
+        return f"data/{tsv.stem.rsplit('_', 1)[-1]}"
+    if kind == "report":
+        return f"report/{tsv.stem}"
+    if kind == "cells" and (get_method(tsv.stem).writes_text or get_method(tsv.stem).is_mllm):
+        return "cells+text"
+    if kind == "scores" and parts[2] == MLLM_BACKBONE:
+        return "scores-mllm"
+    return kind
+
+
+def _start_code(kind: str) -> str:
+    if kind == "cells+text":
+        return f"{CELL_JOB_START}\n{TEXT_CELL_IMPORTS}"
+    if kind == "scores-mllm":
+        return JOB_STARTS["scores"].replace("\nimport torch", "")
+    if kind not in JOB_STARTS:
+        raise SystemExit(f"megl.bench.workflow: no start-up declared for jobs of kind {kind!r} (JOB_STARTS)")
+    return JOB_STARTS[kind]
+
+
+def startup_seconds(kinds, repeats: int = 3) -> dict[str, float]:
+    """Median wall time of a bare start of each kind of job (its interpreter, imports and config, as
+    JOB_STARTS and job_kind say), measured here in a fresh interpreter, `repeats` times each."""
     def timed(code: str) -> float:
         times = []
         for _ in range(repeats):
@@ -112,16 +160,24 @@ def startup_seconds(repeats: int = 3) -> dict[str, float]:
             times.append(time.perf_counter() - t0)
         return sorted(times)[len(times) // 2]
 
-    base = timed(CELL_JOB_START)
-    text = timed(f"{CELL_JOB_START}\n{TEXT_CELL_IMPORTS}")
-    return {"job_s": round(base, 2), "text_job_s": round(text, 2)}
+    return {kind: round(timed(_start_code(kind)), 2) for kind in sorted(set(kinds))}
 
 
-def startup_share(rules: dict[str, dict], startup: dict[str, float]) -> float:
-    """Start-up seconds of every job (text jobs counted at the base cost: a lower bound) over all job seconds."""
-    jobs = sum(r["jobs"] for r in rules.values())
-    total = sum(r["wall_s"] for r in rules.values())
-    return round(jobs * startup["job_s"] / total, 4) if total else float("nan")
+def job_kinds(results: Path) -> dict[str, int]:
+    """How many jobs of each kind a finished run's benchmark files record."""
+    benchmarks = results / "benchmarks"
+    counts: dict[str, int] = {}
+    for tsv in sorted(benchmarks.rglob("*.tsv")):
+        kind = job_kind(tsv, benchmarks)
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def startup_share(kinds: dict[str, int], startup: dict[str, float], job_seconds: float) -> dict:
+    """Start-up seconds of every job (its kind's bare start times its count) and their share of all job
+    seconds."""
+    seconds = round(sum(n * startup[kind] for kind, n in kinds.items()), 1)
+    return {"startup_job_s": seconds, "startup_share": round(seconds / job_seconds, 4) if job_seconds else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,12 +214,13 @@ def main(argv: list[str] | None = None) -> int:
             full_s, copy = time_snakemake("config/config.yaml", "2", workdir, keep=True)
             results = copy / "results"
         rules = rule_breakdown(results)
-        startup = startup_seconds()
+        kinds = job_kinds(results)
+        startup = startup_seconds(kinds)
         job_seconds = round(sum(r["wall_s"] for r in rules.values()), 1)
         result.update(full_default_s=full_s, full_source=str(results) if args.full_from else "this run",
                       full_rules=rules, full_job_seconds=job_seconds,
-                      full_parallelism=round(job_seconds / full_s, 3), startup_s=startup,
-                      startup_share=startup_share(rules, startup))
+                      full_parallelism=round(job_seconds / full_s, 3), job_kinds=kinds, startup_s=startup,
+                      **startup_share(kinds, startup, job_seconds))
         if args.full_cores1_wall_s is not None:
             result.update(full_cores1_s=args.full_cores1_wall_s,
                           full_cores2_speedup=round(args.full_cores1_wall_s / full_s, 3))
