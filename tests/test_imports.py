@@ -50,6 +50,17 @@ def test_config_loads_without_the_slow_iri_format_module():
     assert loaded(code, ["jsonschema", "rfc3987_syntax"]) == ["jsonschema"]
 
 
+def test_the_data_steps_never_start_torch(tmp_path):
+    """The stand-in, validation and split jobs (18 in the default) run without torch: ~1.5 s each saved."""
+    data, split = tmp_path / "objects", tmp_path / "split.json"
+    code = ("import megl.cli\n"
+            f"assert megl.cli.main(['make-standin', 'objects', {str(data)!r}, '--n-images', '30']) == 0\n"
+            f"assert megl.cli.main(['validate-data', {str(data)!r}]) == 0\n"
+            f"assert megl.cli.main(['split', {str(data)!r}, '--out', {str(split)!r}]) == 0")
+    assert loaded(code, ["torch", "torchvision"]) == []
+    assert split.is_file()
+
+
 def test_report_steps_import_only_what_they_draw_or_tabulate():
     assert loaded("import megl.report.build", ["pandas", "scipy", "matplotlib", "seaborn", "statsmodels"]) == []
     tables = loaded("from megl.report import build, claims, paper_vs_ours, tables", ["matplotlib", "seaborn"])

@@ -15,13 +15,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from megl.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 ANNOTATION_FILE = "exp_annotation.json"
 MAPPING_FILE = "label_class_id_mapping.json"
@@ -317,6 +319,8 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
         raise DataError([f"{path}: image file missing"]) from None
     except Exception as e:  # PIL raises many types for corrupt files
         raise DataError([f"{path}: unreadable image ({type(e).__name__}: {e})"]) from None
+    import torch  # here, not at import: the data steps (stand-in, validation, split) never start torch
+
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
