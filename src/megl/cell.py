@@ -28,16 +28,17 @@ from pathlib import Path
 
 import torch
 
-from megl.config import for_cell, image_size_for
+from megl.config import for_cell
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, load_cache, mean_map_of
 from megl.errors import MEGLError
 from megl.io import write_json
-from megl.methods import Method, get_method
+from megl.methods import Method
 from megl.mllm_protocol import class_names_of
-from megl.models.build import backbone_entry, new_run_model
+from megl.models.build import new_run_model
 from megl.predict import predict_into, split_accuracy
+from megl.run_spec import RunSpec, resolve_run_spec
 from megl.rundir import finish_run, write_run_record
 from megl.runtime import resolve_device, set_determinism
 from megl.train import fit
@@ -51,6 +52,7 @@ def guidance_grid(config: dict, method: Method) -> list[dict[str, float]]:
 
 
 def with_overrides(config: dict, overrides: dict[str, float]) -> dict:
+    """A copy of the whole config with dotted keys set: a run folder's config.yaml (a run: RunSpec.with_guidance)."""
     out = copy.deepcopy(config)
     for dotted, value in overrides.items():
         node = out
@@ -88,17 +90,15 @@ def choose(scores: list[float], n_val: int, rule: str) -> int:
 
 
 class Cell:
-    """The shared state of one (dataset, backbone, method) job."""
+    """The shared state of one (dataset, backbone, method) job; everything it reads of the config is its spec."""
 
-    def __init__(self, config: dict, dataset: str, backbone: str, method: str, data_root: Path,
-                 split_path: Path, cache_path: Path | None, pretrained_dir: Path | None,
-                 backbone_weights: Path | None):
-        self.config, self.dataset, self.backbone = config, dataset, backbone
-        self.method = get_method(method)
-        self.bb_cfg = backbone_entry(config, backbone, self.method)
+    def __init__(self, spec: RunSpec, data_root: Path, split_path: Path, cache_path: Path | None,
+                 pretrained_dir: Path | None, backbone_weights: Path | None):
+        self.spec, self.dataset, self.backbone = spec, spec.dataset, spec.backbone
+        self.method = spec.method_def
         self.data_root, self.split_path, self.cache_path = Path(data_root), Path(split_path), cache_path
         self.pretrained_dir, self.backbone_weights = pretrained_dir, backbone_weights
-        self.device = resolve_device(config["device"])
+        self.device = resolve_device(spec.device)
         self.data = read_dataset(self.data_root)
         self.class_names = class_names_of(self.data)
 
@@ -107,21 +107,21 @@ class Cell:
         if self.cache_path is not None:
             return load_cache(self.cache_path, names)[0]
         split = read_split(self.split_path, self.data)
-        size = image_size_for(self.config, self.bb_cfg)
-        return {n: decode_split(self.data, split[n], size, with_full_maps=(n == "test")) for n in names}
+        return {n: decode_split(self.data, split[n], self.spec.image_size, with_full_maps=(n == "test"))
+                for n in names}
 
-    def train(self, config: dict, seed: int, train: SplitTensors, mean_map, label: str):
-        set_determinism(seed, config["train"]["num_threads"])
-        model = new_run_model(config, self.method, self.bb_cfg, self.data.num_classes, seed, self.pretrained_dir,
-                              self.backbone_weights, self.device)
+    def train(self, spec: RunSpec, seed: int, train: SplitTensors, mean_map, label: str):
+        set_determinism(seed, spec.train["num_threads"])
+        model = new_run_model(spec, self.data.num_classes, seed, self.pretrained_dir, self.backbone_weights,
+                              self.device)
         names = self.class_names if self.method.is_mllm else None
         started = time.time()
-        rows = fit(model, train, config, seed, self.device, mean_map, names, label=label)
+        rows = fit(model, train, spec, seed, self.device, mean_map, names, label=label)
         return model, rows, time.time() - started
 
     def select(self, train: SplitTensors, val: SplitTensors, mean_map) -> dict:
-        sel = self.config["selection"]
-        grid = guidance_grid(self.config, self.method)
+        sel = self.spec.selection
+        grid = self.method.guidance_points(sel["grid"]) if self.method.guidance else []
         rule = sel.get("rule", "one_se")
         record = {"method": self.method.name, "dataset": self.dataset, "backbone": self.backbone,
                   "metric": sel["metric"], "split": "val", "n_val": len(val), "seed": int(sel["seed"]),
@@ -131,7 +131,7 @@ class Cell:
             return record
         scores = []
         for overrides in grid:
-            model, _, _ = self.train(with_overrides(self.config, overrides), int(sel["seed"]), train, mean_map,
+            model, _, _ = self.train(self.spec.with_guidance(overrides), int(sel["seed"]), train, mean_map,
                                      f"select {overrides} ")
             score = validation_score(model, val, sel["metric"], self.device)
             scores.append(score)
@@ -151,20 +151,22 @@ def run_cell(config: dict, *, dataset: str, backbone: str, method: str, seeds: l
              selection_out: Path, data_root: Path, split_path: Path, cache_path: Path | None = None,
              pretrained_dir: Path | None = None, backbone_weights: Path | None = None) -> dict:
     """Select on validation, then train + predict each seed into runs_root/seed{N}/ (scoring: megl.score).
-    Returns the selection."""
-    config = for_cell(config, dataset, backbone)
-    if int(config["selection"]["seed"]) in {int(s) for s in seeds}:
-        raise MEGLError(f"selection.seed {config['selection']['seed']} is one of the reported seeds {list(seeds)}: "
+    Returns the selection. The config is read once, here: the run spec (megl.run_spec) drives the rest;
+    the whole config, resolved for the cell, is only written into each run folder (config.yaml)."""
+    spec = resolve_run_spec(config, dataset, backbone, method)
+    snapshot = for_cell(config, dataset, backbone)
+    if int(spec.selection["seed"]) in {int(s) for s in seeds}:
+        raise MEGLError(f"selection.seed {spec.selection['seed']} is one of the reported seeds {list(seeds)}: "
                         "the selection seed must never be a reported seed")
-    cell = Cell(config, dataset, backbone, method, data_root, split_path, cache_path, pretrained_dir,
-                backbone_weights)
+    cell = Cell(spec, data_root, split_path, cache_path, pretrained_dir, backbone_weights)
     m = cell.method
     splits = cell.splits(("train", "val"))
     train, val = splits["train"], splits["val"]
     mean_map = mean_map_of(train).to(cell.device) if m.consistency else None
     selection = cell.select(train, val, mean_map)
     write_json(selection_out, selection)
-    run_config = with_overrides(config, selection["chosen"])
+    run_spec = spec.with_guidance(selection["chosen"])
+    snapshot = with_overrides(snapshot, selection["chosen"])
 
     trained: dict[int, tuple] = {}
     for seed in seeds:
@@ -172,17 +174,17 @@ def run_cell(config: dict, *, dataset: str, backbone: str, method: str, seeds: l
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").unlink(missing_ok=True)  # scores an older model: megl score writes it anew
         identity = {"dataset": dataset, "backbone": backbone, "method": method, "seed": int(seed)}
-        write_run_record(run_dir, run_config, identity, m, data_root, split_path, pretrained_dir,
+        write_run_record(run_dir, snapshot, identity, m, data_root, split_path, pretrained_dir,
                          backbone_weights, cell.device)
-        model, rows, seconds = cell.train(run_config, int(seed), train, mean_map, f"{method} seed{seed} ")
-        finish_run(run_dir, model, identity, run_config["train"], rows, seconds)
-        set_determinism(int(seed), run_config["train"]["num_threads"])
+        model, rows, seconds = cell.train(run_spec, int(seed), train, mean_map, f"{method} seed{seed} ")
+        finish_run(run_dir, model, identity, run_spec.train, rows, seconds)
+        set_determinism(int(seed), run_spec.train["num_threads"])
         model.train(False)
         val_acc = split_accuracy(model, val, cell.device) if model.classifier is not None else None
         trained[seed] = (run_dir, identity, model, val_acc)
     del val
     test = cell.splits(("test",))["test"]  # read only now: the choice above never saw it
     for run_dir, identity, model, val_acc in trained.values():
-        predict_into(run_dir, identity, str(split_path), model, test, run_config, cell.device, cell.class_names,
+        predict_into(run_dir, identity, str(split_path), model, test, run_spec, cell.device, cell.class_names,
                      cell.data.num_classes, val_acc)
     return selection

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megl.config import for_cell
 from megl.matrix_blocks import blocks, check_method_kinds
-from megl.methods import MLLM_BACKBONE, get_method
+from megl.methods import MLLM_BACKBONE
+from megl.run_spec import resolve_run_spec
 
 
 @dataclass(frozen=True, order=True)
@@ -108,35 +108,6 @@ def dvc_matrix(config: dict) -> dict:
 
 
 def training_config(config: dict, method: str, backbone: str, dataset: str | None = None) -> dict:
-    """The part of the config one run's training reads (megl.train). As a rule's params it makes a
-    change to another method's hyperparameter (e.g. train.lambda_t, baselines.haics) leave this run alone."""
-    m = get_method(method)
-    resolved = for_cell(config, dataset, backbone)  # without a dataset: the backbone's own regime
-    train = dict(resolved["train"])
-    if not m.textual:
-        train.pop("lambda_t", None)
-        train.pop("text_batch_size", None)
-    if m.visual_loss != "l1" and not m.consistency:
-        train.pop("lambda_v", None)
-    bb = resolved["backbones"] if backbone == MLLM_BACKBONE else resolved["backbones"][backbone]
-    return {
-        "device": config["device"],
-        "train": train,
-        "backbone": bb,
-        "pretrain": config.get("pretrain") if backbone != MLLM_BACKBONE and bb.get("weights") == "source" else None,
-        "baseline": config.get("baselines", {}).get(m.visual_loss),
-        "saliency_target": config.get("saliency_target") if m.visual_loss or m.consistency else None,
-        "selection": _selection_of(config, m),
-        "seeds": list(config["matrix"]["seeds"]),
-        "evaluate": config.get("evaluate"),
-        "text": {k: config[k] for k in ("sdtg", "lm", "vision_encoder")} if m.writes_text else None,
-    }
-
-
-def _selection_of(config: dict, method) -> dict | None:
-    """The selection settings this method's cell reads: only the grids of its own guidance weights."""
-    if not method.guidance:
-        return None
-    sel = dict(config["selection"])
-    sel["grid"] = {name: sel["grid"][name] for name in method.guidance.values()}
-    return sel
+    """The rule params of a cell: what its runs read (megl.run_spec.RunSpec.params), so a change to another
+    method's hyperparameter (e.g. train.lambda_t, baselines.haics) leaves this cell alone."""
+    return resolve_run_spec(config, dataset, backbone, method).params()

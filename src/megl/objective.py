@@ -16,8 +16,8 @@ from megl.runs import RunModel
 def batch_losses(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch.Tensor | None,
                  config: dict, rationales: list[str], class_names: list[str] | None = None
                  ) -> dict[str, torch.Tensor]:
-    """Every loss term the method switches on, and their weighted total. `config`: the validated
-    config (its `saliency_target` and `baselines` sections; `cfg_train` is its resolved `train`)."""
+    """Every loss term the method switches on, and their weighted total. `config`: its `saliency_target`
+    and `baselines` sections (a run: RunSpec.sections(); `cfg_train` is the spec's resolved `train`)."""
     method = model.method
     images, labels = batch["image"], batch["label"]
     terms: dict[str, torch.Tensor] = {}

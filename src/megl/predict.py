@@ -17,13 +17,11 @@ import torch
 import yaml
 
 from megl import timing as efficiency
-from megl.config import image_size_for
 from megl.data.annotations import read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, trunk_features
 from megl.errors import MEGLError
 from megl.io import atomic_path, write_text
-from megl.methods import get_method
 from megl.mllm_protocol import (
     answer_has_eos,
     class_names_of,
@@ -32,8 +30,9 @@ from megl.mllm_protocol import (
     parse_answer,
     rationale_part,
 )
-from megl.models.build import backbone_entry, build_run_model
+from megl.models.build import build_run_model
 from megl.models.gradcam import saliency as saliency_map
+from megl.run_spec import RunSpec, resolve_run_spec
 from megl.runs import WEIGHTS, load_weights, read_json
 from megl.runtime import resolve_device, set_determinism
 from megl.score_inputs import RUN_CONFIG, write_score_inputs
@@ -48,7 +47,7 @@ def run_config_of(run_dir: Path) -> dict:
     if not path.is_file():
         raise MEGLError(f"{path}: missing; the run folder holds no config snapshot (retrain it: megl train --force)")
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for key in ("train", "evaluate", "backbones", "device"):
+    for key in ("train", "evaluate", "backbones", "device", "selection", "matrix"):  # what RunSpec reads
         if not isinstance(config, dict) or key not in config:
             raise MEGLError(f"{path}: field {key!r} missing; the run's config snapshot is damaged")
     return config
@@ -60,16 +59,13 @@ def predict_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
     test split (with its validation accuracy). `config` (today's) gives the device only."""
     run_dir = Path(run_dir)
     identity = read_json(run_dir / "run.json")["run"]
-    method = get_method(identity["method"])
-    run_config = run_config_of(run_dir)
-    bb_cfg = backbone_entry(run_config, identity["backbone"], method)
-    set_determinism(identity["seed"], run_config["train"]["num_threads"])
+    spec = resolve_run_spec(run_config_of(run_dir), identity["dataset"], identity["backbone"], identity["method"])
+    set_determinism(identity["seed"], spec.train["num_threads"])
     device = resolve_device(config["device"])
     data = read_dataset(data_root)
     split = read_split(split_path, data)
-    model = load_trained_model(run_config, run_dir, method, bb_cfg, data.num_classes, pretrained_dir,
-                               backbone_weights, device)
-    size = image_size_for(run_config, bb_cfg)
+    model = load_trained_model(spec, run_dir, data.num_classes, pretrained_dir, backbone_weights, device)
+    size = spec.image_size
     val_acc = None
     if model.classifier is not None:
         val = decode_split(data, split["val"], size, with_full_maps=False)
@@ -78,7 +74,7 @@ def predict_run(config: dict, run_dir: Path, data_root: Path, split_path: Path,
     test = decode_split(data, split["test"], size)
     if model.classifier is not None:
         test.features = trunk_features(model.classifier, test.images, device)
-    return predict_into(run_dir, identity, str(split_path), model, test, run_config, device, class_names_of(data),
+    return predict_into(run_dir, identity, str(split_path), model, test, spec, device, class_names_of(data),
                         data.num_classes, val_acc, reseed=False)
 
 
@@ -95,9 +91,10 @@ def split_accuracy(model, split, device: torch.device) -> float:
     return correct / len(split)
 
 
-def load_trained_model(config: dict, run_dir: Path, method, bb_cfg, num_classes: int, pretrained_dir,
-                       backbone_weights, device: torch.device):
-    model = build_run_model(config, method, bb_cfg, num_classes, pretrained_dir, backbone_weights)
+def load_trained_model(spec: RunSpec, run_dir: Path, num_classes: int, pretrained_dir, backbone_weights,
+                       device: torch.device):
+    model = build_run_model(spec.sections(), spec.method_def, spec.entry, num_classes, pretrained_dir,
+                            backbone_weights)
     model.load_saved_state(load_weights(run_dir / WEIGHTS), str(run_dir / WEIGHTS))
     model.to(device).train(False)
     return model
@@ -117,9 +114,9 @@ class Prediction:
     candidates: list[str] | None = None  # MLLM runs: the closed-set answer texts, one per class
 
 
-def predict(model, test: SplitTensors, config: dict, device: torch.device, class_names: list[str]) -> Prediction:
-    """Run the model over the test split in batches: labels, Grad-CAM maps, rationales."""
-    method, ev = model.method, config["evaluate"]
+def predict(model, test: SplitTensors, ev: dict, device: torch.device, class_names: list[str]) -> Prediction:
+    """Run the model over the test split in batches: labels, Grad-CAM maps, rationales. `ev`: the `evaluate` section."""
+    method = model.method
     out = Prediction()
     if method.is_mllm:
         out.candidates = [mllm_answer(name) for name in class_names]
@@ -175,28 +172,28 @@ def _keep_maps(out: Prediction, batch: dict, i: int, sid: str, sal: torch.Tensor
         out.kept.append((sid, batch["image"][i].cpu().numpy(), gt.cpu().numpy(), sal[i].cpu().numpy()))
 
 
-def predict_into(run_dir: Path, identity: dict, split_name: str, model, test: SplitTensors, config: dict,
+def predict_into(run_dir: Path, identity: dict, split_name: str, model, test: SplitTensors, spec: RunSpec,
                  device: torch.device, class_names: list[str], num_classes: int, val_accuracy: float | None,
                  reseed: bool = True) -> Prediction:
     """The one prediction sequence of a trained run (megl run-cell and megl evaluate): predict on the test
     split, measure the model's efficiency, write predictions.jsonl, saliency.npz and score_inputs.npz.
     `reseed`: set the run's seed first (a cell predicts its seeds one after another)."""
     if reseed:
-        set_determinism(int(identity["seed"]), config["train"]["num_threads"])
+        set_determinism(int(identity["seed"]), spec.train["num_threads"])
     model.train(False)
-    prediction = predict(model, test, config, device, class_names)
-    write_prediction(run_dir, identity, split_name, model, model.method, prediction, config, device, num_classes,
+    prediction = predict(model, test, spec.evaluate, device, class_names)
+    write_prediction(run_dir, identity, split_name, model, model.method, prediction, spec, device, num_classes,
                      val_accuracy)
     return prediction
 
 
 def write_prediction(run_dir: Path, identity: dict, split_name: str, model, method, prediction: Prediction,
-                     config: dict, device: torch.device, num_classes: int, val_accuracy: float | None = None) -> None:
+                     spec: RunSpec, device: torch.device, num_classes: int, val_accuracy: float | None = None) -> None:
     """predictions.jsonl, saliency.npz and score_inputs.npz of one run, each written atomically.
     `val_accuracy` (the trained model on the validation split) feeds the cell validity check."""
-    ev = config["evaluate"]
+    ev = spec.evaluate
     records = prediction.records
-    size = model.classifier.image_size if model.classifier is not None else config_image_size(config)
+    size = model.classifier.image_size if model.classifier is not None else spec.image_size
     candidates = prediction.candidates
     facts = {"run": identity, "split": split_name, "num_classes": int(num_classes),
              "val_accuracy": float(val_accuracy) if val_accuracy is not None else None,
@@ -214,10 +211,6 @@ def write_prediction(run_dir: Path, identity: dict, split_name: str, model, meth
             "full_gt": prediction.full_gt}
     write_score_inputs(run_dir, maps, prediction.sims, facts)
     log.info("%s: %d test predictions written", run_dir, len(records))
-
-
-def config_image_size(config: dict) -> int:
-    return image_size_for(config, None)
 
 
 # ---------------------------------------------------------------- MLLM baselines (docs/metrics.md)

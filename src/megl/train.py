@@ -15,15 +15,15 @@ import torch
 from tqdm.auto import tqdm
 
 from megl import rundir
-from megl.config import for_cell, image_size_for
+from megl.config import for_cell
 from megl.data.annotations import MEData, read_dataset
 from megl.data.split import read_split
 from megl.data.tensors import SplitTensors, decode_split, mean_map_of, trunk_features
 from megl.errors import MEGLError
-from megl.methods import Method, get_method
 from megl.mllm_protocol import class_names_of
-from megl.models.build import backbone_entry, dataset_entry, new_run_model
+from megl.models.build import dataset_entry, new_run_model
 from megl.objective import batch_losses
+from megl.run_spec import RunSpec, resolve_run_spec
 from megl.runs import WEIGHTS, RunModel
 from megl.runtime import resolve_device, set_determinism
 
@@ -58,21 +58,21 @@ def steps_per_epoch(n: int, cfg_train: dict) -> int:
     return min(steps, int(cfg_train["max_steps_per_epoch"])) if cfg_train.get("max_steps_per_epoch") else steps
 
 
-def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: torch.device,
+def fit(model: RunModel, train: SplitTensors, spec: RunSpec, seed: int, device: torch.device,
         mean_map: torch.Tensor | None, class_names: list[str] | None, *, start_epoch: int = 0,
         log_rows: list[dict] | None = None, optimizer=None, on_epoch_end=None, label: str = "") -> list[dict]:
     """Train `model` on the decoded training split; return the per-step log rows.
 
     Batches are drawn from a permutation seeded by (seed, epoch), so an interrupted run resumed at
     an epoch boundary sees exactly the batches of an uninterrupted one. `on_epoch_end(epoch, rows)`
-    is called after every epoch (the single-run command checkpoints there)."""
-    cfg_train = config["train"]
+    is called after every epoch (the single-run command checkpoints there). `spec`: all the run reads."""
+    cfg_train, sections = spec.train, spec.sections()
     optimizer = optimizer or make_optimizer(model, cfg_train)
     per_epoch, epochs = steps_per_epoch(len(train), cfg_train), int(cfg_train["epochs"])
     total, base_lr = per_epoch * epochs, float(cfg_train["lr"])
     use_bf16 = bool(cfg_train.get("amp_bf16", True)) and device.type == "cuda"
     rows = list(log_rows or [])
-    add_method_inputs(model, train, config, device)
+    add_method_inputs(model, train, spec, device)
     if model.sdtg is not None:  # the MLLM path's frozen CLIP(I): once per training image (models/sdtg.py)
         model.sdtg.start_image_token_cache(len(train))
     started = time.time()
@@ -94,7 +94,7 @@ def fit(model: RunModel, train: SplitTensors, config: dict, seed: int, device: t
                                                   cfg_train.get("schedule", "constant"),
                                                   float(cfg_train.get("warmup_fraction", 0.0)))
             optimizer.zero_grad(set_to_none=True)
-            terms = backward_step(model, batch, cfg_train, mean_map, config, rationales, class_names, use_bf16)
+            terms = backward_step(model, batch, cfg_train, mean_map, sections, rationales, class_names, use_bf16)
             optimizer.step()
             values = {k: float(v.item()) for k, v in terms.items()}
             rows.append({"epoch": epoch, "step": step, **{k: f"{v:.6f}" for k, v in values.items()}})
@@ -141,7 +141,7 @@ def backward_step(model: RunModel, batch: dict, cfg_train: dict, mean_map: torch
     return sums
 
 
-def add_method_inputs(model: RunModel, split: SplitTensors, config: dict, device: torch.device) -> None:
+def add_method_inputs(model: RunModel, split: SplitTensors, spec: RunSpec, device: torch.device) -> None:
     """The per-sample inputs the method's baseline loss reads beside the batch (`Baseline.prepare`;
     CDEP: the frozen trunk's decomposition), computed once per split and reused by every later
     training on it with the same settings: they depend only on the frozen trunk, which every run of
@@ -149,12 +149,12 @@ def add_method_inputs(model: RunModel, split: SplitTensors, config: dict, device
     name = model.method.visual_loss
     if name in (None, "l1"):
         return
-    from megl.baselines import baseline_config, get_baseline
+    from megl.baselines import get_baseline
 
     baseline = get_baseline(name)
     if baseline.prepare is None:
         return
-    cfg = baseline_config(config, name)
+    cfg = spec.baseline_config()
     key = json.dumps({"baseline": name, **{k: v for k, v in cfg.items() if k != "weight"}}, sort_keys=True)
     if split.extras_key != key:
         split.extras = baseline.prepare(model.classifier, split, cfg, device)
@@ -168,10 +168,10 @@ def make_optimizer(model: RunModel, cfg_train: dict) -> torch.optim.Optimizer:
                              foreach=True)
 
 
-def training_split(data: MEData, split: dict, config: dict, bb_cfg: dict | None, method: Method,
-                   classifier_for_features, device: torch.device) -> SplitTensors:
+def training_split(data: MEData, split: dict, spec: RunSpec, classifier_for_features,
+                   device: torch.device) -> SplitTensors:
     """The decoded training split with the frozen trunk's features (computed here, as the cache step does)."""
-    train = decode_split(data, split["train"], image_size_for(config, bb_cfg), with_full_maps=False)
+    train = decode_split(data, split["train"], spec.image_size, with_full_maps=False)
     if classifier_for_features is not None:
         train.features = trunk_features(classifier_for_features, train.images, device)
     return train
@@ -181,22 +181,23 @@ def training_split(data: MEData, split: dict, config: dict, bb_cfg: dict | None,
 def train_run(config: dict, *, dataset: str, backbone: str, method: str, seed: int, run_dir: Path,
               data_root: Path, split_path: Path, pretrained_dir: Path | None = None,
               backbone_weights: Path | None = None, resume: bool = False, force: bool = False) -> Path:
-    """Train one run into `run_dir`; returns the path of the final weights."""
+    """Train one run into `run_dir`; returns the path of the final weights. The run reads its spec
+    (megl.run_spec); the whole config, resolved for the cell, is written into run_dir/config.yaml."""
+    spec = resolve_run_spec(config, dataset, backbone, method)
     config = for_cell(config, dataset, backbone)
-    method_obj = get_method(method)
+    method_obj = spec.method_def
     dataset_entry(config, dataset)
-    bb_cfg = backbone_entry(config, backbone, method_obj)
-    cfg_train = config["train"]
+    cfg_train = spec.train
     run_dir = Path(run_dir)
     rundir.check_run_dir(run_dir, resume=resume, force=force)
     run_dir.mkdir(parents=True, exist_ok=True)
 
     set_determinism(seed, cfg_train["num_threads"])
-    device = resolve_device(config["device"])
+    device = resolve_device(spec.device)
     data = read_dataset(data_root)
     split = read_split(split_path, data)
-    model = new_run_model(config, method_obj, bb_cfg, data.num_classes, seed, pretrained_dir, backbone_weights, device)
-    train = training_split(data, split, config, bb_cfg, method_obj, model.classifier, device)
+    model = new_run_model(spec, data.num_classes, seed, pretrained_dir, backbone_weights, device)
+    train = training_split(data, split, spec, model.classifier, device)
     mean_map = mean_map_of(train).to(device) if method_obj.consistency else None
     optimizer = make_optimizer(model, cfg_train)
     start_epoch, log_rows = 0, []
@@ -208,7 +209,7 @@ def train_run(config: dict, *, dataset: str, backbone: str, method: str, seed: i
                      backbone_weights, device)
     class_names = class_names_of(data) if method_obj.is_mllm else None
     started = time.time()
-    rows = fit(model, train, config, seed, device, mean_map, class_names, start_epoch=start_epoch,
+    rows = fit(model, train, spec, seed, device, mean_map, class_names, start_epoch=start_epoch,
                log_rows=log_rows, optimizer=optimizer, label=f"{method} seed{seed} ",
                on_epoch_end=lambda epoch, rows: rundir.save_checkpoint(run_dir, model, optimizer, epoch, rows))
     rundir.finish_run(run_dir, model, identity, cfg_train, rows, time.time() - started)

@@ -173,5 +173,5 @@ def cell_outputs(name):
 
 
 def cell_config(wildcards):
-    """What this cell's runs read (megl.matrix.training_config), as the rule's params."""
+    """What this cell's runs read, as the rule's params: the run spec the job itself resolves (megl.run_spec)."""
     return training_config_of(config, wildcards.method, wildcards.backbone, wildcards.dataset)

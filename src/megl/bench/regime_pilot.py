@@ -16,6 +16,7 @@ from pathlib import Path
 
 from megl.cell import Cell, validation_score, with_overrides
 from megl.config import coerce_overrides, for_cell, load_config
+from megl.run_spec import resolve_run_spec
 
 
 def parse_candidate(text: str) -> dict:
@@ -26,14 +27,15 @@ def parse_candidate(text: str) -> dict:
 def pilot(config: dict, dataset: str, backbone: str, candidate: dict, seeds: list[int], *, data_root: Path,
           split_path: Path, cache_path: Path, backbone_weights: Path) -> dict:
     """Val and test accuracy of the plain baseline under one candidate regime, per seed."""
-    config = with_overrides(for_cell(config, dataset, backbone), candidate)
+    spec = resolve_run_spec(with_overrides(for_cell(config, dataset, backbone), candidate), dataset, backbone,
+                            "baseline")
     if any(key.endswith(".frozen_stages") for key in candidate) or not Path(cache_path).exists():
         cache_path = None  # decode the images (the same tensors the cache would hold)
-    cell = Cell(config, dataset, backbone, "baseline", data_root, split_path, cache_path, None, backbone_weights)
+    cell = Cell(spec, data_root, split_path, cache_path, None, backbone_weights)
     splits = cell.splits(("train", "val"))
     val = []
     for seed in seeds:
-        model, _, _ = cell.train(config, seed, splits["train"], None, f"{candidate} seed{seed} ")
+        model, _, _ = cell.train(spec, seed, splits["train"], None, f"{candidate} seed{seed} ")
         val.append(validation_score(model, splits["val"], "accuracy", cell.device))
     return {"candidate": candidate, "val": val, "n_val": len(splits["val"])}
 

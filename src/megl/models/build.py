@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from megl.errors import MEGLError
-from megl.methods import MLLM_BACKBONE, Method
+from megl.methods import Method
+from megl.run_spec import RunSpec
 from megl.runs import RunModel
 
 
@@ -17,19 +18,10 @@ def dataset_entry(config: dict, dataset: str) -> dict:
     return config["datasets"][dataset]
 
 
-def backbone_entry(config: dict, backbone: str, method: Method) -> dict | None:
-    if method.is_mllm:
-        if backbone != MLLM_BACKBONE:
-            raise MEGLError(f"method {method.name!r} has no classifier backbone: use backbone {MLLM_BACKBONE!r}")
-        return None
-    if backbone not in config["backbones"]:
-        raise MEGLError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(config['backbones'])}")
-    return config["backbones"][backbone]
-
-
 def build_run_model(config: dict, method: Method, backbone_cfg: dict | None, num_classes: int,
                     pretrained_dir: Path | None, backbone_weights: Path | None = None) -> RunModel:
     """The classifier, and (for text-writing methods) SDTG on the frozen encoder and the LM.
+    `config`: its sdtg/lm/vision_encoder, baselines and saliency_target sections (a run: RunSpec.sections()).
     `backbone_weights`: the trunk the workflow pretrained (config `weights: source`)."""
     from megl.models.backbones import build_classifier
 
@@ -61,10 +53,9 @@ def cam_grid(classifier, image_size: int) -> tuple[int, int]:
     return tuple(acts.shape[-2:])
 
 
-
-
-def new_run_model(config: dict, method: Method, bb_cfg: dict | None, num_classes: int, seed: int,
-                  pretrained_dir: Path | None, backbone_weights: Path | None, device: torch.device) -> RunModel:
+def new_run_model(spec: RunSpec, num_classes: int, seed: int, pretrained_dir: Path | None,
+                  backbone_weights: Path | None, device: torch.device) -> RunModel:
     """The run's model with its seed-determined initialisation (everything not loaded from a file)."""
     torch.manual_seed(seed)
-    return build_run_model(config, method, bb_cfg, num_classes, pretrained_dir, backbone_weights).to(device)
+    return build_run_model(spec.sections(), spec.method_def, spec.entry, num_classes, pretrained_dir,
+                           backbone_weights).to(device)
