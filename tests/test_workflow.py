@@ -100,8 +100,9 @@ def test_reasons_are_hidden_unless_verbose(repo_copy):
     assert loud.count("reason:") >= SMOKE_CELLS, loud[-2000:]
 
 
-# ------------------------------------------------------------------ the resolved config (dry-runs)
+# ------------------------------------------------------------------ the resolved config
 OVERRIDES = ("--config", "train={epochs: 3, lr: 1e-3}", "selection={grid: {weight: [2.0]}}")
+PREFLIGHT = f"{SMOKE_RESULTS}/preflight.json"  # the cheapest job: a run that executes it writes the resolved config
 
 
 def test_config_override_reaches_the_resolved_config_and_every_command(repo_copy):
@@ -109,7 +110,7 @@ def test_config_override_reaches_the_resolved_config_and_every_command(repo_copy
 
     from megl.config import load_config
 
-    out = snakemake(repo_copy, "--dry-run", "--printshellcmds", "--configfile", "config/smoke.yaml", *OVERRIDES)
+    snakemake(repo_copy, PREFLIGHT, "--force", "--cores", "1", "--configfile", "config/smoke.yaml", *OVERRIDES)
     resolved = repo_copy / SMOKE_RESULTS / "config.resolved.yaml"
     config = yaml.safe_load(resolved.read_text())
     assert (config["train"]["epochs"], config["train"]["lr"], config["train"]["batch_size"]) == (3, 0.001, 32)
@@ -117,6 +118,7 @@ def test_config_override_reaches_the_resolved_config_and_every_command(repo_copy
     assert config["train"]["schedule"] == "constant"  # schema default; config.yaml's cosine is not merged in
     assert "by_backbone" not in config["train"]  # --configfile replaces config/config.yaml
     assert config == load_config(resolved)
+    out = snakemake(repo_copy, "--dry-run", "--printshellcmds", "--configfile", "config/smoke.yaml", *OVERRIDES)
     commands = [line for line in out.splitlines() if " -m megl " in line and "--config " in line]
     assert any(" run-cell " in c for c in commands), out[-3000:]
     assert all(f"--config {SMOKE_RESULTS}/config.resolved.yaml " in c for c in commands), commands
@@ -125,18 +127,17 @@ def test_config_override_reaches_the_resolved_config_and_every_command(repo_copy
     assert any(" -m megl paper " in line and "--config-file config/smoke.yaml" in line for line in out.splitlines())
 
 
-def test_a_locked_directory_keeps_its_resolved_config(repo_copy):
+def test_a_dry_run_writes_no_resolved_config(repo_copy):
+    """`snakemake -n` only plans: the file the jobs of a finished or running workflow read stays as it is
+    (the onstart handler writes it, and Snakemake calls none in a dry-run)."""
     resolved = repo_copy / SMOKE_RESULTS / "config.resolved.yaml"
-    snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml")
-    before = resolved.read_text()
-    locks = repo_copy / ".snakemake" / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    (locks / "0.input.lock").write_text("results/x\n")
-    try:
-        out = snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml", *OVERRIDES)
-    finally:
-        shutil.rmtree(locks)
-    assert resolved.read_text() == before and "left as it is" in out, out[-2000:]
+    snakemake(repo_copy, PREFLIGHT, "--force", "--cores", "1", "--configfile", "config/smoke.yaml")
+    before = (resolved.read_text(), resolved.stat().st_mtime_ns)
+    snakemake(repo_copy, "--dry-run", "--configfile", "config/smoke.yaml", *OVERRIDES)
+    assert (resolved.read_text(), resolved.stat().st_mtime_ns) == before
+    other = repo_copy / "results" / "config.resolved.yaml"  # the default's results_dir, never run here
+    snakemake(repo_copy, "--dry-run")
+    assert not other.exists()
 
 
 def test_a_dotted_or_misspelt_override_is_refused(repo_copy):
@@ -288,7 +289,8 @@ def test_changing_a_method_hyperparameter_reruns_only_that_method(smoke_run):
 
 @pytest.mark.slow
 def test_a_config_override_reruns_what_the_same_file_edit_would(smoke_run):
-    """`--config` changes the params (and the resolved config the commands read) like a file edit."""
+    """`--config` changes the params like a file edit (planning it leaves the finished run's resolved config
+    alone: a run that executes the jobs writes it, test_config_override_reaches_the_resolved_config...)."""
     import yaml
 
     jobs = planned_jobs(smoke_run, "--configfile", "config/smoke.yaml",
@@ -296,7 +298,7 @@ def test_a_config_override_reruns_what_the_same_file_edit_would(smoke_run):
     cells = [w for rule, w in jobs if rule == "run_cell"]
     assert len(cells) == 2 and {w["method"] for w in cells} == {"megl"}, jobs
     resolved = yaml.safe_load((smoke_run / SMOKE_RESULTS / "config.resolved.yaml").read_text())
-    assert resolved["selection"]["grid"]["lambda_t"] == [0.2, 1.0]
+    assert resolved["selection"]["grid"]["lambda_t"] == [0.1, 1.0]  # the finished run's, as smoke.yaml says
     assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml",
                         "--config", "baselines={haics: {weight: 0.3}}") == []
     assert planned_jobs(smoke_run, "--configfile", "config/smoke.yaml") == []  # back to the file: nothing to do

@@ -8,7 +8,6 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 
 from snakemake.exceptions import WorkflowError
-from snakemake.logging import logger
 
 from megl.codedeps import code_deps as _code_deps
 from megl.config import dump_resolved, for_cell, resolve_config, resolved_config_path, section_for_backbone
@@ -30,28 +29,20 @@ PYTHON = ("python" if DeploymentMethod.CONDA in workflow.deployment_settings.dep
 MEGL = f"{PYTHON} -m megl"
 CONDA_ENV = "../envs/megl.yaml"
 # The one config every megl command reads: the resolved config (config files + --config overrides +
-# schema defaults, validated), written here at parse time, only when its content changed, atomically.
-# It is no rule's input (its mtime re-runs nothing); the rules' params carry the values that re-run a
-# job. While another Snakemake holds this directory's lock, a differing file is left alone: its jobs
-# read it (docs/workflow.md).
+# schema defaults, validated), written by the onstart handler (workflow/Snakefile) of a run that executes
+# jobs, only when its content changed, atomically. Snakemake calls onstart after it holds this directory's
+# lock and never in a dry-run (`-n` writes nothing) or in a cluster job (--no-hooks). It is no rule's input
+# (its mtime re-runs nothing); the rules' params carry the values that re-run a job (docs/workflow.md).
 CONFIG_FILE = str(resolved_config_path(config))
 # The config file(s) this run was built from, as given (the manuscript names them: paper/generated/config.tex).
 CONFIG_SOURCES = [os.path.relpath(f) for f in workflow.config_settings.configfiles] or ["config/config.yaml"]
+RESOLVED_CONFIG_TEXT = dump_resolved(resolve_config(config, "snakemake config"))
 
 
-def _write_resolved_config():
-    text = dump_resolved(resolve_config(config, "snakemake config"))
-    locks = os.path.join(".snakemake", "locks")
-    if os.path.exists(CONFIG_FILE) and os.path.isdir(locks) and os.listdir(locks):
-        if open(CONFIG_FILE, encoding="utf-8").read() != text:
-            logger.warning(f"{CONFIG_FILE} left as it is: this directory is locked by a running Snakemake, "
-                           "whose jobs read that file (or by a stale lock: snakemake --unlock). No run starts "
-                           "here while it is locked; the next one after it rewrites the file.")
-        return
-    write_text_if_changed(CONFIG_FILE, text)
+def write_resolved_config():
+    """onstart: the resolved config where every job of this run reads it."""
+    write_text_if_changed(CONFIG_FILE, RESOLVED_CONFIG_TEXT)
 
-
-_write_resolved_config()
 
 # GPUs: Snakemake only counts them (--resources gpu=N); megl gpu-run assigns one per job (flock).
 _gpu = workflow.global_resources.get("gpu")
