@@ -34,9 +34,10 @@ def test_run_cell_code_runs_no_metric_and_score_code_no_model():
 
 def test_the_score_command_starts_without_torch():
     code = ("import sys, megl.cli, megl.score, megl.metrics.saliency, megl.metrics.text, megl.metrics.classification; "
-            "megl.cli.build_parser().parse_args(['score', 'x']); print('torch' in sys.modules)")
+            "megl.cli.build_parser().parse_args(['score', 'x']); print('torch' in sys.modules,"
+            " 'pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert out.strip() == "False False"
 
 
 

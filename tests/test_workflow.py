@@ -332,9 +332,10 @@ def test_editing_a_module_reruns_the_steps_that_import_it(smoke_run):
     assert not rules & {"make_standin", "validate_data", "split", "preflight", "pretrain_encoder",
                         "pretrain_backbone", "cache_features"}, rules
 
-    # scoring apart from training (#22): an edited metric re-scores every cell and re-reports, re-trains nothing
-    for metric in ("saliency.py", "text.py"):
-        restore = _append(smoke_run / "src" / "megl" / "metrics" / metric, "\n# edited\n")
+    # scoring apart from training (#22): an edited metric, or the metric registry and its scorers, re-scores
+    # every cell and re-reports, re-trains nothing
+    for metric in ("metrics/saliency.py", "metrics/text.py", "metric_registry.py", "scorers.py"):
+        restore = _append(smoke_run / "src" / "megl" / metric, "\n# edited\n")
         try:
             jobs = planned_jobs(smoke_run, "--configfile", "config/smoke.yaml")
         finally:

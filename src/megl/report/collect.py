@@ -8,23 +8,53 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from megl import metric_registry
 from megl.errors import MEGLError
 from megl.matrix import enumerate_runs
 from megl.methods import METHODS, MLLM_BACKBONE
-from megl.report.metric_registry import METRICS, keys
+from megl.metric_registry import keys
 
 RUN_KEYS: tuple[str, ...] = ("dataset", "backbone", "method", "seed")
-CLASSIFICATION_KEYS: tuple[str, ...] = keys(group="classification")
-TEXT_KEYS: tuple[str, ...] = keys(group="text")
-OPTIONAL_KEYS: tuple[str, ...] = keys(required=False)
-# Optional keys that sit in a block of metrics.json (MLLM runs): column -> (block, key).
-NESTED_KEYS: dict[str, tuple[str, str]] = {m.key: m.nested for m in METRICS if m.nested}
-# Keys every metrics.json must carry (the value may be null except for the classification keys).
-REQUIRED_KEYS: tuple[str, ...] = keys(required=True)
-METRIC_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
 
-# MLLM runs have no saliency: these keys may be absent from their metrics.json.
-MLLM_ABSENT_OK: tuple[str, ...] = tuple(m.key for m in METRICS if m.required and m.reported_by == "classifier runs")
+
+# The metric keys are the registry's as it is when a file is read (megl.metric_registry.METRICS): a metric
+# added there is read here with nothing else edited.
+def classification_keys() -> tuple[str, ...]:
+    return keys(group="classification")
+
+
+def text_keys() -> tuple[str, ...]:
+    return keys(group="text")
+
+
+def required_keys() -> tuple[str, ...]:
+    """Keys every metrics.json must carry (the value may be null except for the classification keys)."""
+    return keys(required=True)
+
+
+def optional_keys() -> tuple[str, ...]:
+    """Keys a metrics.json may lack (read as null): a metric added later is declared one, so that the
+    metrics.json files scored before it still read."""
+    return keys(required=False)
+
+
+def metric_keys() -> tuple[str, ...]:
+    """Every metric column of the collected frame, in order: the required keys, then the optional ones."""
+    return required_keys() + optional_keys()
+
+
+def nested_keys() -> dict[str, tuple[str, str]]:
+    """Optional keys that sit in a block of metrics.json (MLLM runs): column -> (block, key)."""
+    return {m.key: m.nested for m in metric_registry.METRICS if m.nested}
+
+
+def mllm_absent_ok() -> tuple[str, ...]:
+    """MLLM runs have no saliency: these required keys may be absent from their metrics.json."""
+    return tuple(m.key for m in metric_registry.METRICS if m.required and m.reported_by == "classifier runs")
+
+
+# The required keys as the registry declares them at import (the tests' fixture records use it).
+REQUIRED_KEYS: tuple[str, ...] = required_keys()
 
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
@@ -43,9 +73,9 @@ def _number_or_none(path: Path, key: str, value: Any, nullable: bool) -> float |
     return float(value)
 
 
-def _optional_value(record: Mapping[str, Any], key: str) -> Any:
-    if key in NESTED_KEYS:
-        block, sub = NESTED_KEYS[key]
+def _optional_value(record: Mapping[str, Any], key: str, nested: Mapping[str, tuple[str, str]]) -> Any:
+    if key in nested:
+        block, sub = nested[key]
         value = record.get(block)
         return value.get(sub) if isinstance(value, dict) else None
     return record.get(key)
@@ -89,15 +119,16 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 
     row: dict[str, Any] = {key: run[key] for key in RUN_KEYS}
     is_mllm = (run["method"] in METHODS and METHODS[run["method"]].is_mllm) or run["backbone"] == MLLM_BACKBONE
-    for key in REQUIRED_KEYS:
+    absent_ok, not_null, nested = mllm_absent_ok(), classification_keys(), nested_keys()
+    for key in required_keys():
         if key not in record:
-            if is_mllm and key in MLLM_ABSENT_OK:
+            if is_mllm and key in absent_ok:
                 row[key] = None
                 continue
             raise _fail(path, f"missing key '{key}'")
-        row[key] = _number_or_none(path, key, record[key], nullable=key not in CLASSIFICATION_KEYS)
-    for key in OPTIONAL_KEYS:
-        row[key] = _number_or_none(path, key, _optional_value(record, key), nullable=True)
+        row[key] = _number_or_none(path, key, record[key], nullable=key not in not_null)
+    for key in optional_keys():  # absent (a metrics.json scored before the metric existed): null
+        row[key] = _number_or_none(path, key, _optional_value(record, key, nested), nullable=True)
     notes = record.get("notes")
     row["notes"] = None if notes in (None, "", {}) else json.dumps(notes, sort_keys=True)
     row["path"] = str(path)
@@ -110,7 +141,8 @@ def collect_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
     Raises MEGLError naming the file and the key when a file is malformed or a run appears twice.
     """
     rows = [read_metrics(p) for p in metrics_paths]
-    columns = list(RUN_KEYS) + list(METRIC_KEYS) + ["notes", "path"]
+    metrics = metric_keys()
+    columns = list(RUN_KEYS) + list(metrics) + ["notes", "path"]
     df = pd.DataFrame(rows, columns=columns)
     if df.empty:
         return df.astype({"seed": "int64"})
@@ -119,7 +151,7 @@ def collect_runs(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
         first = df[dup].iloc[0]
         others = df[dup & (df[list(RUN_KEYS)] == first[list(RUN_KEYS)]).all(axis=1)]["path"].tolist()
         raise MEGLError(f"run {dict(first[list(RUN_KEYS)])} appears in more than one file: {others}")
-    for key in METRIC_KEYS:
+    for key in metrics:
         df[key] = pd.to_numeric(df[key], errors="raise").astype("float64")
     df["seed"] = df["seed"].astype("int64")
     return df.sort_values(list(RUN_KEYS), kind="stable").reset_index(drop=True)

@@ -9,10 +9,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from megl import metric_registry
 from megl.io import write_text
 from megl.methods import GROUPS, METHODS, MLLM_BACKBONE, methods_in
-from megl.report import metric_registry
-from megl.report.collect import METRIC_KEYS, RUN_KEYS, TEXT_KEYS
+from megl.report.collect import RUN_KEYS, metric_keys, text_keys
 from megl.report.labels import Labels
 
 GROUP_KEYS: list[str] = ["dataset", "backbone", "method"]
@@ -46,9 +46,9 @@ def method_order() -> tuple[str, ...]:
 METHOD_ORDER: tuple[str, ...] = method_order()
 TABLE4_METHODS: tuple[str, ...] = table_methods("table4")
 
-# Column header per metric key; each table's metric columns: megl.report.metric_registry.
+# Column header per metric key, as the registry declares them at import (figures, paper_vs_ours); the
+# tables read the registry when they are built (megl.metric_registry: labels(), table_columns()).
 METRIC_LABELS: dict[str, str] = metric_registry.labels()
-COLUMNS = metric_registry.TABLE_COLUMNS
 
 
 def method_label(method: str, backbone: str | None = None) -> str:
@@ -94,7 +94,7 @@ def _reason(notes: Iterable[Any], metric: str) -> str:
             note = raw
         if isinstance(note, dict):
             text = note.get(metric)
-            if text is None and metric in TEXT_KEYS:
+            if text is None and metric in text_keys():
                 text = note.get("text")
         else:
             text = note
@@ -112,7 +112,7 @@ def _order_key(series: pd.Series) -> pd.Series:
 
 
 def summarise(df: pd.DataFrame, expected: pd.DataFrame | None = None,
-              metrics: Sequence[str] = METRIC_KEYS) -> pd.DataFrame:
+              metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean, sample std (ddof=1) and n per (dataset, backbone, method) for each metric.
 
     Groups are the union of `expected` (the matrix) and the runs found, so a run that is missing
@@ -121,6 +121,7 @@ def summarise(df: pd.DataFrame, expected: pd.DataFrame | None = None,
     Columns: dataset, backbone, method, n_expected, n_runs, seeds, missing_seeds, status, then per
     metric `<m>_mean`, `<m>_std`, `<m>_n` (runs with a non-null value) and `<m>_note` (why null).
     """
+    metrics = metric_keys() if metrics is None else metrics
     exp = expected if expected is not None else df[list(RUN_KEYS)].drop_duplicates()
     # Dataset order: matrix order first, then anything extra in order of appearance.
     dataset_order = list(dict.fromkeys(list(exp["dataset"]) + list(df["dataset"])))
@@ -180,7 +181,7 @@ def cell(row: pd.Series, metric: str) -> str:
 
 def _display(summary: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str],
              labels: Labels | None = None) -> pd.DataFrame:
-    labels = labels or Labels()
+    labels, headers = labels or Labels(), metric_registry.labels()
     sel = summary[summary["method"].isin(methods)]
     rows = []
     for _, row in sel.iterrows():
@@ -188,9 +189,9 @@ def _display(summary: pd.DataFrame, methods: Sequence[str], metrics: Sequence[st
                "Backbone": labels.backbone(row["backbone"]),
                "Method": method_label(row["method"])}
         for m in metrics:
-            out[METRIC_LABELS[m]] = cell(row, m)
+            out[headers[m]] = cell(row, m)
         rows.append(out)
-    return pd.DataFrame(rows, columns=["Dataset", "Backbone", "Method"] + [METRIC_LABELS[m] for m in metrics])
+    return pd.DataFrame(rows, columns=["Dataset", "Backbone", "Method"] + [headers[m] for m in metrics])
 
 
 # Tables 2 and 4 show both mIoUs, labelled: over the annotated test images only (`miou`, the
@@ -206,10 +207,10 @@ def table2(summary: pd.DataFrame, labels: Labels | None = None) -> pd.DataFrame:
     MLLM rows (backbone 'MLLM') come first in each dataset, apart from the classifier rows;
     they have no saliency map, so their mIoU reads n/a.
     """
-    metrics = COLUMNS["table2"]
+    metrics = metric_registry.table_columns("table2")
     methods = table_methods("table2")
     out = _display(summary, methods, metrics, labels)
-    out = out.rename(columns={METRIC_LABELS[m]: label for m, label in MIOU_COLUMNS.items()})
+    out = out.rename(columns={metric_registry.labels()[m]: label for m, label in MIOU_COLUMNS.items()})
     rows = summary[summary["method"].isin(methods)]
     mllm = (rows["backbone"] == MLLM_BACKBONE).to_numpy()
     for m in (*MIOU_COLUMNS.values(), "Saliency AUPRC"):
@@ -247,7 +248,7 @@ def table3(summary: pd.DataFrame, methods: Sequence[str] | None = None,
     A scorer that could not run reads `n/a (reason)`, with the reason from the runs' notes.
     """
     methods = table_methods("table3") if methods is None else methods
-    out = _display(summary, methods, COLUMNS["table3"], labels)
+    out = _display(summary, methods, metric_registry.table_columns("table3"), labels)
     return out
 
 
@@ -262,7 +263,8 @@ def table4(summary: pd.DataFrame, methods: Sequence[str] | None = None,
     """Ablation: every MEGL variant and the baseline per dataset × backbone, accuracy and both
     mIoUs (MIOU_COLUMNS), each with the change of its mean from full MEGL in percentage points
     (the paper's column)."""
-    labels = labels or Labels()
+    labels, headers = labels or Labels(), metric_registry.labels()
+    columns = metric_registry.table_columns("table4")
     methods = table_methods("table4") if methods is None else methods
     sel = summary[summary["method"].isin(methods) & (summary["backbone"] != MLLM_BACKBONE)]
     rows = []
@@ -272,14 +274,14 @@ def table4(summary: pd.DataFrame, methods: Sequence[str] | None = None,
             out = {"Dataset": labels.dataset(dataset),
                    "Backbone": labels.backbone(backbone),
                    "Method": method_label(row["method"])}
-            for m in COLUMNS["table4"]:
-                label = MIOU_COLUMNS.get(m, METRIC_LABELS[m])
+            for m in columns:
+                label = MIOU_COLUMNS.get(m, headers[m])
                 out[label] = cell(row, m)
                 ref = full[f"{m}_mean"].iloc[0] if len(full) else float("nan")
                 out[f"Change in {label}"] = ("-" if row["method"] == "megl" else _delta_pp(row[f"{m}_mean"], ref))
             rows.append(out)
-    cols = ["Dataset", "Backbone", "Method", "Accuracy", "Change in Accuracy"]
-    cols += [c for label in MIOU_COLUMNS.values() for c in (label, f"Change in {label}")]
+    cols = ["Dataset", "Backbone", "Method"]
+    cols += [c for label in (MIOU_COLUMNS.get(m, headers[m]) for m in columns) for c in (label, f"Change in {label}")]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -287,7 +289,7 @@ def table5(summary: pd.DataFrame, methods: Sequence[str] | None = None,
            labels: Labels | None = None) -> pd.DataFrame:
     """Efficiency: parameters (millions), latency (ms) and FPS at batch 1."""
     methods = table_methods("table5") if methods is None else methods
-    return _display(summary, methods, COLUMNS["table5"], labels)
+    return _display(summary, methods, metric_registry.table_columns("table5"), labels)
 
 
 # ---------------------------------------------------------------- writers
