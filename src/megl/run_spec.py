@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from megl.config import for_cell
+from megl.config import for_cell, image_size_for
 from megl.errors import MEGLError
 from megl.methods import MLLM_BACKBONE, Method, get_method
 
@@ -54,9 +54,7 @@ class RunSpec:
     @property
     def image_size(self) -> int:
         """The run's image size: its backbone's; an MLLM's, the largest of every backbone (config.image_size_for)."""
-        if self.entry is not None:
-            return int(self.entry["image_size"])
-        return max(int(b["image_size"]) for b in self.backbone_cfg.values())
+        return image_size_for({"backbones": self.backbone_cfg} if self.entry is None else {}, self.entry)
 
     def baseline_config(self) -> dict:
         """The method's baseline entry with the shared saliency target, as megl.baselines.baseline_config
