@@ -25,7 +25,7 @@ from megl.io import atomic_path  # noqa: E402
 from megl.methods import MLLM_BACKBONE  # noqa: E402
 from megl.report.collect import read_train_log  # noqa: E402
 from megl.report.labels import Labels  # noqa: E402
-from megl.report.tables import METHOD_ORDER, METRIC_LABELS, TABLE4_METHODS, method_label  # noqa: E402
+from megl.report.tables import method_label, method_order, metric_label, table_methods  # noqa: E402
 
 COLUMN_WIDTH_IN = 3.3
 DPI = 200
@@ -77,8 +77,8 @@ def _with_labels(df: pd.DataFrame, labels: Labels | None) -> pd.DataFrame:
 
 
 def _method_order(methods: Sequence[str]) -> list[str]:
-    present = list(dict.fromkeys(methods))
-    ranked = sorted(present, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+    present, order = list(dict.fromkeys(methods)), method_order()
+    ranked = sorted(present, key=lambda m: order.index(m) if m in order else len(order))
     return [method_label(m) for m in ranked]
 
 
@@ -96,7 +96,7 @@ def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
     if methods is not None:
         data = data[data["method"].isin(methods)]
     if data.empty:  # e.g. mIoU when the test split holds no annotated map; tables say "n/a (not reported)"
-        return plot_not_applicable(out_stem, f"no run reports {METRIC_LABELS.get(metric, metric)} "
+        return plot_not_applicable(out_stem, f"no run reports {metric_label(metric)} "
                                    f"({_why_missing(df, metric)})")
     data = _with_labels(data, labels)
     order = _method_order(data["method"])
@@ -118,7 +118,7 @@ def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
             ax.set_xlim(min(low, level - 0.02), max(high, level + 0.02))
         ax.set_title(panel)
         ax.set_ylabel("")
-        ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+        ax.set_xlabel(metric_label(metric))
     fig.tight_layout()
     levels = sorted({round(v, 4) for v in (chance or {}).values()})
     if levels:
@@ -129,10 +129,11 @@ def plot_metric_by_method(df: pd.DataFrame, metric: str, out_stem: str | Path,
 
 
 def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accuracy",
-                  methods: Sequence[str] = TABLE4_METHODS, labels: Labels | None = None) -> list[Path]:
+                  methods: Sequence[str] | None = None, labels: Labels | None = None) -> list[Path]:
     """Change of `metric` from full MEGL, paired by seed, for each variant and the baseline:
-    bar = mean over seeds, dots = seeds; one panel per dataset × backbone."""
+    bar = mean over seeds, dots = seeds; one panel per dataset × backbone (`methods`: Table 4's by default)."""
     _theme()
+    methods = table_methods("table4") if methods is None else methods
     data = df[df["method"].isin(methods) & (df["backbone"] != MLLM_BACKBONE) & df[metric].notna()]
     full = data[data["method"] == "megl"][["dataset", "backbone", "seed", metric]]
     merged = data[data["method"] != "megl"].merge(full, on=["dataset", "backbone", "seed"],
@@ -144,7 +145,7 @@ def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accurac
             return plot_not_applicable(out_stem, "the run matrix has no MEGL variant or baseline to compare "
                                                  "with full MEGL")
         return plot_not_applicable(out_stem, "no variant run shares a dataset, backbone and seed with a full "
-                                             f"MEGL run that reports {METRIC_LABELS.get(metric, metric)}")
+                                             f"MEGL run that reports {metric_label(metric)}")
     merged["delta"] = (merged[metric] - merged[f"{metric}_megl"]) * 100
     merged = _with_labels(merged, labels)
     order = _method_order(merged["method"])
@@ -158,7 +159,7 @@ def plot_ablation(df: pd.DataFrame, out_stem: str | Path, metric: str = "accurac
         ax.axvline(0, color="0.3", linewidth=0.6)
         ax.set_title(panel)
         ax.set_ylabel("")
-        ax.set_xlabel(f"change in {METRIC_LABELS.get(metric, metric)} from MEGL (pp)")
+        ax.set_xlabel(f"change in {metric_label(metric)} from MEGL (pp)")
     fig.tight_layout()
     return save_figure(fig, out_stem)
 
@@ -210,7 +211,7 @@ def plot_forest(claims: pd.DataFrame, out_stem: str | Path,
         ax.grid(axis="y", visible=False)
         title = f"{cid}: {statements[cid]}" if statements and cid in statements else cid
         ax.set_title(textwrap.fill(title, 110), loc="left")
-        metrics = ", ".join(METRIC_LABELS.get(m, m) for m in dict.fromkeys(sub["metric"]))
+        metrics = ", ".join(metric_label(m) for m in dict.fromkeys(sub["metric"]))
         ax.set_xlabel(f"paired difference A − B ({metrics}), one-sided bound at the Holm level")
     handles = [plt.Line2D([], [], marker="o", linestyle="none", markersize=3, color=c, label=v)
                for v, c in VERDICT_COLORS.items()]

@@ -15,7 +15,7 @@ from megl.errors import MEGLError
 from megl.io import write_text
 from megl.methods import MLLM_BACKBONE
 from megl.report.labels import PAPER_DATASETS, Labels
-from megl.report.tables import METRIC_LABELS, cell, fmt_number, method_label, to_latex, to_markdown
+from megl.report.tables import cell, fmt_number, method_label, metric_label, to_latex, to_markdown
 
 STANDIN_CAPTION = "stand-in data: compare the shape (ordering, gaps), not the values"
 
@@ -100,7 +100,7 @@ def paper_vs_ours(summary: pd.DataFrame, published: pd.DataFrame,
                 "Table": p.table.replace("table", ""), "Page": p.page,
                 "Dataset": labels.dataset(ours_ds),
                 "Backbone": labels.backbone(p.backbone),
-                "Method": method_label(p.method), "Metric": METRIC_LABELS.get(p.metric, p.metric),
+                "Method": method_label(p.method), "Metric": metric_label(p.metric),
                 "Published": _fmt_published(p.metric, p.value),
                 "Ours": invalid or cell(row, p.metric),
                 "Data": "stand-in" if standin.get(ours_ds, False) else "official",
@@ -220,7 +220,7 @@ def rank_agreement(runs: pd.DataFrame, published: pd.DataFrame, validity: pd.Dat
         for backbone in backbones:
             for metric in metrics:
                 base = {"Dataset": labels.dataset(ours_ds), "Backbone": labels.backbone(backbone),
-                        "Metric": METRIC_LABELS.get(metric, metric)}
+                        "Metric": metric_label(metric)}
                 if (ours_ds, backbone) in left_out:
                     rows.append({**base, "n methods": 0, "Note": left_out[(ours_ds, backbone)]})
                     continue
@@ -250,7 +250,7 @@ def rank_agreement(runs: pd.DataFrame, published: pd.DataFrame, validity: pd.Dat
         perm = [np.dot(w, [_tau(x, rng.permutation(m)) for (x, _, _, _), m in zip(cells, means)]) / w.sum()
                 for _ in range(n_boot)]
         p = (1 + sum(abs(t) >= abs(tau) - 1e-12 for t in perm)) / (1 + n_boot)
-        rows.append({"Dataset": "pooled (valid cells)", "Backbone": "-", "Metric": METRIC_LABELS.get(metric, metric),
+        rows.append({"Dataset": "pooled (valid cells)", "Backbone": "-", "Metric": metric_label(metric),
                      "n methods": int(sum(len(x) for x, _, _, _ in cells)), "Methods": f"{len(cells)} cells",
                      "Kendall tau": f"{tau:+.2f}", "95% CI (bootstrap over seeds)": _ci(boot),
                      "p": _p(p), "Note": "pairs-weighted mean of the cells' taus; p by permutation"})

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from megl.io import write_text
 from megl.methods import MLLM_BACKBONE
 from megl.report.labels import Labels
 from megl.report.tables import fmt_number, method_label, write_table
@@ -105,6 +104,4 @@ def write_shortcut_table(runs: pd.DataFrame, config: Mapping[str, Any], out_stem
                          labels: Labels | None = None, validity: pd.DataFrame | None = None) -> list[Path]:
     """shortcut.md and .tex (formatted, with each cell's validity) and shortcut.csv (the raw numbers)."""
     frame = shortcut_recovery(runs, config)
-    written = write_table(display(frame, labels, validity), out_stem, caption=CAPTION)
-    write_text(written[0], frame.to_csv(index=False))
-    return written
+    return write_table(display(frame, labels, validity), out_stem, caption=CAPTION, csv=frame)

@@ -17,8 +17,6 @@ from megl.methods import MLLM_BACKBONE
 from megl.report.collect import collect_runs, expected_runs, read_train_log
 from megl.report.tables import fmt_number, to_markdown
 
-# The headline metrics as declared at import; summarize_runs reads the registry when it runs.
-HEADLINE_METRICS: tuple[str, ...] = metric_registry.keys(headline=True)
 CELL_KEYS: list[str] = ["dataset", "backbone", "method", "metric"]
 SUMMARY_COLUMNS: list[str] = CELL_KEYS + ["mean", "std", "n"]
 Z_AGREES = 2.0

@@ -42,13 +42,9 @@ def method_order() -> tuple[str, ...]:
     return tuple(methods_in(*GROUPS))
 
 
-# The registry as declared, for megl.report.figures (the tables themselves call the functions above).
-METHOD_ORDER: tuple[str, ...] = method_order()
-TABLE4_METHODS: tuple[str, ...] = table_methods("table4")
-
-# Column header per metric key, as the registry declares them at import (figures, paper_vs_ours); the
-# tables read the registry when they are built (megl.metric_registry: labels(), table_columns()).
-METRIC_LABELS: dict[str, str] = metric_registry.labels()
+def metric_label(metric: str) -> str:
+    """The column header of a metric key, read from the registry when called (the key when it has none)."""
+    return metric_registry.labels().get(metric, metric)
 
 
 def method_label(method: str, backbone: str | None = None) -> str:
@@ -323,11 +319,12 @@ def to_latex(df: pd.DataFrame, caption: str | None = None, label: str | None = N
     return "\n".join(lines) + "\n"
 
 
-def write_table(df: pd.DataFrame, out_stem: str | Path, caption: str | None = None) -> list[Path]:
-    """Write `<out_stem>.csv`, `.md` and `.tex` atomically; return the three paths."""
+def write_table(df: pd.DataFrame, out_stem: str | Path, caption: str | None = None,
+                csv: pd.DataFrame | None = None) -> list[Path]:
+    """Write `<out_stem>.csv` (`csv`, default `df`), `.md` and `.tex` (`df`) atomically; return the three paths."""
     stem = Path(out_stem)
     paths = [Path(f"{stem}{ext}") for ext in (".csv", ".md", ".tex")]
-    write_text(paths[0], df.to_csv(index=False))
+    write_text(paths[0], (df if csv is None else csv).to_csv(index=False))
     write_text(paths[1], to_markdown(df, caption))
     write_text(paths[2], to_latex(df, caption, label=f"tab:{stem.name}"))
     return paths
