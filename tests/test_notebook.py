@@ -12,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from megl.report.collect import REQUIRED_KEYS
+from megl.report.collect import required_keys
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "review.ipynb"
 
@@ -23,7 +23,7 @@ def _write_runs(root: Path) -> None:
             for seed in (0, 1, 2):
                 run = root / "runs" / "objects" / backbone / method / f"seed{seed}"
                 run.mkdir(parents=True)
-                rec = {key: 0.5 for key in REQUIRED_KEYS}
+                rec = {key: 0.5 for key in required_keys()}
                 rec.update(accuracy=0.6 + 0.1 * k + (0.01 + 0.002 * k) * seed, n_test=100,
                            run={"dataset": "objects", "backbone": backbone, "method": method, "seed": seed})
                 (run / "metrics.json").write_text(json.dumps(rec))

@@ -9,7 +9,7 @@ import pytest
 
 from megl.report import figures
 from megl.report.claims import CLAIMS, evaluate_claims
-from megl.report.collect import REQUIRED_KEYS, collect_runs, expected_runs
+from megl.report.collect import collect_runs, expected_runs, required_keys
 from megl.report.figures import (
     plot_ablation,
     plot_forest,
@@ -29,7 +29,7 @@ def make_results(root: Path, seeds=(0, 1, 2), n_saliency: int = 3, size: int = 1
             for seed in seeds:
                 run = root / "runs" / "objects" / backbone / method / f"seed{seed}"
                 run.mkdir(parents=True, exist_ok=True)
-                rec = {key: 0.5 for key in REQUIRED_KEYS}
+                rec = {key: 0.5 for key in required_keys()}
                 rec.update(accuracy=0.6 + 0.05 * k + 0.01 * seed, miou=0.3 + 0.02 * k + 0.005 * seed,
                            params=1e6, latency_ms=2.0, fps=500.0, n_test=100,
                            run={"dataset": "objects", "backbone": backbone, "method": method, "seed": seed})

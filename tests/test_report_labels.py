@@ -14,7 +14,7 @@ import yaml
 
 from megl.matrix import enumerate_runs
 from megl.report import build, figures
-from megl.report.collect import REQUIRED_KEYS
+from megl.report.collect import required_keys
 from megl.report.labels import Labels, labels_from_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def _forbidden(text: str) -> list[str]:
 def _write_run(root: Path, dataset: str, backbone: str, method: str, seed: int) -> None:
     folder = root / "runs" / dataset / backbone / method / f"seed{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    record = {k: 0.5 + 0.01 * seed + (0.05 if method == "megl" else 0.0) for k in REQUIRED_KEYS}
+    record = {k: 0.5 + 0.01 * seed + (0.05 if method == "megl" else 0.0) for k in required_keys()}
     record.update(params=11_000, latency_ms=1.0, fps=1000.0, n_test=40, spice=None, notes={"spice": "off"})
     record["run"] = {"dataset": dataset, "backbone": backbone, "method": method, "seed": seed}
     (folder / "metrics.json").write_text(json.dumps(record))

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from megl.report.collect import REQUIRED_KEYS, collect_runs, expected_runs
+from megl.report.collect import collect_runs, expected_runs, required_keys
 from megl.report.tables import GENERATE_COLUMN, summarise, table2
 
 
 def write_run(root: Path, backbone: str, method: str, seed: int, **values) -> Path:
-    record = {k: 0.5 for k in REQUIRED_KEYS}
+    record = {k: 0.5 for k in required_keys()}
     record.update(params=11_000_000, latency_ms=8.5, fps=117.6, n_test=40)
     record.update(values)
     record["run"] = {"dataset": "objects", "backbone": backbone, "method": method, "seed": seed}

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from megl.cli import build_parser, main
-from megl.report.collect import REQUIRED_KEYS
+from megl.report.collect import required_keys
 from megl.report.summary import compare_summaries, write_summary, z_score
 
 MATRIX = {"datasets": ["objects"], "backbones": ["resnet18"], "methods": ["baseline", "megl"],
@@ -17,7 +17,7 @@ MATRIX = {"datasets": ["objects"], "backbones": ["resnet18"], "methods": ["basel
 
 
 def write_run(root: Path, backbone: str, method: str, seed: int, **values) -> None:
-    rec = {k: 0.5 for k in REQUIRED_KEYS} | values
+    rec = {k: 0.5 for k in required_keys()} | values
     rec["run"] = {"dataset": "objects", "backbone": backbone, "method": method, "seed": seed}
     path = root / "runs" / "objects" / backbone / method / f"seed{seed}" / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from scipy import stats
 
 from megl.errors import MEGLError
 from megl.matrix import enumerate_runs
-from megl.report.collect import REQUIRED_KEYS, collect_runs, expected_runs
+from megl.report.collect import collect_runs, expected_runs, required_keys
 from megl.report.paper_vs_ours import STANDIN_CAPTION, caption, load_published, paper_vs_ours, rank_agreement
 from megl.report.tables import fmt_number, format_cell, summarise, table2, table3, table4, table5, write_table
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_run(root: Path, dataset: str, backbone: str, method: str, seed: int, **values) -> Path:
-    record = {k: 0.5 for k in REQUIRED_KEYS}
+    record = {k: 0.5 for k in required_keys()}
     record.update(params=11_000_000, latency_ms=8.5, fps=117.6, n_test=240)
     record.update(values)
     record["run"] = {"dataset": dataset, "backbone": backbone, "method": method, "seed": seed}

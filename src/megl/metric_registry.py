@@ -107,10 +107,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _m(*args, **kwargs) -> Metric:
-    return Metric(*args, **kwargs)
-
-
+_m = Metric
 _CL, _SA, _TX, _EF, _ID, _ML = CLASSIFICATION, SALIENCY, TEXT, EFFICIENCY, IDENTITY, MLLM
 METRICS: tuple[Metric, ...] = (
     _m("accuracy", "Accuracy", "classification", True, True, "every run", headline=True, scorer=_CL),

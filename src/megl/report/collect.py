@@ -53,9 +53,6 @@ def mllm_absent_ok() -> tuple[str, ...]:
     return tuple(m.key for m in metric_registry.METRICS if m.required and m.reported_by == "classifier runs")
 
 
-# The required keys as the registry declares them at import (the tests' fixture records use it).
-REQUIRED_KEYS: tuple[str, ...] = required_keys()
-
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 

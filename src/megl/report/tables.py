@@ -177,7 +177,7 @@ def cell(row: pd.Series, metric: str) -> str:
 
 def _display(summary: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str],
              labels: Labels | None = None) -> pd.DataFrame:
-    labels, headers = labels or Labels(), metric_registry.labels()
+    labels = labels or Labels()
     sel = summary[summary["method"].isin(methods)]
     rows = []
     for _, row in sel.iterrows():
@@ -185,9 +185,9 @@ def _display(summary: pd.DataFrame, methods: Sequence[str], metrics: Sequence[st
                "Backbone": labels.backbone(row["backbone"]),
                "Method": method_label(row["method"])}
         for m in metrics:
-            out[headers[m]] = cell(row, m)
+            out[metric_label(m)] = cell(row, m)
         rows.append(out)
-    return pd.DataFrame(rows, columns=["Dataset", "Backbone", "Method"] + [headers[m] for m in metrics])
+    return pd.DataFrame(rows, columns=["Dataset", "Backbone", "Method"] + [metric_label(m) for m in metrics])
 
 
 # Tables 2 and 4 show both mIoUs, labelled: over the annotated test images only (`miou`, the
@@ -206,7 +206,7 @@ def table2(summary: pd.DataFrame, labels: Labels | None = None) -> pd.DataFrame:
     metrics = metric_registry.table_columns("table2")
     methods = table_methods("table2")
     out = _display(summary, methods, metrics, labels)
-    out = out.rename(columns={metric_registry.labels()[m]: label for m, label in MIOU_COLUMNS.items()})
+    out = out.rename(columns={metric_label(m): label for m, label in MIOU_COLUMNS.items()})
     rows = summary[summary["method"].isin(methods)]
     mllm = (rows["backbone"] == MLLM_BACKBONE).to_numpy()
     for m in (*MIOU_COLUMNS.values(), "Saliency AUPRC"):
@@ -259,8 +259,9 @@ def table4(summary: pd.DataFrame, methods: Sequence[str] | None = None,
     """Ablation: every MEGL variant and the baseline per dataset × backbone, accuracy and both
     mIoUs (MIOU_COLUMNS), each with the change of its mean from full MEGL in percentage points
     (the paper's column)."""
-    labels, headers = labels or Labels(), metric_registry.labels()
+    labels = labels or Labels()
     columns = metric_registry.table_columns("table4")
+    headers = [MIOU_COLUMNS.get(m, metric_label(m)) for m in columns]
     methods = table_methods("table4") if methods is None else methods
     sel = summary[summary["method"].isin(methods) & (summary["backbone"] != MLLM_BACKBONE)]
     rows = []
@@ -270,14 +271,13 @@ def table4(summary: pd.DataFrame, methods: Sequence[str] | None = None,
             out = {"Dataset": labels.dataset(dataset),
                    "Backbone": labels.backbone(backbone),
                    "Method": method_label(row["method"])}
-            for m in columns:
-                label = MIOU_COLUMNS.get(m, headers[m])
+            for m, label in zip(columns, headers):
                 out[label] = cell(row, m)
                 ref = full[f"{m}_mean"].iloc[0] if len(full) else float("nan")
                 out[f"Change in {label}"] = ("-" if row["method"] == "megl" else _delta_pp(row[f"{m}_mean"], ref))
             rows.append(out)
     cols = ["Dataset", "Backbone", "Method"]
-    cols += [c for label in (MIOU_COLUMNS.get(m, headers[m]) for m in columns) for c in (label, f"Change in {label}")]
+    cols += [c for label in headers for c in (label, f"Change in {label}")]
     return pd.DataFrame(rows, columns=cols)
 
 
